@@ -268,3 +268,15 @@ def accumulate_pair_forces(const double[:, ::1] dedr, const long[::1] pair_i,
                 for b in range(3):
                     w[a, b] += rij[p, a] * dedr[p, b]
     return np.asarray(f), np.asarray(w)
+
+
+def set_num_threads(int n):
+    """Number of OpenMP threads used by the kernel (like OMP_NUM_THREADS)."""
+    if n < 1:
+        raise ValueError("the number of threads must be >= 1")
+    openmp.omp_set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Number of OpenMP threads the kernel will use."""
+    return openmp.omp_get_max_threads()
