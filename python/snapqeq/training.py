@@ -1,0 +1,263 @@
+"""Training of CENT models from extended-XYZ reference data.
+
+``snapqeq train CONFIG.yaml`` and :func:`train` run the same code: descriptors (cached),
+element reference energies by least squares, feature standardisation, Adam (optionally
+followed by L-BFGS) on a weighted loss of per-atom energies, forces and reference charges,
+early stopping on the validation loss, checkpoints with resume, learning-curve and parity
+plots, the metrics table, and the exported TorchScript model.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from snapqeq.bispectrum import Bispectrum
+from snapqeq.data import DataKeys, Sample, load_samples, read_structures, split_samples
+from snapqeq.export import export_model
+from snapqeq.metrics import Record, format_table, grouped_metrics
+from snapqeq.model import CENT
+from snapqeq.potential import predict
+
+HARTREE = 27.211386245988
+BOHR = 0.529177210903
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs (the YAML file has the same keys)."""
+
+    data: str | dict  # one file (split by `split`) or {train:, validation:, test:} files
+    output: str = "training_output"
+    split: str = "info"
+    seed: int = 0
+    cache: str | None = None
+    descriptor: dict = field(default_factory=lambda: {
+        "twojmax": 6, "rcutfac": 1.0, "radii": {"Na": 3.0, "Cl": 3.0},
+        "weights": {"Na": 1.0, "Cl": 0.5}})
+    widths: dict = field(default_factory=lambda: {"Na": 1.0 * BOHR, "Cl": 2.0 * BOHR})
+    hardness: dict = field(default_factory=lambda: {"Na": 0.2 * HARTREE, "Cl": 0.1 * HARTREE})
+    hidden: list = field(default_factory=lambda: [3, 3])
+    learn_hardness: bool = False
+    chi_scale: float = 5.0
+    short_hidden: list | None = None
+    epochs: int = 15
+    batch_size: int = 8
+    lr: float = 1e-2
+    lbfgs_steps: int = 0
+    patience: int = 30
+    loss_weights: dict = field(default_factory=lambda: {"energy": 1.0, "forces": 0.0,
+                                                         "charges": 0.0})
+    keys: dict = field(default_factory=dict)
+    resume: bool = False
+    progress: bool = True
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+        if "data" not in raw:
+            raise ValueError(f"{path}: 'data' is required")
+        return cls(**raw)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _load(config: TrainConfig, descriptor: Bispectrum) -> dict[str, list[Sample]]:
+    keys = DataKeys(**config.keys)
+    if isinstance(config.data, dict):
+        out = {}
+        for name in ("train", "validation", "test"):
+            path = config.data.get(name)
+            out[name] = (load_samples(read_structures(path), descriptor, keys, config.cache,
+                                      config.progress) if path else [])
+        return out
+    samples = load_samples(read_structures(config.data), descriptor, keys, config.cache,
+                           config.progress)
+    return split_samples(samples, config.split, config.seed)
+
+
+def fit_reference_energies(samples: list[Sample], n_elements: int) -> list[float]:
+    """Per-element E0 (eV) by least squares on neutral structures (minimum norm)."""
+    rows, rhs = [], []
+    for s in samples:
+        if s.energy is None or abs(s.total_charge) > 1e-8:
+            continue
+        rows.append(np.bincount(s.species.numpy(), minlength=n_elements))
+        rhs.append(s.energy)
+    if not rows:
+        return [0.0] * n_elements
+    e0, *_ = np.linalg.lstsq(np.array(rows, float), np.array(rhs), rcond=None)
+    return e0.tolist()
+
+
+def structure_loss(model: CENT, s: Sample, w: dict, create_graph: bool) -> torch.Tensor:
+    """Weighted squared errors of one structure (per-atom energy, force components, q)."""
+    need_f = w.get("forces", 0.0) > 0 and s.forces is not None
+    out = predict(model, s, forces=need_f, create_graph=create_graph)
+    loss = torch.zeros((), dtype=torch.float64)
+    if s.energy is not None and w.get("energy", 0.0) > 0:
+        loss = loss + w["energy"] * ((out["energy"] - s.energy) / s.n_atoms) ** 2
+    if need_f:
+        loss = loss + w["forces"] * torch.mean((out["forces"] - s.forces) ** 2)
+    if s.ref_charges is not None and w.get("charges", 0.0) > 0:
+        loss = loss + w["charges"] * torch.mean((out["charges"] - s.ref_charges) ** 2)
+    return loss
+
+
+def evaluate(model: CENT, samples: list[Sample], forces: bool = True) -> list[Record]:
+    """Predictions for every structure as metric records."""
+    records = []
+    for s in samples:
+        out = predict(model, s, forces=forces and s.forces is not None, create_graph=False)
+        records.append(Record(
+            n_atoms=s.n_atoms, total_charge=s.total_charge, split=s.split,
+            energy=float(out["energy"]), energy_ref=s.energy,
+            forces=out["forces"].detach().numpy() if "forces" in out else None,
+            forces_ref=None if s.forces is None else s.forces.numpy(),
+            charges=out["charges"].detach().numpy(),
+            charges_ref=None if s.ref_charges is None else s.ref_charges.numpy()))
+    return records
+
+
+def _mean_loss(model, samples, w) -> float:
+    if not samples:
+        return float("nan")
+    total = 0.0
+    for s in samples:
+        total += float(structure_loss(model, s, w, create_graph=False).detach())
+    return total / len(samples)
+
+
+@dataclass
+class TrainResult:
+    model: CENT
+    model_path: Path
+    history: list[dict]
+    metrics: dict
+    seconds: float
+    structures_per_second: float
+
+
+def build_model(config: TrainConfig, descriptor: Bispectrum, train: list[Sample]) -> CENT:
+    elements = list(descriptor.elements)
+    for name in ("widths", "hardness"):
+        missing = set(elements) - set(getattr(config, name))
+        if missing:
+            raise ValueError(f"config '{name}' lacks elements {sorted(missing)}")
+    model = CENT(len(elements), descriptor.n_components, list(config.hidden),
+                 [config.widths[e] for e in elements], [config.hardness[e] for e in elements],
+                 fit_reference_energies(train, len(elements)),
+                 learn_hardness=config.learn_hardness, chi_scale=config.chi_scale,
+                 short_hidden=config.short_hidden)
+    b = torch.cat([s.b for s in train])
+    sp = torch.cat([s.species for s in train])
+    model.set_feature_scaling(b, sp)
+    return model
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train, checkpoint, plot, evaluate and export; returns the trained model."""
+    seed_everything(config.seed)
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    descriptor = Bispectrum(**config.descriptor)
+    sets = _load(config, descriptor)
+    if not sets["train"]:
+        raise ValueError("no training structures after the split")
+    model = build_model(config, descriptor, sets["train"])
+    w = dict(config.loss_weights)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=config.lr)
+    ckpt_last, ckpt_best = out / "checkpoint_last.pt", out / "checkpoint_best.pt"
+    history: list[dict] = []
+    start_epoch, best, bad_epochs = 0, float("inf"), 0
+    if config.resume and ckpt_last.exists():
+        state = torch.load(ckpt_last, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        history, start_epoch = state["history"], state["epoch"] + 1
+        best, bad_epochs = state["best"], state["bad_epochs"]
+        torch.set_rng_state(state["rng"])
+    t0 = time.perf_counter()
+    n_seen = 0
+    train_set = sets["train"]
+    bar = tqdm(range(start_epoch, config.epochs), desc="training", unit="epoch",
+               disable=not config.progress)
+    for epoch in bar:
+        model.train()
+        order = torch.randperm(len(train_set)).tolist()
+        running = 0.0
+        for k in range(0, len(order), config.batch_size):
+            batch = [train_set[i] for i in order[k:k + config.batch_size]]
+            opt.zero_grad()
+            loss = sum(structure_loss(model, s, w, create_graph=True) for s in batch) / len(batch)
+            loss.backward()
+            opt.step()
+            running += float(loss.detach()) * len(batch)
+            n_seen += len(batch)
+        model.eval()
+        val = _mean_loss(model, sets["validation"], w)
+        row = {"epoch": epoch, "train_loss": running / len(train_set), "validation_loss": val}
+        history.append(row)
+        monitor = val if np.isfinite(val) else row["train_loss"]
+        if monitor < best:
+            best, bad_epochs = monitor, 0
+            torch.save({"model": model.state_dict()}, ckpt_best)
+        else:
+            bad_epochs += 1
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "history": history, "epoch": epoch, "best": best,
+                    "bad_epochs": bad_epochs, "rng": torch.get_rng_state()}, ckpt_last)
+        bar.set_postfix(train=f"{row['train_loss']:.3g}", val=f"{val:.3g}")
+        if bad_epochs >= config.patience:
+            break
+    train_seconds = time.perf_counter() - t0
+    if ckpt_best.exists():
+        model.load_state_dict(torch.load(ckpt_best, weights_only=False)["model"])
+    if config.lbfgs_steps > 0:
+        lbfgs = torch.optim.LBFGS(params, max_iter=config.lbfgs_steps,
+                                  line_search_fn="strong_wolfe")
+
+        def closure():
+            lbfgs.zero_grad()
+            loss = sum(structure_loss(model, s, w, create_graph=True)
+                       for s in train_set) / len(train_set)
+            loss.backward()
+            return loss
+
+        lbfgs.step(closure)
+    model.eval()
+    records = {name: evaluate(model, samples) for name, samples in sets.items() if samples}
+    metrics = {name: {k: m.as_dict() for k, m in grouped_metrics(rec).items()}
+               for name, rec in records.items()}
+    table = "\n\n".join(f"[{name}]\n{format_table(grouped_metrics(rec))}"
+                        for name, rec in records.items())
+    (out / "metrics.txt").write_text(table + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out / "history.json").write_text(json.dumps(history))
+    (out / "config.yaml").write_text(yaml.safe_dump(asdict(config)))
+    from snapqeq.plots import learning_curve, parity_plot
+
+    learning_curve(history, out / "learning_curve.png")
+    parity_plot(records, out / "parity.png")
+    desc_meta = dict(descriptor.params, radii=descriptor.radii, weights=descriptor.weights,
+                     sinner=descriptor.sinner, dinner=descriptor.dinner)
+    model_path = export_model(model, list(descriptor.elements), desc_meta, out / "model.pt",
+                              overwrite=True)
+    return TrainResult(model, model_path, history, metrics, train_seconds,
+                       n_seen / train_seconds if train_seconds > 0 else float("nan"))
