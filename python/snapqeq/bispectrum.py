@@ -353,6 +353,7 @@ class Bispectrum:
         if params.get("switchinnerflag"):
             keywords["sinner"] = dict(zip(coeff.elements, params["sinner"], strict=True))
             keywords["dinner"] = dict(zip(coeff.elements, params["dinner"], strict=True))
-        return cls(params["twojmax"], params["rcutfac"], dict(zip(coeff.elements, coeff.radii)),
-                   dict(zip(coeff.elements, coeff.weights)), **keywords)
+        radii = dict(zip(coeff.elements, coeff.radii, strict=True))
+        weights = dict(zip(coeff.elements, coeff.weights, strict=True))
+        return cls(params["twojmax"], params["rcutfac"], radii, weights, **keywords)
 
