@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.build import bulk
+
 from snapqeq import olcao
 
 # A small potential file written by hand from the format description (SPEC section 6 and
