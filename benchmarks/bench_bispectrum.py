@@ -22,7 +22,7 @@ from ase.io import write
 
 from snapqeq import Bispectrum
 from snapqeq._sna import set_num_threads
-from snapqeq.lammps_runtime import lammps_potentials_dir, open_lammps
+from snapqeq.lammps_runtime import open_lammps
 from snapqeq.snap import SNAPCalculator
 
 RCUTFAC, RFAC0, RADIUS = 4.67637, 0.99363, 0.5
