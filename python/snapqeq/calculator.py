@@ -1,0 +1,159 @@
+"""ASE calculator for exported snapqeq models (CENT, optionally with a short-range network).
+
+    atoms.calc = SnapQEqCalculator("model.pt")
+    atoms.get_potential_energy(); atoms.get_forces(); atoms.get_charges()
+
+Per call: bispectrum (C++ kernel) -> chi from the TorchScript network -> global charge
+equilibration (:func:`snapqeq.qeq.equilibrate`, dense or iterative by size, warm-started from
+the previous charges) -> energy; forces and stress are the Hellmann-Feynman terms
+-dE_es/dr|_q plus the descriptor term -sum_i beta_i . dB_i/dr (adjoint kernel) with
+beta_i = q_i dchi_i/dB_i, and with a short-range network the adjoint solve of SPEC §5.
+Units: eV, Angstrom, e.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, CalculatorSetupError, all_changes
+
+from snapqeq._sna import accumulate_pair_forces
+from snapqeq.bispectrum import VOIGT, Bispectrum
+from snapqeq.ewald import Electrostatics
+from snapqeq.export import LoadedModel, load_model
+from snapqeq.qeq import equilibrate
+
+
+def total_charge_of(atoms, total_charge: float | None) -> float:
+    """The argument, else atoms.info['charge'], else the sum of the initial charges."""
+    if total_charge is not None:
+        return float(total_charge)
+    if "charge" in atoms.info:
+        return float(atoms.info["charge"])
+    return float(np.sum(atoms.get_initial_charges()))
+
+
+class SnapQEqCalculator(Calculator):
+    """ASE calculator of a snapqeq model file.
+
+    Parameters
+    ----------
+    model : str or LoadedModel
+        Path of the exported TorchScript model (``snapqeq export`` / training output).
+    total_charge : float, optional
+        Total charge Q (e); default: ``atoms.info["charge"]``, else the sum of
+        ``atoms.get_initial_charges()``, else 0.
+    device : str
+        Torch device of the networks (the descriptor and the solver run on the CPU).
+    **solver_options
+        Passed to :func:`snapqeq.qeq.equilibrate` (``method``, ``tol``, ...).
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress",
+                              "charges"]
+
+    def __init__(self, model="model.pt", total_charge: float | None = None,
+                 device: str = "cpu", **solver_options):
+        super().__init__()
+        self.model = model if isinstance(model, LoadedModel) else load_model(model)
+        self.device = torch.device(device)
+        self.module = self.model.module.to(self.device)
+        meta = self.model.metadata
+        d = dict(meta["descriptor"])
+        self.descriptor = Bispectrum(
+            d.pop("twojmax"), d.pop("rcutfac"), d.pop("radii"), d.pop("weights"),
+            **{k: v for k, v in d.items() if v is not None})
+        if list(self.descriptor.elements) != list(meta["elements"]):
+            raise CalculatorSetupError("model descriptor and element list disagree")
+        self.total_charge = total_charge
+        self.solver_options = solver_options
+        self.hardness = np.asarray(meta["hardness"], dtype=float)
+        self.widths = np.asarray(meta["widths"], dtype=float)
+        self.e0 = np.asarray(meta["e0"], dtype=float)
+        self.has_short = bool(meta["has_short_range"])
+        self._last_charges: np.ndarray | None = None
+
+    def reset(self):
+        super().reset()
+        self._last_charges = None
+
+    # -------------------------------------------------------------- the physics
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        n = len(atoms)
+        species = self.descriptor.species(atoms)  # clear error for unknown elements
+        total = total_charge_of(atoms, self.total_charge)
+        b_lin, pairs, args = self.descriptor.compute_linear_with_pairs(atoms)
+        b = torch.tensor(self.descriptor._with_quadratic(b_lin), device=self.device,
+                         requires_grad=True)
+        sp = torch.as_tensor(species, device=self.device)
+        chi_t = self.module(b, sp)
+        chi = chi_t.detach().cpu().numpy().astype(float)
+        hard, wid = self.hardness[species], self.widths[species]
+        warm = self._last_charges if (self._last_charges is not None
+                                      and len(self._last_charges) == n) else None
+        res = equilibrate(atoms, chi, hard, wid, total_charge=total, initial_charges=warm,
+                          **self.solver_options)
+        q = np.asarray(res.charges, dtype=float)
+        phi = np.asarray(res.potential, dtype=float)
+        self._last_charges = q.copy()
+
+        # per-atom energies: E_es = q.phi/2 split evenly
+        energies = self.e0[species] + chi * q + 0.5 * hard * q * q + 0.5 * q * phi
+        forces = np.array(res.forces, dtype=float)
+        periodic = bool(np.all(atoms.pbc))
+        stress = np.array(res.stress, dtype=float) if periodic and res.stress is not None \
+            else np.zeros(6)
+        q_t = torch.tensor(q, device=self.device)
+        weight = q_t  # dE/dchi_i
+        grads = []
+        if self.has_short:
+            e_short = self.module.short_energy(b, q_t.requires_grad_(True), sp)
+            energies = energies + e_short.detach().cpu().numpy()
+            ds_dq, ds_db = torch.autograd.grad(e_short.sum(), (q_t, b), retain_graph=True)
+            # adjoint solve: [A + J, 1; 1, 0] (mu, nu) = (-dE_short/dq, 0)
+            mu = np.asarray(equilibrate(atoms, ds_dq.cpu().numpy(), hard, wid,
+                                        total_charge=0.0, **self.solver_options).charges)
+            weight = q_t.detach() + torch.tensor(mu, device=self.device)
+            grads.append(ds_db)
+            f_mu, s_mu = self._mu_dphi(atoms, wid, q, mu)
+            forces += f_mu
+            stress += s_mu
+        (dchi_db,) = torch.autograd.grad(chi_t, b, grad_outputs=weight.detach())
+        beta = dchi_db + sum(grads) if grads else dchi_db
+        beta_lin = self.descriptor._effective_beta(beta.detach().cpu().numpy(), b_lin)
+        dedr = self.descriptor.pair_forces(args, beta_lin)
+        f_desc, dedstrain = accumulate_pair_forces(dedr, pairs.i, pairs.j, pairs.rij, n)
+        forces += f_desc
+        if periodic:
+            sym = 0.5 * (dedstrain + dedstrain.T) / atoms.get_volume()
+            stress += np.array([sym[a, c] for a, c in VOIGT])
+
+        self.results["energies"] = energies
+        self.results["energy"] = self.results["free_energy"] = float(energies.sum())
+        self.results["forces"] = forces
+        self.results["charges"] = q
+        self.results["electronegativities"] = chi
+        if periodic:
+            self.results["stress"] = stress
+
+    @staticmethod
+    def _mu_dphi(atoms, widths, q, mu):
+        """Forces and stress of -mu . phi(q): the electrostatic part of the adjoint term."""
+        periodic = bool(np.all(atoms.pbc))
+        es = Electrostatics(atoms.positions, atoms.cell.array, periodic, widths)
+        with torch.enable_grad():
+            pos = torch.tensor(atoms.positions, requires_grad=True)
+            strain = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)
+            deform = torch.eye(3, dtype=torch.float64) + strain
+            cell = torch.tensor(atoms.cell.array) @ deform if periodic else None
+            phi = es.potential(torch.tensor(q), positions=pos @ deform, cell=cell)
+            val = torch.dot(torch.tensor(mu), phi)
+            g_pos, g_strain = torch.autograd.grad(val, (pos, strain), allow_unused=True)
+        forces = -g_pos.numpy()
+        stress = np.zeros(6)
+        if periodic and g_strain is not None:
+            g = 0.5 * (g_strain + g_strain.T).numpy() / atoms.get_volume()
+            stress = np.array([g[a, c] for a, c in VOIGT])
+        return forces, stress
