@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -37,6 +38,42 @@ def _cmd_descriptors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from snapqeq.training import TrainConfig, train
+
+    config = TrainConfig.from_yaml(args.config)
+    if args.output:
+        config.output = args.output
+    if args.resume:
+        config.resume = True
+    result = train(config)
+    print((Path(config.output) / "metrics.txt").read_text())
+    print(f"model written to {result.model_path} ({result.structures_per_second:.1f} "
+          "structures/s in training)")
+    return 0
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    from snapqeq.evaluation import evaluate_file
+    from snapqeq.metrics import format_table
+
+    metrics = evaluate_file(args.model, args.data, progress=not args.json)
+    if args.json:
+        print(json.dumps({k: m.as_dict() for k, m in metrics.items()}, indent=1))
+    else:
+        print(format_table(metrics))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from snapqeq.training import export_checkpoint
+
+    path = export_checkpoint(args.training_dir, args.out, overwrite=args.force,
+                             which=args.checkpoint)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snapqeq", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,6 +88,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="save the (N, K) array as .npy")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=_cmd_descriptors)
+
+    p = sub.add_parser("train", help="train a CENT model from a YAML configuration")
+    p.add_argument("config", help="YAML file (keys of snapqeq.training.TrainConfig)")
+    p.add_argument("--output", help="output folder (overrides the config)")
+    p.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("test", help="metrics of a model file on reference data")
+    p.add_argument("data", help="extended-XYZ file with reference energies/forces/charges")
+    p.add_argument("--model", required=True, help="exported model file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_test)
+
+    p = sub.add_parser("export", help="model file from a training run's checkpoint")
+    p.add_argument("training_dir", help="output folder of `snapqeq train`")
+    p.add_argument("--out", required=True, help="model file to write")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 
@@ -58,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as err:
+    except (ValueError, FileExistsError) as err:
         print(f"snapqeq: error: {err}", file=sys.stderr)
         return 2
 

@@ -170,6 +170,30 @@ def build_model(config: TrainConfig, descriptor: Bispectrum, train: list[Sample]
     return model
 
 
+def descriptor_metadata(descriptor: Bispectrum) -> dict:
+    """The descriptor parameters as stored in the model file."""
+    return dict(descriptor.params, radii=descriptor.radii, weights=descriptor.weights,
+                sinner=descriptor.sinner, dinner=descriptor.dinner)
+
+
+def export_checkpoint(training_dir: str | Path, out: str | Path, overwrite: bool = False,
+                      which: str = "best") -> Path:
+    """Write the model file of a training run's checkpoint (``best`` or ``last``)."""
+    training_dir = Path(training_dir)
+    config = TrainConfig.from_yaml(training_dir / "config.yaml")
+    ckpt = training_dir / f"checkpoint_{which}.pt"
+    if not ckpt.is_file():
+        raise ValueError(f"no checkpoint {ckpt}; train first")
+    descriptor = Bispectrum(**config.descriptor)
+    elements = list(descriptor.elements)
+    model = CENT(len(elements), descriptor.n_components, list(config.hidden),
+                 [config.widths[e] for e in elements], [config.hardness[e] for e in elements],
+                 [0.0] * len(elements), learn_hardness=config.learn_hardness,
+                 chi_scale=config.chi_scale, short_hidden=config.short_hidden)
+    model.load_state_dict(torch.load(ckpt, weights_only=False)["model"])
+    return export_model(model, elements, descriptor_metadata(descriptor), out, overwrite)
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Train, checkpoint, plot, evaluate and export; returns the trained model."""
     seed_everything(config.seed)
@@ -255,9 +279,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     learning_curve(history, out / "learning_curve.png")
     parity_plot(records, out / "parity.png")
-    desc_meta = dict(descriptor.params, radii=descriptor.radii, weights=descriptor.weights,
-                     sinner=descriptor.sinner, dinner=descriptor.dinner)
-    model_path = export_model(model, list(descriptor.elements), desc_meta, out / "model.pt",
-                              overwrite=True)
+    model_path = export_model(model, list(descriptor.elements), descriptor_metadata(descriptor),
+                              out / "model.pt", overwrite=True)
     return TrainResult(model, model_path, history, metrics, train_seconds,
                        n_seen / train_seconds if train_seconds > 0 else float("nan"))
