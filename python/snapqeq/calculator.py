@@ -117,7 +117,7 @@ class SnapQEqCalculator(Calculator):
                                         total_charge=0.0, **self.solver_options).charges)
             weight = q_t.detach() + torch.tensor(mu, device=self.device)
             grads.append(ds_db)
-            f_mu, s_mu = self._mu_dphi(atoms, wid, q, mu)
+            f_mu, s_mu = self._mu_dphi(atoms, wid, q, mu, self.solver_options.get("accuracy"))
             forces += f_mu
             stress += s_mu
         (dchi_db,) = torch.autograd.grad(chi_t, b, grad_outputs=weight.detach())
@@ -139,10 +139,11 @@ class SnapQEqCalculator(Calculator):
             self.results["stress"] = stress
 
     @staticmethod
-    def _mu_dphi(atoms, widths, q, mu):
+    def _mu_dphi(atoms, widths, q, mu, accuracy=None):
         """Forces and stress of -mu . phi(q): the electrostatic part of the adjoint term."""
         periodic = bool(np.all(atoms.pbc))
-        es = Electrostatics(atoms.positions, atoms.cell.array, periodic, widths)
+        kwargs = {} if accuracy is None else {"accuracy": accuracy}
+        es = Electrostatics(atoms.positions, atoms.cell.array, periodic, widths, **kwargs)
         with torch.enable_grad():
             pos = torch.tensor(atoms.positions, requires_grad=True)
             strain = torch.zeros(3, 3, dtype=torch.float64, requires_grad=True)

@@ -109,10 +109,17 @@ class CENT(nn.Module):
         return self.short_net(x, species)[:, 0]
 
     def set_feature_scaling(self, b: torch.Tensor, species: torch.Tensor) -> None:
-        """Standardise the inputs per element from training descriptors."""
+        """Standardise the inputs per element from training descriptors.
+
+        A component that barely varies in the data (std below 0.1 % of its mean) is scaled
+        by that floor instead: dividing by a vanishing std would make the network, and so
+        the forces, hypersensitive to it.
+        """
         with torch.no_grad():
             for e in range(self.n_elements):
                 rows = b[species == e]
                 if len(rows) > 1:
-                    self.feature_mean[e] = rows.mean(0)
-                    self.feature_std[e] = rows.std(0).clamp_min(1e-8)
+                    mean = rows.mean(0)
+                    floor = torch.clamp_min(1e-3 * mean.abs(), 1e-8)
+                    self.feature_mean[e] = mean
+                    self.feature_std[e] = torch.maximum(rows.std(0), floor)

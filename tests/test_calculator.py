@@ -1,0 +1,164 @@
+"""SnapQEqCalculator: exact derivatives, ASE conventions, invariances, clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+
+from snapqeq import Bispectrum
+from snapqeq.calculator import SnapQEqCalculator
+from snapqeq.data import make_sample
+from snapqeq.export import export_model
+from snapqeq.model import CENT
+from snapqeq.potential import predict
+
+DESCRIPTOR = {"twojmax": 4, "rcutfac": 1.0, "radii": {"Na": 3.0, "Cl": 3.0},
+              "weights": {"Na": 1.0, "Cl": 0.5}}
+
+
+@pytest.fixture(scope="module", params=["cent", "4g"])
+def model_file(request, tmp_path_factory):
+    torch.manual_seed(1)
+    bs = Bispectrum(**DESCRIPTOR)
+    model = CENT(2, bs.n_components, [3, 3], [0.53, 1.06], [5.44, 2.72], [-1.0, -2.0],
+                 chi_scale=2.0, short_hidden=[4] if request.param == "4g" else None)
+    refs = [nacl(periodic=p, seed=s) for p in (True, False) for s in range(3)]
+    model.set_feature_scaling(torch.tensor(np.concatenate([bs.compute(a) for a in refs])),
+                              torch.tensor(np.concatenate([bs.species(a) for a in refs])))
+    meta = dict(bs.params, radii=bs.radii, weights=bs.weights, sinner=None, dinner=None)
+    path = export_model(model, ["Na", "Cl"], meta, tmp_path_factory.mktemp("m") / "model.pt")
+    return path, model, bs
+
+
+def nacl(periodic: bool, seed: int = 3, triclinic: bool = False) -> Atoms:
+    atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+    if triclinic:
+        atoms.set_cell(atoms.cell.array + np.array([[0, 0, 0], [0.6, 0, 0], [0.3, -0.4, 0]]),
+                       scale_atoms=True)
+    if not periodic:
+        atoms.pbc = False
+        atoms.cell = np.zeros((3, 3))
+    atoms.rattle(0.08, seed=seed)
+    return atoms
+
+
+@pytest.mark.parametrize("periodic,triclinic,charge", [
+    (False, False, 0.0), (False, False, 1.0), (True, False, 0.0), (True, True, 1.0)])
+def test_forces_and_stress_are_exact_derivatives(model_file, periodic, triclinic, charge):
+    path, model, bs = model_file
+    atoms = nacl(periodic, triclinic=triclinic)
+    atoms.info["charge"] = charge
+    # tight Ewald truncation: the automatic splitting parameter follows the volume, so the
+    # strain derivative of a truncated sum differs from the analytic stress at that level
+    atoms.calc = SnapQEqCalculator(path, accuracy=1e-13)
+    f = atoms.get_forces()
+    fd = calculate_numerical_forces(atoms, 1e-5)
+    assert np.abs(f - fd).max() < 1e-7 * max(1.0, np.abs(f).max())
+    assert atoms.get_charges().sum() == pytest.approx(charge, abs=1e-10)
+    assert atoms.get_potential_energies().sum() == pytest.approx(
+        atoms.get_potential_energy(), rel=1e-12)
+    if periodic:
+        s = atoms.get_stress()
+        sn = calculate_numerical_stress(atoms, 1e-6)
+        assert np.abs(s - sn).max() < 1e-7 * max(1e-3, np.abs(s).max())
+    else:
+        with pytest.raises(PropertyNotImplementedError):
+            atoms.get_stress()
+
+
+def test_matches_training_path(model_file):
+    path, model, bs = model_file
+    atoms = nacl(False)
+    atoms.info["charge"] = 2.0
+    atoms.calc = SnapQEqCalculator(path)
+    out = predict(model, make_sample(atoms, bs))
+    assert atoms.get_potential_energy() == pytest.approx(float(out["energy"]), rel=1e-12)
+    assert np.allclose(atoms.get_forces(), out["forces"].detach().numpy(), atol=1e-10)
+    assert np.allclose(atoms.get_charges(), out["charges"].detach().numpy(), atol=1e-10)
+
+
+def test_invariances(model_file):
+    path, *_ = model_file
+    atoms = nacl(False)
+    calc = SnapQEqCalculator(path)
+    atoms.calc = calc
+    e, f, q = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_charges()
+    rot = atoms.copy()
+    rot.rotate(37, (1, 2, 3), center="COM")
+    rot.translate((0.3, -1.0, 2.0))
+    rot.calc = SnapQEqCalculator(path)
+    assert rot.get_potential_energy() == pytest.approx(e, rel=1e-11)
+    r = rot.get_forces()
+    rmat = np.linalg.lstsq(atoms.positions - atoms.positions.mean(0),
+                           rot.positions - rot.positions.mean(0), rcond=None)[0]
+    assert np.allclose(f @ rmat, r, atol=1e-9)
+    perm = np.random.default_rng(0).permutation(len(atoms))
+    p = atoms[perm]
+    p.calc = SnapQEqCalculator(path)
+    assert p.get_potential_energy() == pytest.approx(e, rel=1e-11)
+    assert np.allclose(p.get_charges(), q[perm], atol=1e-10)
+    assert np.abs(f.sum(0)).max() < 1e-9
+
+
+def test_total_charge_sources_and_warm_start(model_file):
+    path, *_ = model_file
+    atoms = nacl(False)
+    calc = SnapQEqCalculator(path)
+    atoms.calc = calc
+    assert atoms.get_charges().sum() == pytest.approx(0.0, abs=1e-10)
+    atoms.set_initial_charges([1.0] + [0.0] * (len(atoms) - 1))
+    atoms.calc = SnapQEqCalculator(path)
+    assert atoms.get_charges().sum() == pytest.approx(1.0, abs=1e-10)
+    atoms.info["charge"] = 2.0
+    atoms.calc = SnapQEqCalculator(path)
+    assert atoms.get_charges().sum() == pytest.approx(2.0, abs=1e-10)
+    atoms.calc = SnapQEqCalculator(path, total_charge=-1.0)
+    assert atoms.get_charges().sum() == pytest.approx(-1.0, abs=1e-10)
+    e1 = atoms.get_potential_energy()
+    copy = atoms.copy()
+    copy.calc = atoms.calc
+    copy.positions[0, 0] += 0.01
+    assert copy.get_potential_energy() != e1
+    atoms.calc.reset()
+    assert atoms.get_potential_energy() == pytest.approx(e1, rel=1e-12)
+
+
+def test_large_cell_uses_iterative_solver_and_agrees(model_file):
+    path, *_ = model_file
+    atoms = nacl(True).repeat((2, 2, 2))
+    dense = SnapQEqCalculator(path, method="dense")
+    cg = SnapQEqCalculator(path, method="cg", tol=1e-12)
+    a1, a2 = atoms.copy(), atoms.copy()
+    a1.calc, a2.calc = dense, cg
+    assert a2.get_potential_energy() == pytest.approx(a1.get_potential_energy(), rel=1e-9)
+    assert np.allclose(a1.get_forces(), a2.get_forces(), atol=1e-7)
+
+
+def test_bad_input_gives_clear_errors(model_file, tmp_path):
+    path, *_ = model_file
+    calc = SnapQEqCalculator(path)
+    kr = Atoms("NaKr", positions=[[0, 0, 0], [3, 0, 0]])
+    kr.calc = calc
+    with pytest.raises(ValueError, match="Kr"):
+        kr.get_potential_energy()
+    close = Atoms("NaCl", positions=[[0, 0, 0], [0.01, 0, 0]])
+    close.calc = SnapQEqCalculator(path)
+    with pytest.raises(ValueError, match="close|overlap|distance"):
+        close.get_potential_energy()
+    nan = nacl(False)
+    nan.positions[2, 1] = np.nan
+    nan.calc = SnapQEqCalculator(path)
+    with pytest.raises(ValueError, match="finite"):
+        nan.get_potential_energy()
+    slab = nacl(True)
+    slab.pbc = [True, True, False]
+    slab.calc = SnapQEqCalculator(path)
+    with pytest.raises(ValueError, match="mixed"):
+        slab.get_potential_energy()
+    with pytest.raises(ValueError, match="not found"):
+        SnapQEqCalculator(tmp_path / "nothing.pt")
