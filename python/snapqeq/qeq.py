@@ -1,0 +1,574 @@
+"""Charge equilibration (QEq) with Gaussian charges (SPEC §5).
+
+The charges minimise
+
+    U(q) = sum_i [chi_i q_i + J_i q_i^2 / 2] + E_es(q)     subject to  sum_i q_i = Q
+
+where E_es is the Gaussian-charge electrostatic energy of :mod:`snapqeq.ewald` (free
+boundary conditions or Ewald sums; its self term supplies the k_e gamma_ii q_i^2 / sqrt(pi)
+of SPEC's diagonal). With A = diag(J) + A_es the minimiser solves the bordered system
+[A 1; 1^T 0][q; lambda] = [-chi; Q]; A is positive definite on sum q = 0, so q is unique.
+
+Two solvers share one operator:
+
+- ``"dense"``: LU factorisation of the bordered (N+1) x (N+1) matrix (direct Ewald sum for
+  periodic cells), with iterative refinement; O(N^3).
+- ``"cg"``: projected, Jacobi-preconditioned conjugate gradients on the matrix-free product
+  q -> (J + A_es) q (sparse real space + smooth PME); every search direction has zero sum, so
+  sum q = Q holds to round-off from any feasible start; warm-startable; O(N log N) per step.
+
+:func:`equilibrate` is the user-facing entry point (numpy in, :class:`QEqResult` out).
+:func:`qeq_energy` is the same physics for the model: it returns U(q*) and q* as torch tensors
+that are differentiable with respect to chi, positions, cell, hardness and widths.
+
+Units: Angstrom, e, eV; chi in eV/e, J in eV/e^2, widths alpha in Angstrom.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from snapqeq.ewald import (
+    COULOMB,
+    DEFAULT_ACCURACY,
+    Electrostatics,
+    bspline_modulus,
+    fft_size,
+    reciprocal_norms,
+    spreading_matrix,
+)
+
+__all__ = [
+    "DENSE_MAX_ATOMS",
+    "QEqConvergenceError",
+    "QEqResult",
+    "ConstrainedSolver",
+    "equilibrate",
+    "per_atom",
+    "qeq_energy",
+]
+
+DENSE_MAX_ATOMS = {"free": 3000, "periodic": 1500}
+"""``method="auto"`` solves densely up to these sizes (free clusters / periodic cells) and
+with conjugate gradients above; the crossover measured by benchmarks/bench_qeq.py."""
+
+_F64 = torch.float64
+
+
+class QEqConvergenceError(RuntimeError):
+    """The iterative charge equilibration did not reach the requested tolerance."""
+
+
+@dataclass
+class QEqResult:
+    """Equilibrated charges and the quantities at the solution.
+
+    Attributes
+    ----------
+    charges : (N,) ndarray
+        Charges q (e); sum equals the total charge to round-off.
+    energy : float
+        U(q) = sum chi q + sum J q^2 / 2 + E_es(q) (eV); no reference energies E0.
+    potential : (N,) ndarray
+        Electrostatic site potential phi_i = dE_es/dq_i (eV/e).
+    forces : (N, 3) ndarray or None
+        -dU/dr at fixed charges and fixed chi (eV/Angstrom); by the variational principle
+        these are the total forces when chi does not depend on positions.
+    stress : (6,) ndarray or None
+        (1/V) dU/d strain at fixed charges (eV/Angstrom^3, ASE Voigt order); periodic only.
+    iterations : int
+        Conjugate-gradient iterations (0 for the dense solver).
+    residual : float
+        ||P(A q + chi)|| / ||P(A q_u + chi)||: the spread of the electronegativity
+        dU/dq_i left at the solution relative to that at uniform charges q_u = Q/N
+        (P removes the mean).
+    chemical_potential : float
+        mu = dU/dq_i (eV/e), equal on all atoms at the solution (= -lambda).
+    method : str
+        ``"dense"`` or ``"cg"``.
+    """
+
+    charges: np.ndarray
+    energy: float
+    potential: np.ndarray
+    forces: np.ndarray | None
+    stress: np.ndarray | None
+    iterations: int
+    residual: float
+    chemical_potential: float
+    method: str
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def per_atom(values, symbols: Sequence[str], name: str, unit: str,
+             positive: bool = False) -> np.ndarray:
+    """Expand a per-atom sequence, a scalar or a {element: value} dict to an (N,) array.
+
+    Raises ValueError for a wrong length, an element missing from the dict, non-finite
+    values, or (with ``positive``) values <= 0.
+    """
+    n = len(symbols)
+    if isinstance(values, Mapping):
+        missing = sorted(set(symbols) - set(values))
+        if missing:
+            raise ValueError(f"{name} has no value for element(s) {missing}; give "
+                             f"{name} for every element in the structure")
+        arr = np.array([float(values[s]) for s in symbols], dtype=np.float64)
+    else:
+        if isinstance(values, Tensor):
+            values = values.detach().cpu().numpy()
+        arr = np.asarray(values, dtype=np.float64)
+        if arr.ndim == 0:
+            arr = np.full(n, float(arr))
+        if arr.shape != (n,):
+            raise ValueError(f"{name} must have one value per atom ({n}), got shape "
+                             f"{arr.shape}")
+    bad = ~np.isfinite(arr)
+    if positive:
+        bad |= ~(arr > 0.0)
+    if bad.any():
+        idx = np.flatnonzero(bad)[:10]
+        need = "finite and > 0" if positive else "finite"
+        raise ValueError(f"{name} ({unit}) must be {need}; atoms {idx.tolist()} have "
+                         f"{arr[idx].tolist()}")
+    return arr
+
+
+def _check_scalar(x: float, name: str) -> float:
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be finite, got {x}")
+    return x
+
+
+def _check_method(method: str) -> None:
+    if method not in ("auto", "dense", "cg"):
+        raise ValueError(f"method must be 'auto', 'dense' or 'cg', got {method!r}")
+
+
+def _resolve_method(method: str, n: int, periodic: bool) -> str:
+    _check_method(method)
+    if method != "auto":
+        return method
+    return "dense" if n <= DENSE_MAX_ATOMS["periodic" if periodic else "free"] else "cg"
+
+
+def _electrostatics(positions, cell, pbc, widths, method: str,
+                    accuracy: float | None) -> Electrostatics:
+    # the dense solver needs the explicit Ewald matrix, so its energies use the direct sum
+    kspace = "ewald" if method == "dense" else "auto"
+    return Electrostatics(positions, cell, pbc, widths, kspace=kspace,
+                          accuracy=DEFAULT_ACCURACY if accuracy is None else accuracy)
+
+
+# --------------------------------------------------------------------------- solver
+
+
+@dataclass
+class _Solution:
+    x: Tensor
+    mu: float
+    iterations: int
+    residual: float
+    ax: Tensor  # A x, reused for potentials and energies
+    ref: float  # absolute residual scale of this solve (eV/e)
+
+
+class ConstrainedSolver:
+    """Solves min_x x.A.x/2 - b.x subject to sum x = c, with A = diag(J) + A_es.
+
+    Equivalently [A 1; 1^T 0][x; -mu] = [b; c]. One instance serves one geometry: the
+    main charge solve and the adjoint solves of :func:`qeq_energy`'s backward pass.
+
+    Parameters
+    ----------
+    electrostatics : Electrostatics
+        The geometry and its electrostatic operator A_es.
+    hardness : (N,) tensor
+        J (eV/e^2), > 0.
+    method : {"dense", "cg"}
+    tol : float
+        Relative tolerance on the residual (see :class:`QEqResult`).
+    max_iter : int, optional
+        Conjugate-gradient iteration limit (default max(1000, 10 sqrt(N))).
+    """
+
+    def __init__(self, electrostatics: Electrostatics, hardness: Tensor, method: str,
+                 tol: float, max_iter: int | None = None):
+        if method not in ("dense", "cg"):
+            raise ValueError(f"method must be 'dense' or 'cg', got {method!r}")
+        if not tol > 0.0:
+            raise ValueError(f"tol must be > 0, got {tol}")
+        self.es = electrostatics
+        self.hardness = hardness.detach().to(_F64)
+        self.method = method
+        self.tol = float(tol)
+        n = electrostatics.n_atoms
+        self.max_iter = int(max_iter) if max_iter is not None else max(1000, int(10 * n**0.5))
+        self.scale = 0.0  # residual scale of the main solve; sets adjoint tolerances
+        if method == "dense":
+            a = electrostatics.matrix()
+            a.diagonal().add_(self.hardness)
+            self._a = a
+            bordered = torch.zeros(n + 1, n + 1, dtype=_F64)
+            bordered[:n, :n] = a
+            bordered[:n, n] = 1.0
+            bordered[n, :n] = 1.0
+            self._lu = torch.linalg.lu_factor(bordered)
+        else:
+            dinv = 1.0 / (self.hardness + electrostatics.diagonal())
+            if not torch.all(dinv > 0):
+                raise ValueError("the QEq matrix has a non-positive diagonal; check hardness "
+                                 "and widths")
+            if electrostatics.periodic:
+                self._precondition = _ScreeningPreconditioner(electrostatics, dinv)
+            else:
+                sum_dinv = float(dinv.sum())
+
+                def jacobi(r: Tensor) -> Tensor:
+                    # M^-1 (r - m 1) with m such that the result sums to zero
+                    return dinv * (r - float((dinv * r).sum()) / sum_dinv)
+
+                self._precondition = jacobi
+
+    def matvec(self, x: Tensor) -> Tensor:
+        """(J + A_es) x in eV/e."""
+        if self.method == "dense":
+            return self._a @ x
+        return self.hardness * x + self.es.matvec(x)
+
+    @staticmethod
+    def _project(r: Tensor) -> Tensor:
+        return r - r.mean()
+
+    def solve(self, b: Tensor, total: float, x0: Tensor | None = None,
+              ref: float | None = None) -> _Solution:
+        """Solve with right-hand side b (eV/e) and sum x = total (e).
+
+        Converged when ||P(b - A x)|| <= tol * ref; ``ref`` defaults to the residual of the
+        uniform vector total/N, and a right-hand side smaller than that returns at once."""
+        b = b.detach().to(_F64)
+        n = len(b)
+        uniform = torch.full((n,), total / max(n, 1), dtype=_F64)
+        if ref is None:
+            au = self.matvec(uniform) if total != 0.0 else torch.zeros(n, dtype=_F64)
+            ref = float(torch.linalg.norm(self._project(b - au)))
+        ref = max(ref, 1e-300)
+        if self.method == "dense":
+            return self._solve_dense(b, total, ref)
+        x = uniform if x0 is None else x0.detach().to(_F64) + (total - float(x0.sum())) / n
+        return self._solve_cg(b, total, x, ref)
+
+    def _finish(self, x: Tensor, ax: Tensor, b: Tensor, total: float, ref: float,
+                iterations: int) -> _Solution:
+        x = x + (total - float(x.sum())) / len(x)  # remove round-off drift of sum x
+        r = ax - b
+        return _Solution(x, float(r.mean()), iterations,
+                         float(torch.linalg.norm(self._project(r))) / ref, ax, ref)
+
+    def _solve_dense(self, b: Tensor, total: float, ref: float) -> _Solution:
+        n = len(b)
+        rhs = torch.cat([b, torch.tensor([total], dtype=_F64)])
+        sol = torch.linalg.lu_solve(*self._lu, rhs[:, None])[:, 0]
+        for _ in range(3):  # iterative refinement against round-off
+            x = sol[:n]
+            ax = self._a @ x
+            res = rhs - torch.cat([ax + sol[n], x.sum()[None]])
+            if float(torch.linalg.norm(self._project(res[:n]))) <= 0.01 * self.tol * ref:
+                break
+            sol = sol + torch.linalg.lu_solve(*self._lu, res[:, None])[:, 0]
+        x = sol[:n]
+        out = self._finish(x, self._a @ x, b, total, ref, 0)
+        if not out.residual <= self.tol or not math.isfinite(out.residual):
+            raise QEqConvergenceError(
+                f"dense QEq solve reached only a relative residual {out.residual:.3g} "
+                f"(tol {self.tol:g}); the system is ill-conditioned - check hardness, "
+                f"widths and geometry")
+        return out
+
+    def _solve_cg(self, b: Tensor, total: float, x: Tensor, ref: float) -> _Solution:
+        precondition = self._precondition
+        target = self.tol * ref
+        iterations = 0
+        for _restart in range(5):
+            ax = self.matvec(x)
+            # adding c 1 to r changes neither the problem nor z, but keeping r projected
+            # stops the (large) Lagrange part of r from swamping the update in round-off
+            r = self._project(b - ax)
+            rnorm = float(torch.linalg.norm(r))
+            if not math.isfinite(rnorm):
+                raise QEqConvergenceError("QEq conjugate gradients produced non-finite values")
+            if rnorm <= target:
+                return self._finish(x, ax, b, total, ref, iterations)
+            z = precondition(r)
+            p = z
+            rz = float(r @ z)
+            while iterations < self.max_iter:
+                ap = self.matvec(p)
+                pap = float(p @ ap)
+                if not pap > 0.0:
+                    raise QEqConvergenceError(
+                        f"QEq matrix is not positive definite on sum q = const (p.A.p = "
+                        f"{pap:.3g}); check hardness (> 0) and widths")
+                alpha = rz / pap
+                x = x + alpha * p
+                r = self._project(r - alpha * ap)
+                iterations += 1
+                if float(torch.linalg.norm(r)) <= target:
+                    break  # verified against the true residual by the restart loop
+                z = precondition(r)
+                rz_new = float(r @ z)
+                p = z + (rz_new / rz) * p
+                rz = rz_new
+            else:
+                break
+        ax = self.matvec(x)
+        res = float(torch.linalg.norm(self._project(b - ax))) / ref
+        raise QEqConvergenceError(
+            f"QEq conjugate gradients did not converge: relative residual {res:.3g} after "
+            f"{iterations} iterations (tol {self.tol:g}); raise max_iter or tol, or check "
+            f"the input (hardness, widths, geometry)")
+
+    def project_solve(self, b: Tensor) -> Tensor:
+        """x = S b: the solution with sum x = 0 of [A 1; 1^T 0][x; .] = [b; 0].
+
+        S is symmetric; it is the derivative of the charges with respect to -chi. A right-hand
+        side below the main solve's convergence threshold gives x = 0 (CG) at no cost."""
+        ref = max(float(torch.linalg.norm(self._project(b.detach()))), self.scale)
+        return self.solve(b, 0.0, ref=ref).x
+
+
+class _ScreeningPreconditioner:
+    """Jacobi preconditioner with the long-range Coulomb part inverted in Fourier space.
+
+    On long charge waves (wavevector k) the electrostatic matrix acts like the continuum
+    Coulomb operator c(k) = 4 pi k_e exp(-k^2 sigma^2) / (Omega k^2) (Omega = V/N); it makes
+    long waves stiff, so with a Jacobi preconditioner alone the condition number grows like
+    L^2 and CG needs O(N^(1/3)) iterations. Writing A ~ D + C (D the diagonal, C the smooth
+    Coulomb part), Woodbury's identity with the continuum average <1/D> gives
+
+        M^-1 = D^-1 - D^-1 F D^-1,    F(k) = c(k) / (1 + c(k) <1/D>),
+
+    which inverts the long-wave stiffness exactly, so the preconditioned spectrum stays
+    bounded as the cell grows. F is applied on a coarse FFT grid (order-4 B-spline
+    assignment, deconvolved). By Cauchy-Schwarz, F < D in the continuum limit, so M is
+    positive definite; the solver falls back to Jacobi should round-off or a very
+    inhomogeneous structure ever make r.z non-positive."""
+
+    def __init__(self, es: Electrostatics, dinv: Tensor, spacing: float = 1.5, order: int = 4):
+        n = es.n_atoms
+        omega = es.volume / n
+        mean_dinv = float(dinv.mean())
+        sigma2 = 0.5 * float((es.widths**2).mean())
+        lengths = torch.linalg.norm(es.cell, dim=1)
+        grid = tuple(fft_size(float(a) / spacing, 2 * order) for a in lengths)
+        k2 = (2.0 * math.pi) ** 2 * reciprocal_norms(es.cell, grid)
+        zero = k2 == 0
+        k2 = torch.where(zero, torch.ones_like(k2), k2)
+        c = 4.0 * math.pi * COULOMB / omega * torch.exp(-k2 * sigma2) / k2
+        f = torch.where(zero, torch.full_like(c, 1.0 / mean_dinv), c / (1.0 + c * mean_dinv))
+        import os
+        ks2 = 4.0 * math.pi * COULOMB / omega * mean_dinv
+        kw = float(os.environ.get("KW", "1.0"))
+        deconv = os.environ.get("DECONV", "0") == "1"
+        f = f * torch.exp(-k2 / (kw**2 * ks2))
+        if not deconv:
+            f = f / bspline_modulus(grid, order)
+        # grid convolution that maps an atomic wave x to F(k) x: spreading puts N / prod(grid)
+        # atoms' worth on each grid point, B(m) undoes the spline smoothing
+        self._f = f * bspline_modulus(grid, order) * (math.prod(grid) / n)
+        self._grid = grid
+        self._w = spreading_matrix(es.positions, es.cell, grid, order)
+        self._dinv = dinv.numpy()
+
+    def __call__(self, r: Tensor) -> Tensor:
+        x = self._dinv * r.numpy()
+        grid = torch.from_numpy(self._w.T @ x).reshape(self._grid)
+        y = self._w @ torch.fft.irfftn(self._f * torch.fft.rfftn(grid), s=self._grid
+                                       ).reshape(-1).numpy()
+        z = torch.from_numpy(x - self._dinv * y)
+        return z - z.mean()
+
+
+class _ProjectedSolve(torch.autograd.Function):
+    """x = S b with S the constrained inverse of the QEq matrix (fixed geometry); linear
+    and symmetric, so the backward pass is S again (and so on, to any order)."""
+
+    @staticmethod
+    def forward(ctx, rhs: Tensor, solver: ConstrainedSolver) -> Tensor:
+        ctx.solver = solver
+        return solver.project_solve(rhs)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _ProjectedSolve.apply(grad, ctx.solver), None
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def equilibrate(atoms, chi, hardness, widths, total_charge: float = 0.0,
+                method: str = "auto", tol: float = 1e-10, initial_charges=None, *,
+                accuracy: float | None = None, max_iter: int | None = None,
+                compute_forces: bool = True) -> QEqResult:
+    """Equilibrate the charges of a structure.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms
+        Cluster (pbc all False) or periodic cell (pbc all True); any triclinic cell.
+    chi : (N,) array
+        Electronegativities chi_i (eV/e).
+    hardness : (N,) array, scalar or {element: value}
+        Hardness J (eV/e^2), > 0.
+    widths : (N,) array, scalar or {element: value}
+        Gaussian widths alpha (Angstrom), > 0.
+    total_charge : float
+        Total charge Q (e); a net-charged periodic cell gets a uniform background.
+    method : {"auto", "dense", "cg"}
+        Solver; ``"auto"`` is dense up to :data:`DENSE_MAX_ATOMS`.
+    tol : float
+        Relative residual tolerance (see :class:`QEqResult`).
+    initial_charges : (N,) array, optional
+        Warm start for ``"cg"`` (shifted uniformly to sum to Q).
+    accuracy : float, optional
+        Ewald truncation target (default :data:`snapqeq.ewald.DEFAULT_ACCURACY`).
+    max_iter : int, optional
+        Conjugate-gradient iteration limit.
+    compute_forces : bool
+        Also return forces and (periodic) stress at fixed charges.
+
+    Raises
+    ------
+    ValueError
+        Bad input: non-finite chi or positions, non-positive hardness or widths, missing
+        elements, overlapping atoms, degenerate cell, mixed pbc.
+    QEqConvergenceError
+        The solver did not reach ``tol``.
+    """
+    symbols = atoms.get_chemical_symbols()
+    n = len(symbols)
+    chi_np = per_atom(chi, symbols, "chi", "eV/e")
+    j_np = per_atom(hardness, symbols, "hardness", "eV/e^2", positive=True)
+    w_np = per_atom(widths, symbols, "widths", "Angstrom", positive=True)
+    total = _check_scalar(total_charge, "total_charge")
+    x0 = None
+    if initial_charges is not None:
+        x0 = torch.from_numpy(per_atom(initial_charges, symbols, "initial_charges", "e"))
+    method = _resolve_method(method, n, bool(np.any(atoms.pbc)))
+    es = _electrostatics(atoms.positions, atoms.cell.array, atoms.pbc, w_np, method, accuracy)
+    solver = ConstrainedSolver(es, torch.from_numpy(j_np), method, tol, max_iter)
+    chi_t, j_t = torch.from_numpy(chi_np), torch.from_numpy(j_np)
+    sol = solver.solve(-chi_t, total, x0)
+    q = sol.x
+    phi = sol.ax - j_t * q
+    forces = stress = None
+    if compute_forces and n:
+        e_es, f, s = es.forces_stress(q)
+        forces = f.numpy()
+        stress = None if s is None else s.numpy()
+    else:
+        e_es = 0.5 * torch.dot(q, phi)
+    energy = float(torch.dot(chi_t, q) + 0.5 * torch.dot(j_t * q, q) + e_es)
+    return QEqResult(charges=q.numpy(), energy=energy, potential=phi.numpy(), forces=forces,
+                     stress=stress, iterations=sol.iterations, residual=sol.residual,
+                     chemical_potential=float(sol.mu) if n else 0.0, method=method)
+
+
+def qeq_energy(chi: Tensor, positions: Tensor, cell: Tensor | None, pbc, hardness: Tensor,
+               widths: Tensor, total_charge: float = 0.0, *, method: str = "auto",
+               tol: float = 1e-10, initial_charges: Tensor | None = None,
+               accuracy: float | None = None, max_iter: int | None = None
+               ) -> tuple[Tensor, Tensor]:
+    """QEq energy U(q*) (eV) and charges q* (e) as differentiable torch tensors.
+
+    This is the layer the CENT model trains through. The charges are solved without
+    autograd; the graph is then rebuilt from one Newton step q = q* - S g (g = A q* + chi,
+    S the constrained inverse, :class:`_ProjectedSolve`) with a first-order correction
+    for the dependence of S on the geometry. Because U is quadratic in q, one Newton step
+    from any feasible point is exact, so
+
+    - the returned values are the converged ones;
+    - first derivatives are exact: dU/dchi_i = q_i and dU/dr = dU/dr|_q (Hellmann-Feynman,
+      the variational principle), dq/dchi = -S and dq/dr = -S (dA/dr) q;
+    - second derivatives of U and of q (training on forces, with or without a
+      charge-dependent short-range energy) are exact too. Derivatives with respect to
+      charges cost one extra linear solve per backward pass (the adjoint solve of SPEC §5),
+      and nothing when only the forces of U are needed.
+
+    Parameters
+    ----------
+    chi : (N,) tensor
+        Electronegativities (eV/e).
+    positions : (N, 3) tensor
+        Positions (Angstrom); may require grad (forces).
+    cell : (3, 3) tensor or None
+        Cell rows (Angstrom); may require grad (stress, via a strained cell and positions).
+    pbc : bool or 3 bools
+        All True (periodic) or all False (cluster).
+    hardness : (N,) tensor
+        J per atom (eV/e^2), > 0; may require grad.
+    widths : (N,) tensor
+        alpha per atom (Angstrom), > 0; may require grad.
+    total_charge : float
+        Q (e).
+    method, tol, initial_charges, accuracy, max_iter
+        As in :func:`equilibrate`.
+
+    Returns
+    -------
+    energy : scalar tensor
+        U(q*) = chi.q + J.q^2 / 2 + E_es(q) (eV), without reference energies.
+    charges : (N,) tensor
+    """
+    chi = torch.as_tensor(chi, dtype=_F64)
+    positions = torch.as_tensor(positions, dtype=_F64)
+    hardness = torch.as_tensor(hardness, dtype=_F64)
+    widths = torch.as_tensor(widths, dtype=_F64)
+    n = len(positions)
+    symbols = ["X"] * n
+    per_atom(chi, symbols, "chi", "eV/e")
+    per_atom(hardness, symbols, "hardness", "eV/e^2", positive=True)
+    per_atom(widths, symbols, "widths", "Angstrom", positive=True)
+    total = _check_scalar(total_charge, "total_charge")
+    pbc_arr = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    periodic = bool(pbc_arr.any())
+    cell_t = (torch.as_tensor(cell, dtype=_F64) if cell is not None
+              else torch.zeros(3, 3, dtype=_F64))
+    method = _resolve_method(method, n, periodic)
+    es = _electrostatics(positions.detach(), cell_t.detach(), pbc_arr, widths.detach(), method,
+                         accuracy)
+    solver = ConstrainedSolver(es, hardness, method, tol, max_iter)
+    x0 = None
+    if initial_charges is not None:
+        x0 = torch.as_tensor(initial_charges, dtype=_F64).detach()
+        per_atom(x0, symbols, "initial_charges", "e")
+    sol = solver.solve(-chi.detach(), total, x0)
+    solver.scale = sol.ref
+    q_star = sol.x
+    cell_arg = cell_t if periodic else None
+    tensors = (chi, positions, cell_t, hardness, widths)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+        e = torch.dot(chi, q_star) + 0.5 * torch.dot(hardness * q_star, q_star)
+        return e + 0.5 * torch.dot(q_star, sol.ax - hardness * q_star), q_star
+
+    def qeq_matvec(y: Tensor) -> Tensor:  # (J + A_es) y, differentiable in the geometry
+        return hardness * y + es.potential(y, positions, cell_arg, widths)
+
+    def qeq_matvec_fixed(y: Tensor) -> Tensor:  # the operator S inverts (graph in y only)
+        return solver.hardness * y + es.potential(y)
+
+    g = chi + qeq_matvec(q_star)
+    y = _ProjectedSolve.apply(g, solver)
+    q = q_star - y + _ProjectedSolve.apply(qeq_matvec(y) - qeq_matvec_fixed(y), solver)
+    e = torch.dot(chi, q) + 0.5 * torch.dot(hardness * q, q) + es.energy(
+        q, positions, cell_arg, widths)
+    return e, q
