@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=_cmd_descriptors)
 
+    from snapqeq.olcao_cli import add_parser as add_olcao_parser
+
+    add_olcao_parser(sub)
+
     p = sub.add_parser("train", help="train a CENT model from a YAML configuration")
     p.add_argument("config", help="YAML file (keys of snapqeq.training.TrainConfig)")
     p.add_argument("--output", help="output folder (overrides the config)")
