@@ -126,7 +126,7 @@ def evaluate(model: CENT, samples: list[Sample], forces: bool = True) -> list[Re
         out = predict(model, s, forces=forces and s.forces is not None, create_graph=False)
         records.append(Record(
             n_atoms=s.n_atoms, total_charge=s.total_charge, split=s.split,
-            energy=float(out["energy"]), energy_ref=s.energy,
+            energy=float(out["energy"].detach()), energy_ref=s.energy,
             forces=out["forces"].detach().numpy() if "forces" in out else None,
             forces_ref=None if s.forces is None else s.forces.numpy(),
             charges=out["charges"].detach().numpy(),
@@ -274,7 +274,7 @@ def train(config: TrainConfig) -> TrainResult:
     (out / "metrics.txt").write_text(table + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "history.json").write_text(json.dumps(history))
-    (out / "config.yaml").write_text(yaml.safe_dump(asdict(config)))
+    (out / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
     from snapqeq.plots import learning_curve, parity_plot
 
     learning_curve(history, out / "learning_curve.png")

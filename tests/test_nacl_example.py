@@ -1,0 +1,27 @@
+"""The NaCl-cluster example end to end in its small mode (GFN2-xTB data, CENT and 4G)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nacl_clusters" / "run.py"
+
+
+@pytest.mark.slow
+def test_small_mode_runs_and_reports(tmp_path):
+    spec = importlib.util.spec_from_file_location("nacl_example", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.main(["--small", "--out", str(tmp_path)])
+    out = tmp_path / "small"
+    for name in ("report.md", "parity_cent.png", "parity_4g.png", "compression.png",
+                 "cent/model.pt", "4g/model.pt"):
+        assert (out / name).stat().st_size > 0, name
+    for model in ("cent", "4g"):
+        r = results[model]
+        assert 0.0 < r["test neutral"] < 100.0  # mHa/atom: finite, not absurd
+        assert len(r["compression"]) == 5
+    assert "paper (LDA)" in (out / "report.md").read_text()

@@ -1,0 +1,128 @@
+"""Training pipeline: exact training-path forces, determinism, resume, export, CLI test.
+
+Reference data come from a "teacher" CENT model evaluated with the ASE calculator on NaCl
+clusters, so the tests are fast and the student has a target it can represent.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from ase.io import write
+
+from snapqeq import Bispectrum
+from snapqeq.calculator import SnapQEqCalculator
+from snapqeq.clusters import generate_clusters
+from snapqeq.data import make_sample, read_structures
+from snapqeq.export import export_model, load_model
+from snapqeq.model import CENT
+from snapqeq.potential import predict
+from snapqeq.training import BOHR, HARTREE, TrainConfig, export_checkpoint, train
+
+DESCRIPTOR = {"twojmax": 4, "rcutfac": 1.0, "radii": {"Na": 3.0, "Cl": 3.0},
+              "weights": {"Na": 1.0, "Cl": 0.5}}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Teacher-labelled clusters of 8 and 12 atoms, neutral and +1, split by info."""
+    torch.manual_seed(7)
+    bs = Bispectrum(**DESCRIPTOR)
+    teacher = CENT(2, bs.n_components, [3, 3], [BOHR, 2 * BOHR],
+                   [0.2 * HARTREE, 0.1 * HARTREE], [-5.0, -7.0], chi_scale=3.0)
+    root = tmp_path_factory.mktemp("teacher")
+    meta = dict(bs.params, radii=bs.radii, weights=bs.weights, sinner=None, dinner=None)
+    calc = SnapQEqCalculator(export_model(teacher, ["Na", "Cl"], meta, root / "teacher.pt"))
+    frames = []
+    for n, split in ((8, "train"), (12, "validation")):
+        for charge in (0, 1):
+            for atoms in generate_clusters(n, 4 if split == "train" else 2, seed=1, tag=charge):
+                atoms.info.update(charge=float(charge), split=split)
+                atoms.calc = calc
+                atoms.info["energy"] = atoms.get_potential_energy()
+                atoms.arrays["forces"] = atoms.get_forces()
+                atoms.arrays["ref_charges"] = atoms.get_charges()
+                atoms.calc = None
+                frames.append(atoms)
+    path = root / "data.extxyz"
+    write(path, frames)
+    return path
+
+
+def config(data, out, **changes) -> TrainConfig:
+    base = dict(data=str(data), output=str(out), split="info", descriptor=DESCRIPTOR,
+                epochs=4, batch_size=2, lr=1e-2, progress=False,
+                loss_weights={"energy": 1.0, "forces": 0.1, "charges": 0.1})
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("short", [None, [4]])
+def test_training_path_forces_are_exact(dataset, short):
+    bs = Bispectrum(**DESCRIPTOR)
+    torch.manual_seed(0)
+    model = CENT(2, bs.n_components, [3, 3], [BOHR, 2 * BOHR], [5.4, 2.7], [0.0, 0.0],
+                 short_hidden=short)
+    atoms = read_structures(dataset)[5]
+    atoms.info["charge"] = 1.0
+    f = predict(model, make_sample(atoms, bs))["forces"].detach().numpy()
+
+    def energy(a):
+        return float(predict(model, make_sample(a, bs), forces=False)["energy"].detach())
+
+    fd = np.zeros_like(f)
+    for i in range(len(atoms)):
+        for c in range(3):
+            e = []
+            for step in (1e-5, -1e-5):
+                a = atoms.copy()
+                a.positions[i, c] += step
+                e.append(energy(a))
+            fd[i, c] = -(e[0] - e[1]) / 2e-5
+    assert np.abs(f - fd).max() < 1e-7
+
+
+def test_deterministic_resumable_and_exported(dataset, tmp_path):
+    r1 = train(config(dataset, tmp_path / "a"))
+    r2 = train(config(dataset, tmp_path / "b"))
+    h1 = [h["train_loss"] for h in r1.history]
+    assert h1 == [h["train_loss"] for h in r2.history]
+    assert h1[-1] < h1[0]
+    # resume: 2 epochs, then continue to 4 = the same as 4 in one go
+    train(config(dataset, tmp_path / "c", epochs=2))
+    r3 = train(config(dataset, tmp_path / "c", epochs=4, resume=True))
+    assert [h["train_loss"] for h in r3.history] == pytest.approx(h1, rel=1e-10)
+    for name in ("learning_curve.png", "parity.png", "metrics.txt", "model.pt"):
+        assert (tmp_path / "a" / name).stat().st_size > 0
+    loaded = load_model(r1.model_path)
+    assert loaded.elements == ["Na", "Cl"]
+    again = export_checkpoint(tmp_path / "a", tmp_path / "again.pt")
+    atoms = read_structures(dataset)[0]
+    e = []
+    for path in (r1.model_path, again):
+        a = atoms.copy()
+        a.calc = SnapQEqCalculator(path)
+        e.append(a.get_potential_energy())
+    assert e[0] == pytest.approx(e[1], rel=1e-12)
+
+
+def test_cli_test_reports_metrics(dataset, tmp_path):
+    result = train(config(dataset, tmp_path / "run", epochs=2))
+    out = subprocess.run([sys.executable, "-m", "snapqeq.cli", "test", str(dataset),
+                          "--model", str(result.model_path), "--json"],
+                         capture_output=True, text=True, check=True)
+    metrics = json.loads(out.stdout)
+    assert metrics["all"]["count"] == 12
+    assert {"neutral", "ionized", "split=train", "split=validation"} <= set(metrics)
+    assert metrics["all"]["energy_rmse_mha"] == pytest.approx(
+        metrics["all"]["energy_rmse_mev"] / HARTREE, rel=1e-9)
+    assert metrics["all"]["force_rmse_mev"] > 0
+    bad = subprocess.run([sys.executable, "-m", "snapqeq.cli", "test", str(dataset),
+                          "--model", str(tmp_path / "missing.pt")], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "not found" in bad.stderr
