@@ -13,6 +13,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Bispectrum": "snapqeq.bispectrum",
+    "SnapQEqCalculator": "snapqeq.calculator",
+    "load_model": "snapqeq.export",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
