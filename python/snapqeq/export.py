@@ -16,8 +16,6 @@ snapqeq installed; :func:`load_model` adds validation.
 from __future__ import annotations
 
 import json
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,23 +23,17 @@ import torch
 from torch import nn
 
 from snapqeq import __version__
+from snapqeq.archive import METADATA_FILE, read_archive, write_archive
 from snapqeq.model import CENT
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "METADATA_FILE", "LoadedModel", "ScriptableCENT",
+           "build_metadata", "export_model", "load_model"]
 
 FORMAT = "snapqeq-model"
 FORMAT_VERSION = 1
-METADATA_FILE = "snapqeq.json"
 REQUIRED = ("format", "format_version", "elements", "descriptor", "hardness", "widths", "e0",
             "units", "has_short_range")
 UNITS = {"energy": "eV", "length": "Angstrom", "charge": "e", "coulomb_constant": 14.399645}
-
-
-@contextmanager
-def _torchscript():
-    """TorchScript is deprecated upstream in favour of torch.export, but it is what
-    libtorch in the LAMMPS plugin loads; keep its deprecation warnings out of user logs."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")
-        yield
 
 
 class ScriptableCENT(nn.Module):
@@ -96,17 +88,8 @@ def build_metadata(model: CENT, elements: list[str], descriptor: dict) -> dict:
 def export_model(model: CENT, elements: list[str], descriptor: dict, path: str | Path,
                  overwrite: bool = False) -> Path:
     """Write the TorchScript model file; refuses to replace an existing file by default."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (or --force) to replace it")
     meta = json.dumps(build_metadata(model, elements, descriptor))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with _torchscript():
-        scripted = torch.jit.script(ScriptableCENT(model.eval(), meta))
-        torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: meta})
-    tmp.replace(path)
-    return path
+    return write_archive(ScriptableCENT(model, meta), meta, path, overwrite)
 
 
 @dataclass
@@ -124,25 +107,5 @@ class LoadedModel:
 
 def load_model(path: str | Path) -> LoadedModel:
     """Load and validate a model file (format name, version, required fields)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"model file not found: {path}")
-    extra = {METADATA_FILE: ""}
-    try:
-        with _torchscript():
-            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except RuntimeError as err:
-        raise ValueError(f"{path} is not a TorchScript model file: {err}") from None
-    if not extra[METADATA_FILE]:
-        raise ValueError(f"{path} has no {METADATA_FILE}; it was not written by snapqeq export")
-    meta = json.loads(extra[METADATA_FILE])
-    missing = [k for k in REQUIRED if k not in meta]
-    if missing:
-        raise ValueError(f"{path}: model metadata lacks {missing}; re-export the model")
-    if meta["format"] != FORMAT:
-        raise ValueError(f"{path}: unknown model format {meta['format']!r}")
-    if meta["format_version"] != FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: model format version {meta['format_version']}, this snapqeq reads "
-            f"version {FORMAT_VERSION}; re-export the model with snapqeq {__version__}")
-    return LoadedModel(module, meta, path)
+    module, meta = read_archive(path, FORMAT, FORMAT_VERSION, REQUIRED)
+    return LoadedModel(module, meta, Path(path))

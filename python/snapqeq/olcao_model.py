@@ -27,7 +27,6 @@ import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from ase import Atoms
 from torch import nn
 
 from snapqeq import __version__
+from snapqeq.archive import METADATA_FILE, read_archive, write_archive
 from snapqeq.mdn import ONE_SIGMA_COVERAGE, MixtureDensityHead
 from snapqeq.olcao import TARGETS_KEY, exponent_series, get_site_targets
 from snapqeq.site_features import FeatureRecipe, SiteFeatures, SiteFeaturizer, species_index
@@ -58,20 +58,10 @@ __all__ = [
 
 FORMAT = "snapqeq-olcao-model"
 FORMAT_VERSION = 1
-METADATA_FILE = "snapqeq.json"
 REQUIRED = ("format", "format_version", "elements", "features", "exponents", "n_inputs",
             "n_components", "hidden", "units")
 UNITS = {"coefficients": "Hartree", "exponents": "bohr^-2", "length": "Angstrom",
          "charge": "e", "potential": "eV/e"}
-
-
-@contextmanager
-def _torchscript():
-    """Same rationale as :mod:`snapqeq.export`: TorchScript is what libtorch loads; keep its
-    deprecation warnings out of user logs."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")
-        yield
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,16 +462,7 @@ def train_olcao_model(structures: Sequence[Atoms], config: OLCAOTrainConfig, *,
 
 def export_olcao_model(model: OLCAOModel, path: str | Path, overwrite: bool = False) -> Path:
     """Write the TorchScript OLCAO model file; refuses to replace a file by default."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (or --force) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with _torchscript():
-        scripted = torch.jit.script(model.eval())
-        torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: model.meta})
-    tmp.replace(path)
-    return path
+    return write_archive(model, model.meta, path, overwrite)
 
 
 @dataclass
@@ -512,33 +493,8 @@ class LoadedOLCAOModel:
 
 def load_olcao_model(path: str | Path) -> LoadedOLCAOModel:
     """Load and validate an OLCAO model file (format name, version, required fields)."""
+    module, meta = read_archive(path, FORMAT, FORMAT_VERSION, REQUIRED, what="OLCAO model")
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"OLCAO model file not found: {path}")
-    extra = {METADATA_FILE: ""}
-    try:
-        with _torchscript():
-            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except RuntimeError as err:
-        raise ValueError(f"{path} is not a TorchScript model file: {err}") from None
-    if not extra[METADATA_FILE]:
-        raise ValueError(f"{path} has no {METADATA_FILE}; it was not written by snapqeq")
-    try:
-        meta = json.loads(extra[METADATA_FILE])
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: unreadable {METADATA_FILE}: {err}") from None
-    if meta.get("format") == "snapqeq-model":
-        raise ValueError(f"{path} is a snapqeq energy model, not an OLCAO model "
-                         "(train one with 'snapqeq olcao train')")
-    missing = [k for k in REQUIRED if k not in meta]
-    if missing:
-        raise ValueError(f"{path}: OLCAO model metadata lacks {missing}; re-export the model")
-    if meta["format"] != FORMAT:
-        raise ValueError(f"{path}: unknown model format {meta['format']!r}, expected {FORMAT!r}")
-    if meta["format_version"] != FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: OLCAO model format version {meta['format_version']}, this snapqeq "
-            f"reads version {FORMAT_VERSION}; re-export the model with snapqeq {__version__}")
     try:
         recipe = FeatureRecipe.from_dict(meta["features"])
     except (TypeError, ValueError) as err:
