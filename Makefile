@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 
 KERNEL := $(wildcard kernel/*.cpp kernel/*.h) $(wildcard python/snapqeq/*.pyx)
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint bench bench-lammps clean
 
 $(VENV)/.deps: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,9 @@ lint: install
 
 bench: install
 	$(PY) benchmarks/bench_bispectrum.py
+
+bench-lammps: install
+	$(PY) benchmarks/bench_lammps_plugin.py --write
 
 clean:
 	rm -rf build python/snapqeq/*.so python/snapqeq/_sna.cpp $(VENV)/.built

@@ -74,6 +74,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build_plugin(args: argparse.Namespace) -> int:
+    from snapqeq.lammps_plugin import build_plugin
+
+    path = build_plugin(args.build_dir, jobs=args.jobs, verbose=args.verbose)
+    print(f"built {path}\nload it with `plugin load {path}` or "
+          f"export LAMMPS_PLUGIN_PATH={path.parent}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="snapqeq", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("build-lammps-plugin", help="build the LAMMPS pair style plugin")
+    p.add_argument("--build-dir", type=Path, default=None)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=_cmd_build_plugin)
     return parser
 
 

