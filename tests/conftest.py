@@ -173,3 +173,21 @@ def in_lammps_form(atoms: Atoms) -> bool:
     import lammps_oracle
 
     return lammps_oracle.lammps_box(atoms).is_identity
+
+
+def rewrite_model_metadata(src, dst, change):
+    """Copy a model archive, editing its JSON metadata with ``change(meta)``; returns dst."""
+    import json
+    import zipfile
+
+    from snapqeq.archive import METADATA_FILE
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith(f"extra/{METADATA_FILE}"):
+                meta = json.loads(data)
+                change(meta)
+                data = json.dumps(meta).encode()
+            zout.writestr(item, data)
+    return dst

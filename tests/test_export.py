@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import zipfile
 
 import pytest
 import torch
+from conftest import rewrite_model_metadata
 
 from snapqeq.export import FORMAT_VERSION, METADATA_FILE, export_model, load_model
 from snapqeq.model import CENT
@@ -68,25 +68,14 @@ def test_refuses_to_overwrite(tmp_path):
     assert path.read_text() == "user data"
 
 
-def _rewrite_metadata(src, dst, change):
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename.endswith(f"extra/{METADATA_FILE}"):
-                meta = json.loads(data)
-                change(meta)
-                data = json.dumps(meta).encode()
-            zout.writestr(item, data)
-
-
 def test_wrong_version_and_missing_fields_fail_clearly(tmp_path):
     path = export_model(small_model(), ["Na", "Cl"], DESCRIPTOR, tmp_path / "m.pt")
     old = tmp_path / "old.pt"
-    _rewrite_metadata(path, old, lambda m: m.update(format_version=FORMAT_VERSION + 1))
+    rewrite_model_metadata(path, old, lambda m: m.update(format_version=FORMAT_VERSION + 1))
     with pytest.raises(ValueError, match="format version"):
         load_model(old)
     broken = tmp_path / "broken.pt"
-    _rewrite_metadata(path, broken, lambda m: m.pop("widths"))
+    rewrite_model_metadata(path, broken, lambda m: m.pop("widths"))
     with pytest.raises(ValueError, match="widths"):
         load_model(broken)
     with pytest.raises(ValueError, match="not found"):

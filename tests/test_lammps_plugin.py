@@ -11,11 +11,9 @@ charges).
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +21,10 @@ import pytest
 import torch
 from ase import Atoms
 from ase.build import bulk
-from conftest import assert_close
+from conftest import assert_close, rewrite_model_metadata
 
 from snapqeq.bispectrum import Bispectrum
-from snapqeq.export import METADATA_FILE, export_model, load_model
+from snapqeq.export import export_model, load_model
 from snapqeq.lammps_plugin import build_plugin, load_plugin, plugin_directory
 from snapqeq.lammps_runtime import lammps_environment, open_lammps
 from snapqeq.model import CENT
@@ -470,18 +468,6 @@ def test_nve_energy_conservation(plugin, models, tmp_path):
 
 
 # ------------------------------------------------------------------------ bad input
-def _rewrite_metadata(src: Path, dst: Path, change) -> Path:
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename.endswith(f"extra/{METADATA_FILE}"):
-                meta = json.loads(data)
-                change(meta)
-                data = json.dumps(meta).encode()
-            zout.writestr(item, data)
-    return dst
-
-
 def _expect_error(commands: list[str], pattern: str, plugin: Path):
     lmp = open_lammps()
     try:
@@ -497,8 +483,8 @@ def _bad_input_cases(models: dict, tmp_path: Path) -> dict:
     data_f = write_data(tmp_path / "c.data", nacl_cluster())
     data_p = write_data(tmp_path / "p.data", nacl_cell())
     plain = models["plain"]
-    v99 = _rewrite_metadata(plain, tmp_path / "v99.pt", lambda m: m.update(format_version=99))
-    nofield = _rewrite_metadata(plain, tmp_path / "nofield.pt", lambda m: m.pop("widths"))
+    v99 = rewrite_model_metadata(plain, tmp_path / "v99.pt", lambda m: m.update(format_version=99))
+    nofield = rewrite_model_metadata(plain, tmp_path / "nofield.pt", lambda m: m.pop("widths"))
     garbage = tmp_path / "garbage.pt"
     garbage.write_text("not a model\n")
     ok = setup_commands(data_f, plain, "f f f")
@@ -529,7 +515,7 @@ def test_bad_input_is_a_clear_error(plugin, models, tmp_path, case):
 def test_bad_input_under_mpirun_exits_cleanly(plugin, models, tmp_path):
     """The executable stops with the message and a normal error status, not a signal."""
     data = write_data(tmp_path / "c.data", nacl_cluster())
-    v99 = _rewrite_metadata(models["plain"], tmp_path / "v99.pt",
+    v99 = rewrite_model_metadata(models["plain"], tmp_path / "v99.pt",
                             lambda m: m.update(format_version=99))
     (tmp_path / "in.lmp").write_text("\n".join(
         [f"plugin load {plugin}"] + setup_commands(data, v99, "f f f") + ["run 0"]) + "\n")

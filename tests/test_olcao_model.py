@@ -16,7 +16,6 @@ import json
 import subprocess
 import sys
 import time
-import zipfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,12 +25,12 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 from ase.io import read, write
+from conftest import rewrite_model_metadata
 
 from snapqeq import olcao
 from snapqeq.olcao_cli import add_parser, predict_command, train_command
 from snapqeq.olcao_model import (
     FORMAT_VERSION,
-    METADATA_FILE,
     OLCAOModel,
     OLCAOTrainConfig,
     evaluate_olcao_model,
@@ -302,29 +301,18 @@ def test_export_load_roundtrip(trained, synthetic, tmp_path):
     export_olcao_model(model, path, overwrite=True)
 
 
-def _rewrite_metadata(src: Path, dst: Path, edit) -> None:
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if item.filename.endswith("extra/" + METADATA_FILE):
-                meta = json.loads(data)
-                edit(meta)
-                data = json.dumps(meta).encode()
-            zout.writestr(item, data)
-
-
 def test_load_rejects_bad_files(trained, tmp_path):
     path = export_olcao_model(trained["with"]["model"], tmp_path / "good.pt")
     newer = tmp_path / "newer.pt"
-    _rewrite_metadata(path, newer, lambda m: m.update(format_version=FORMAT_VERSION + 1))
+    rewrite_model_metadata(path, newer, lambda m: m.update(format_version=FORMAT_VERSION + 1))
     with pytest.raises(ValueError, match="format version 2"):
         load_olcao_model(newer)
     partial = tmp_path / "partial.pt"
-    _rewrite_metadata(path, partial, lambda m: m.pop("exponents"))
+    rewrite_model_metadata(path, partial, lambda m: m.pop("exponents"))
     with pytest.raises(ValueError, match="lacks"):
         load_olcao_model(partial)
     energy = tmp_path / "energy.pt"
-    _rewrite_metadata(path, energy, lambda m: m.update(format="snapqeq-model"))
+    rewrite_model_metadata(path, energy, lambda m: m.update(format="snapqeq-model"))
     with pytest.raises(ValueError, match="energy model"):
         load_olcao_model(energy)
     junk = tmp_path / "junk.pt"
