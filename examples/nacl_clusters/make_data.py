@@ -23,7 +23,7 @@ overwritten unless ``--force`` is given.
 
 Usage::
 
-    python examples/nacl_clusters/make_data.py            # full set, ~7 min on 2 cores
+    python examples/nacl_clusters/make_data.py            # 627 structures, ~8 min on 2 cores
     python examples/nacl_clusters/make_data.py --small    # a few structures, < 1 min
 """
 
@@ -55,10 +55,13 @@ HERE = Path(__file__).resolve().parent
 SPLITS = ("train", "validation", "test")
 OUTPUTS = (*SPLITS, "compression")
 
-#: Structures per (size, total charge) and split of the default (full) run. With these the
-#: run takes about 7 minutes on 2 cores (tblite time grows as N³: ~0.02 s for N = 8,
-#: ~1-2 s for N = 40, ~6-14 s for N = 80; charged clusters need more SCF cycles).
-DEFAULT_COUNTS = {"train": 20, "validation": 3, "test": 6}
+#: Structures per (size, total charge) and split of the default (full) run: 627 structures,
+#: about 850 s of tblite CPU time plus ~1 min of structure generation, i.e. about 8 minutes
+#: on 2 idle cores. tblite time per structure grows as N³ and with the charge (more SCF
+#: cycles): about 0.01/0.02/0.04 s for N = 8, 0.7/1.4/1.8 s for N = 40 and 6/16/17 s for
+#: N = 80 (charge 0/+1/+2). A structure whose SCF fails costs up to 550 SCF cycles (about a
+#: minute for N = 80); the default set has one.
+DEFAULT_COUNTS = {"train": 20, "validation": 2, "test": 6}
 SMALL_COUNTS = {"train": 3, "validation": 1, "test": 1}
 SMALL_SIZES = {"train": (8, 12, 16, 20), "validation": (44,), "test": (64,)}
 DEFAULT_RATIOS = tuple(np.round(np.linspace(0.85, 1.20, 15), 4))
@@ -82,44 +85,74 @@ def sizes_by_split() -> dict[str, tuple[int, ...]]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Existing data files are only overwritten with --force.",
     )
-    p.add_argument("--out", type=Path, default=HERE / "data", help="output directory")
-    p.add_argument("--cache", type=Path, default=HERE / "cache", help="cache directory")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=HERE / "data",
+        metavar="DIR",
+        help="output directory (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=HERE / "cache",
+        metavar="DIR",
+        help="cache of generated structures and xTB results (default: %(default)s)",
+    )
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     p.add_argument("--force", action="store_true", help="overwrite existing data files")
     p.add_argument(
         "--small",
         action="store_true",
-        help=f"quick set: sizes {SMALL_SIZES}, counts {SMALL_COUNTS}, {len(SMALL_RATIOS)} ratios",
+        help="quick set for tests: train sizes 8-20, validation 44, test 64; "
+        f"{SMALL_COUNTS['train']}/{SMALL_COUNTS['validation']}/{SMALL_COUNTS['test']} "
+        f"structures per (size, charge); {len(SMALL_RATIOS)} compression ratios",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed of the structure generator")
     p.add_argument(
-        "--workers", type=int, default=min(2, os.cpu_count() or 1), help="worker processes"
+        "--seed", type=int, default=0, help="seed of the structure generator (default: 0)"
     )
-    p.add_argument("--charges", type=int, nargs="+", default=[0, 1, 2], help="total charges (e)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        metavar="N",
+        help="worker processes (default: %(default)s)",
+    )
+    p.add_argument(
+        "--charges",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        metavar="Q",
+        help="total charges in e (default: 0 1 2)",
+    )
     for split in SPLITS:
         p.add_argument(
             f"--n-{split}",
             type=int,
             default=None,
+            metavar="N",
             help=f"structures per (size, charge) in the {split} set "
-            f"(default {DEFAULT_COUNTS[split]}, --small {SMALL_COUNTS[split]})",
+            f"(default: {DEFAULT_COUNTS[split]}; --small: {SMALL_COUNTS[split]})",
         )
     p.add_argument(
         "--ratios",
         type=float,
         nargs="+",
         default=None,
-        help="compression ratios of the 64-atom cube (linear scale factors; default "
-        "15 values 0.85..1.20, --small 5 values 0.9..1.1)",
+        metavar="R",
+        help="compression ratios (linear scale factors) of the 64-atom cube "
+        "(default: 15 values 0.85-1.20; --small: 0.9-1.1)",
     )
     p.add_argument(
         "--compression-charges",
         type=int,
         nargs="+",
         default=[0],
-        help="total charges (e) of the compression curve",
+        metavar="Q",
+        help="total charges in e of the compression curve (default: 0)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)

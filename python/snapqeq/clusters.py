@@ -19,7 +19,7 @@ Three kinds of structures are produced (``info["generator"]``):
     Born-Mayer (Tosi-Fumi repulsion + point-charge Coulomb) model, then slightly rattled.
     Covers local minima (fully relaxed) and partially relaxed, disordered structures.
 ``"md"``
-    A snapshot of a short Langevin molecular-dynamics run (0.2-1 ps at 300-1200 K) with the
+    A snapshot of a short Langevin molecular-dynamics run (0.2-0.8 ps at 300-1200 K) with the
     same model, started from a lattice cut or a relaxed packing. Thermally distorted,
     higher-energy structures.
 
@@ -97,7 +97,7 @@ GFN2_REPULSION_SCALE = 0.6
 
 #: Version of the structure generators; bump it whenever a change alters the structures
 #: generated for a given seed (callers may use it to key caches of generated structures).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 #: Structure kinds produced by :func:`random_nacl_cluster`.
 KINDS: tuple[str, ...] = ("lattice", "relaxed", "md")
@@ -425,8 +425,9 @@ def generate_clusters(
 ) -> list[Atoms]:
     """``count`` random NaCl clusters of ``n_atoms`` atoms, cycling through ``kinds``.
 
-    Structure ``i`` depends only on ``(seed, tag, n_atoms, i)`` and its kind
-    (``kinds[i % len(kinds)]``): asking for more structures extends the list without
+    The cycle starts at a kind drawn from ``(seed, tag, n_atoms)``, so that small counts
+    still cover all kinds across sizes and charges. Structure ``i`` depends only on
+    ``(seed, tag, n_atoms, i)``: asking for more structures extends the list without
     changing the first ones. Use ``tag`` (a non-negative integer, e.g. the total charge)
     to draw independent sets for otherwise identical calls.
 
@@ -442,10 +443,12 @@ def generate_clusters(
     kinds = tuple(kinds)
     if not kinds:
         raise ValueError("kinds must not be empty")
+    first = int(np.random.default_rng([int(seed), int(tag), int(n_atoms)]).integers(len(kinds)))
     out = []
     for i in range(count):
         entropy = [int(seed), int(tag), int(n_atoms), i]
-        atoms = random_nacl_cluster(n_atoms, np.random.default_rng(entropy), kinds[i % len(kinds)])
+        kind = kinds[(first + i) % len(kinds)]
+        atoms = random_nacl_cluster(n_atoms, np.random.default_rng(entropy), kind)
         atoms.info["seed"] = np.array(entropy)
         out.append(atoms)
     return out

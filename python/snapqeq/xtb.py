@@ -51,13 +51,16 @@ skipped with an :class:`SCFConvergenceWarning` and counted in :class:`LabelResul
 
 Example
 -------
->>> from snapqeq.clusters import generate_clusters
->>> from snapqeq.xtb import label_structures, write_extxyz, read_extxyz
->>> images = generate_clusters(8, count=4, seed=0)
->>> result = label_structures(images, charges=[0, 0, 1, 1], cache=".xtb-cache")
->>> write_extxyz("clusters.extxyz", result.structures)
->>> data = read_extxyz("clusters.extxyz")
->>> data[0].info["energy"], data[0].arrays["forces"].shape
+::
+
+    from snapqeq.clusters import generate_clusters
+    from snapqeq.xtb import label_structures, read_extxyz, write_extxyz
+
+    images = generate_clusters(8, count=4, seed=0)
+    result = label_structures(images, charges=[0, 0, 1, 1], cache="xtb-cache")
+    write_extxyz("clusters.extxyz", result.structures)
+    data = read_extxyz("clusters.extxyz")
+    energy, forces = data[0].info["energy"], data[0].arrays["forces"]  # eV, eV/Å
 """
 
 from __future__ import annotations
@@ -574,7 +577,7 @@ def label_structures(
     n_workers: int = 2,
     cache: XTBCache | str | os.PathLike | None = None,
     progress: bool = True,
-    desc: str = "GFN2-xTB",
+    desc: str | None = None,
 ) -> LabelResult:
     """Label many structures with tblite, in parallel, with an optional on-disk cache.
 
@@ -595,7 +598,7 @@ def label_structures(
     progress:
         Show a tqdm progress bar (on stderr).
     desc:
-        Progress-bar label.
+        Progress-bar label (default: the method name).
 
     Returns
     -------
@@ -634,7 +637,10 @@ def label_structures(
         return (a.numbers, a.positions, a.cell.array, a.pbc, totals[i], settings)
 
     compute_time = cpu_time = 0.0
-    with tqdm(total=len(images), initial=n_cached, desc=desc, disable=not progress) as bar:
+    bar = tqdm(
+        total=len(images), initial=n_cached, desc=desc or settings.method, disable=not progress
+    )
+    with bar:
 
         def collect(i: int, result: XTBResult | SCFConvergenceError) -> None:
             nonlocal compute_time, cpu_time
