@@ -70,11 +70,9 @@ DEFAULT_ACCURACY = 1e-8
 EWALD_MAX_ATOMS = 400
 """``kspace="auto"`` uses the direct k-sum up to this many atoms and PME above."""
 
-PME_CUTOFF = 8.0
-"""Real-space cutoff (Angstrom) that sets beta for PME, unless min gamma caps beta."""
-
 PME_ORDERS = (4, 6, 8)
-"""Supported B-spline orders of PME; by default 6 for accuracy >= 1e-7, else 8."""
+"""Supported B-spline orders of PME; by default the cheapest for the accuracy (see
+:func:`ewald_parameters`)."""
 
 _FREE_DENSE_MAX = 6000  # free BC: cache the dense matrix for the fast product up to this N
 _BLOCK = 1 << 22  # entries per block of pair / k-vector work (bounds temporary memory)
@@ -130,14 +128,29 @@ def fft_size(n: float, minimum: int = 1) -> int:
 
 
 # Relative SPME interpolation error at oversampling 1, per B-spline order: the error falls
-# like s^-p with the oversampling s. Fitted (with a safety factor of ~1.5) on rattled
-# triclinic rock salt against the direct sum; tests/test_ewald.py checks the rule.
-_PME_ERROR = {4: 2e-4, 6: 6e-6, 8: 4e-7}
+# like s^-p with the oversampling s. Fitted (largest of several rattled triclinic rock-salt
+# cells, times ~1.5) against the direct sum; tests/test_ewald.py checks the rule.
+_PME_ERROR = {4: 3e-4, 6: 1.5e-5, 8: 1e-6}
+
+
+# Measured single-core costs (seconds) of one equilibration with PME: set-up, ~20
+# conjugate-gradient products and the forces, per real-space pair (neighbour list,
+# kernel, sparse products), per PME grid point (influence function, FFTs) and per spline
+# weight (N p^3: weights, spreading, interpolation). They set beta and the order.
+_SAFETY = 0.1
+_COST_PER_PAIR = 7e-7
+_COST_PER_GRID_POINT = 6e-7
+_COST_PER_WEIGHT = 9e-8
 
 
 def _pme_oversampling(accuracy: float, order: int) -> float:
     """Grid points per Nyquist interval of k_c that keep the SPME error below accuracy."""
     return max(1.0, (_PME_ERROR[order] / accuracy) ** (1.0 / order))
+
+
+def _pme_grid(lengths, kcut: float, accuracy: float, order: int) -> tuple[int, int, int]:
+    over = _pme_oversampling(accuracy, order)
+    return tuple(fft_size(over * kcut * float(a) / math.pi, 2 * order) for a in lengths)
 
 
 def ewald_parameters(cell, widths, n_atoms: int, accuracy: float = DEFAULT_ACCURACY,
@@ -147,17 +160,22 @@ def ewald_parameters(cell, widths, n_atoms: int, accuracy: float = DEFAULT_ACCUR
 
     Rule (eps = ``accuracy``):
 
-    - beta: for the direct sum the classical optimum sqrt(pi) (N / V^2)^(1/6); for PME the
-      value that gives a real-space cutoff of :data:`PME_CUTOFF` (8 Angstrom); in both
-      cases capped at min gamma_ij = 1 / (sqrt(2) max alpha), as SPEC §5 requires.
-    - real cutoff r_c with erfc(beta r_c) = eps, so the neglected real-space kernel
-      [erfc(beta r) - erfc(gamma r)] / r < eps / r.
-    - reciprocal cutoff k_c = 2 beta sqrt(-ln eps), so exp(-k^2 / 4 beta^2) < eps beyond.
-    - PME grid: K_d >= s * k_c |a_d| / pi points along cell vector a_d (s from
-      :func:`_pme_oversampling`), rounded up to a 2-3-5 FFT size, at least 2 * order.
+    - beta: for the direct sum the classical optimum sqrt(pi) (N / V^2)^(1/6); for PME
+      (together with the order) the minimum of an estimated run time, measured cost per
+      real-space pair times N rho (2 pi / 3) r_c^3, plus cost per grid point times the
+      grid size, plus cost per spline weight times N p^3; in both cases capped at
+      min gamma_ij = 1 / (sqrt(2) max alpha), as SPEC §5 requires.
+    - each truncation below aims at eps' = eps / 10, because the errors of the many terms
+      near a cutoff add up;
+    - real cutoff r_c with erfc(beta r_c) = eps', so the neglected real-space kernel
+      [erfc(beta r) - erfc(gamma r)] / r < eps' / r.
+    - reciprocal cutoff k_c = 2 beta sqrt(-ln eps'), so exp(-k^2 / 4 beta^2) < eps' beyond.
+    - PME grid: K_d >= s * k_c |a_d| / pi points along cell vector a_d, rounded up to a
+      2-3-5 FFT size, at least 2 * order; the oversampling s = (c_p / eps')^(1/p) (>= 1)
+      comes from the measured interpolation error c_p s^-p of order-p B-splines.
 
-    With these choices the relative error of energies and potentials is about eps
-    (checked in the tests against converged sums).
+    With these choices the relative error of energies and potentials is below eps
+    (checked in the tests against converged sums; typically eps / 10 to eps / 2).
 
     Parameters
     ----------
@@ -174,15 +192,13 @@ def ewald_parameters(cell, widths, n_atoms: int, accuracy: float = DEFAULT_ACCUR
     beta : float, optional
         Force the splitting parameter (1/Angstrom); must not exceed min gamma.
     order : int, optional
-        PME B-spline order (4, 6 or 8); default 6 for accuracy >= 1e-7, else 8.
+        PME B-spline order (4, 6 or 8); default: the cheapest, see above.
     """
     if not 0.0 < accuracy < 1.0:
         raise ValueError(f"accuracy must be in (0, 1), got {accuracy}")
     if kspace not in ("auto", "ewald", "pme"):
         raise ValueError(f"kspace must be 'auto', 'ewald' or 'pme', got {kspace!r}")
-    if order is None:
-        order = 6 if accuracy >= 1e-7 else 8
-    if order not in PME_ORDERS:
+    if order is not None and order not in PME_ORDERS:
         raise ValueError(f"PME order must be one of {PME_ORDERS}, got {order}")
     cell = np.asarray(cell, dtype=np.float64)
     widths = np.asarray(widths, dtype=np.float64)
@@ -190,20 +206,32 @@ def ewald_parameters(cell, widths, n_atoms: int, accuracy: float = DEFAULT_ACCUR
     if kspace == "auto":
         kspace = "ewald" if n_atoms <= EWALD_MAX_ATOMS else "pme"
     gamma_min = 1.0 / (math.sqrt(2.0) * float(widths.max()))
-    s = float(scipy.special.erfcinv(accuracy))
-    if beta is None:
-        if kspace == "ewald":
-            beta = _SQRT_PI * (max(n_atoms, 1) / volume**2) ** (1.0 / 6.0)
-        else:
-            beta = s / PME_CUTOFF
-        beta = min(beta, gamma_min)
-    elif not 0.0 < beta <= gamma_min * (1.0 + 1e-12):
-        raise ValueError(f"beta = {beta} must be in (0, min gamma = {gamma_min:.6g}] 1/Angstrom")
-    cutoff = s / beta
-    kcut = 2.0 * beta * math.sqrt(-math.log(accuracy))
+    # each truncation aims at eps / 10: the errors of the many terms near the cutoffs add up
+    target = _SAFETY * accuracy
+    s = float(scipy.special.erfcinv(target))
+    t = math.sqrt(-math.log(target))
     lengths = np.linalg.norm(cell, axis=1)
-    over = _pme_oversampling(accuracy, order)
-    grid = tuple(fft_size(over * kcut * float(a) / math.pi, 2 * order) for a in lengths)
+    if beta is not None and not 0.0 < beta <= gamma_min * (1.0 + 1e-12):
+        raise ValueError(f"beta = {beta} must be in (0, min gamma = {gamma_min:.6g}] 1/Angstrom")
+    if beta is None and kspace == "ewald":
+        beta = min(_SQRT_PI * (max(n_atoms, 1) / volume**2) ** (1.0 / 6.0), gamma_min)
+
+    def cost(b: float, p: int) -> float:
+        pairs = n_atoms**2 / volume * (2.0 * math.pi / 3.0) * (s / b) ** 3
+        ngrid = math.prod(_pme_grid(lengths, 2.0 * b * t, target, p))
+        return (_COST_PER_PAIR * pairs + _COST_PER_GRID_POINT * ngrid
+                + _COST_PER_WEIGHT * n_atoms * p**3)
+
+    if kspace == "pme":
+        betas = [beta] if beta is not None else [
+            b for b in gamma_min * np.geomspace(0.1, 1.0, 41) if s / b <= 40.0] or [gamma_min]
+        orders = [order] if order is not None else PME_ORDERS
+        beta, order = min(((float(b), p) for b in betas for p in orders),
+                          key=lambda bp: cost(*bp))
+    cutoff = s / beta
+    kcut = 2.0 * beta * t
+    order = PME_ORDERS[1] if order is None else order
+    grid = _pme_grid(lengths, kcut, target, order)
     return EwaldParameters(beta=float(beta), cutoff=float(cutoff), kspace=kspace,
                            kcut=float(kcut), grid=grid, order=int(order),
                            accuracy=float(accuracy))
@@ -271,19 +299,36 @@ def spline_weights(positions: Tensor, cell: Tensor, grid: tuple[int, int, int],
     index : (N, p^3) int64 tensor
         Flat (C-order) grid index of each weight.
     """
+    thetas, _, idx = _spline_factors(positions, cell, grid, order)
+    w = (thetas[0][:, :, None, None] * thetas[1][:, None, :, None]
+         * thetas[2][:, None, None, :]).reshape(len(positions), -1)
+    return w, _flat_index(idx, grid).reshape(len(positions), -1)
+
+
+def _spline_factors(positions: Tensor, cell: Tensor, grid: tuple[int, int, int], order: int,
+                    derivative: bool = False):
+    """Per cell direction d: spline values theta_d (N, p) at u_d = K_d s_d (s fractional),
+    optionally d theta_d / d u_d, and the grid indices (N, p)."""
     frac = positions @ torch.linalg.inv(cell)
-    thetas, idx = [], []
+    thetas, dthetas, idx = [], [], []
     for d in range(3):
         u = frac[:, d] * grid[d]
         base = torch.floor(u.detach())
-        thetas.append(bspline_weights(u - base, order))
+        w = u - base
+        thetas.append(bspline_weights(w, order))
+        if derivative:  # M_p'(x) = M_(p-1)(x) - M_(p-1)(x - 1)
+            low = bspline_weights(w, order - 1)
+            zero = torch.zeros_like(w)[:, None]
+            dthetas.append(torch.cat([low, zero], 1) - torch.cat([zero, low], 1))
         idx.append(torch.remainder(base.long()[:, None] - torch.arange(order)[None, :],
                                    grid[d]))
-    w = (thetas[0][:, :, None, None] * thetas[1][:, None, :, None]
-         * thetas[2][:, None, None, :]).reshape(len(positions), -1)
-    flat = ((idx[0][:, :, None, None] * grid[1] + idx[1][:, None, :, None]) * grid[2]
-            + idx[2][:, None, None, :]).reshape(len(positions), -1)
-    return w, flat
+    return thetas, dthetas, idx
+
+
+def _flat_index(idx: list[Tensor], grid: tuple[int, int, int]) -> Tensor:
+    """(N, p, p, p) flat C-order grid indices from per-direction indices."""
+    return (idx[0][:, :, None, None] * grid[1] + idx[1][:, None, :, None]) * grid[2] + idx[
+        2][:, None, None, :]
 
 
 def spreading_matrix(positions: Tensor, cell: Tensor, grid: tuple[int, int, int],
@@ -605,22 +650,36 @@ class Electrostatics:
     def forces_stress(self, charges) -> tuple[Tensor, Tensor, Tensor | None]:
         """Energy (eV), forces (N, 3) (eV/Angstrom) and, for periodic cells, the stress
         (6,) (eV/Angstrom^3, ASE Voigt order xx yy zz yz xz xy, = (1/V) dE/d strain) at
-        fixed charges, by reverse-mode differentiation of :meth:`energy`."""
+        fixed charges.
+
+        Free BC: reverse-mode differentiation of :meth:`energy`. Periodic cells: the same
+        derivatives written out (pair forces and virial in real space, B-spline derivative
+        forces for PME, strain derivative of the influence function), which is several
+        times faster and less memory-hungry for large cells; the tests check both agree."""
         q = _tensor(charges, "charges").detach()
-        with torch.enable_grad():
-            pos = self.positions.clone().requires_grad_(True)
-            strain = torch.zeros(3, 3, dtype=_F64, requires_grad=True)
-            deform = torch.eye(3, dtype=_F64) + strain
-            e = self.energy(q, pos @ deform, self.cell @ deform if self.periodic else None)
-            inputs = (pos, strain) if self.periodic else (pos,)
-            grads = torch.autograd.grad(e, inputs, allow_unused=True)
-        forces = -grads[0] if grads[0] is not None else torch.zeros_like(pos)
-        stress = None
-        if self.periodic:
-            g = grads[1] if grads[1] is not None else torch.zeros(3, 3, dtype=_F64)
-            g = 0.5 * (g + g.T) / self.volume
-            stress = torch.stack([g[0, 0], g[1, 1], g[2, 2], g[1, 2], g[0, 2], g[0, 1]])
-        return e.detach(), forces.detach(), stress
+        if not self.periodic:
+            with torch.enable_grad():
+                pos = self.positions.clone().requires_grad_(True)
+                e = self.energy(q, pos)
+                (grad,) = torch.autograd.grad(e, pos)
+            return e.detach(), -grad, None
+        p = self.parameters
+        e, forces, virial = self._real_forces_virial(q)
+        gamma = _self_gamma(self.widths)
+        e = e + COULOMB / _SQRT_PI * float(torch.sum(q * q * (gamma - p.beta)))
+        total = float(q.sum())
+        e_bg = -math.pi * COULOMB / (2.0 * self.volume) * (
+            total * total / p.beta**2 - 2.0 * total * float(torch.sum(q * self.widths**2)))
+        virial -= e_bg * np.eye(3)  # E_bg ~ 1/V
+        e += e_bg
+        e_rec, f_rec, v_rec = (self._pme_forces_virial(q) if p.kspace == "pme"
+                               else self._ewald_forces_virial(q))
+        e += e_rec
+        forces = torch.from_numpy(forces) + f_rec
+        g = (virial + v_rec) / self.volume
+        g = 0.5 * (g + g.T)
+        stress = torch.tensor([g[0, 0], g[1, 1], g[2, 2], g[1, 2], g[0, 2], g[0, 1]])
+        return torch.tensor(e, dtype=_F64), forces, stress
 
     # ------------------------------------------------------------------ internals
 
@@ -789,6 +848,69 @@ class Electrostatics:
         theta = 2.0 * math.prod(shape) * self._pme_influence(cel)
         pot = torch.fft.irfftn(theta * torch.fft.rfftn(grid), s=shape).reshape(-1)
         return torch.sum(w * pot[flat], dim=1)
+
+    # analytic forces and virials (periodic); virial = dE/d strain (3, 3)
+
+    def _real_forces_virial(self, q: Tensor) -> tuple[float, np.ndarray, np.ndarray]:
+        qn, pos, cell = q.numpy(), self.positions.numpy(), self.cell.numpy()
+        wid, beta = self.widths.numpy(), self.parameters.beta
+        energy, forces, virial = 0.0, np.zeros((self.n_atoms, 3)), np.zeros((3, 3))
+        for sl in self._slices():
+            i, j = self._i[sl].numpy(), self._j[sl].numpy()
+            d = pos[j] - pos[i] + self._shift[sl].numpy() @ cell
+            r = np.sqrt(np.einsum("pk,pk->p", d, d))
+            gamma = 1.0 / np.sqrt(wid[i] ** 2 + wid[j] ** 2)
+            v = COULOMB * (scipy.special.erfc(beta * r) - scipy.special.erfc(gamma * r)) / r
+            dv = (2.0 * COULOMB / _SQRT_PI * (gamma * np.exp(-(gamma * r) ** 2)
+                                              - beta * np.exp(-(beta * r) ** 2)) - v) / r
+            qq = qn[i] * qn[j]
+            energy += float(qq @ v)
+            fpair = (qq * dv / r)[:, None] * d  # dE/d(r_j - r_i)
+            virial += d.T @ fpair
+            for k in range(3):
+                forces[:, k] += np.bincount(i, fpair[:, k], self.n_atoms) - np.bincount(
+                    j, fpair[:, k], self.n_atoms)
+        return energy, forces, virial
+
+    def _ewald_forces_virial(self, q: Tensor) -> tuple[float, Tensor, np.ndarray]:
+        with torch.enable_grad():
+            pos = self.positions.clone().requires_grad_(True)
+            strain = torch.zeros(3, 3, dtype=_F64, requires_grad=True)
+            deform = torch.eye(3, dtype=_F64) + strain
+            e = self._ewald_energy(q, pos @ deform, self.cell @ deform)
+            gpos, gstrain = torch.autograd.grad(e, (pos, strain))
+        return float(e.detach()), -gpos, gstrain.numpy()
+
+    def _pme_forces_virial(self, q: Tensor) -> tuple[float, Tensor, np.ndarray]:
+        p = self.parameters
+        f = self._fast_operator()
+        grid = torch.from_numpy(f["spread"].T @ q.numpy()).reshape(p.grid)
+        fq = torch.fft.rfftn(grid)
+        pot = torch.fft.irfftn(f["theta"] * fq, s=p.grid).reshape(-1)
+        # E_rec = Q.pot / 2 with dE/dQ = pot: forces from the spline derivatives
+        forces = torch.zeros(self.n_atoms, 3, dtype=_F64)
+        scale = torch.tensor(p.grid, dtype=_F64)[None, :] * q[:, None]
+        inv_t = torch.linalg.inv(self.cell).T
+        step = max(1, _BLOCK // p.order**3)
+        for a in range(0, self.n_atoms, step):
+            th, dth, idx = _spline_factors(self.positions[a:a + step], self.cell, p.grid,
+                                           p.order, derivative=True)
+            pv = pot[_flat_index(idx, p.grid)]
+            t3 = torch.einsum("nabc,nc->nab", pv, th[2])
+            d3 = torch.einsum("nabc,nc->nab", pv, dth[2])
+            du = torch.stack([torch.einsum("nab,na,nb->n", t3, dth[0], th[1]),
+                              torch.einsum("nab,na,nb->n", t3, th[0], dth[1]),
+                              torch.einsum("nab,na,nb->n", d3, th[0], th[1])], dim=1)
+            forces[a:a + step] = -(du * scale[a:a + step]) @ inv_t
+        # a homogeneous strain leaves fractional coordinates, hence Q, unchanged: only the
+        # influence function G(m; cell) responds
+        power = (fq.real**2 + fq.imag**2) * self._rfft_multiplicity()
+        with torch.enable_grad():
+            strain = torch.zeros(3, 3, dtype=_F64, requires_grad=True)
+            e = torch.sum(self._pme_influence(self.cell @ (torch.eye(3, dtype=_F64) + strain))
+                          * power)
+            (gstrain,) = torch.autograd.grad(e, strain)
+        return float(e.detach()), forces, gstrain.numpy()
 
     # cached operator for matvec
 
