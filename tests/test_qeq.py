@@ -367,6 +367,11 @@ def test_single_atom():
         assert np.isfinite(res.energy)
 
 
+def test_empty_structure():
+    res = equilibrate(Atoms(), [], HARDNESS, WIDTHS)
+    assert res.charges.shape == (0,) and res.energy == 0.0
+
+
 def test_convergence_failure_raises():
     atoms = rocksalt(reps=2)
     with pytest.raises(QEqConvergenceError, match="did not converge"):

@@ -25,7 +25,8 @@ real-space kernel decay like erfc(beta r), so the real cutoff is set by beta alo
 The reciprocal sum is either the direct k-vector sum (``kspace="ewald"``, small cells) or
 smooth particle-mesh Ewald with cardinal B-splines (``kspace="pme"``, Essmann et al. 1995,
 O(N log N)). Both are written with torch operations, so energies and potentials are
-differentiable (to any order) with respect to charges, positions, cell and widths.
+differentiable (twice and more, as training on forces needs) with respect to charges,
+positions, cell and widths.
 :class:`Electrostatics` also provides a fast matrix-free product q -> phi for a fixed
 geometry (sparse matrices, no autograd) for iterative solvers, and the dense matrix for
 small systems.
@@ -47,12 +48,18 @@ from torch import Tensor
 
 __all__ = [
     "COULOMB",
+    "DEFAULT_ACCURACY",
     "MIN_DISTANCE",
     "EwaldParameters",
     "Electrostatics",
+    "bspline_modulus",
     "bspline_weights",
     "electrostatic_energy",
     "ewald_parameters",
+    "fft_size",
+    "reciprocal_norms",
+    "spline_weights",
+    "spreading_matrix",
 ]
 
 COULOMB = 14.399645
@@ -64,7 +71,7 @@ MIN_DISTANCE = 0.1
 Gaussian charges stay finite at r = 0, so overlapping atoms would not crash the solver;
 they are nevertheless rejected because they always mean a broken structure."""
 
-DEFAULT_ACCURACY = 1e-8
+DEFAULT_ACCURACY = 1e-6
 """Default truncation target of the Ewald sums (relative; see :func:`ewald_parameters`)."""
 
 EWALD_MAX_ATOMS = 400
@@ -240,7 +247,7 @@ def ewald_parameters(cell, widths, n_atoms: int, accuracy: float = DEFAULT_ACCUR
 # --------------------------------------------------------------------------- helpers
 
 
-def _tensor(x, name: str) -> Tensor:
+def _tensor(x) -> Tensor:
     if isinstance(x, Tensor):
         return x.to(_F64)
     return torch.as_tensor(np.asarray(x, dtype=np.float64))
@@ -467,9 +474,9 @@ class Electrostatics:
             raise ValueError(f"mixed boundary conditions pbc={pbc_arr.tolist()} are not "
                              f"supported; use all True (periodic) or all False (cluster)")
         self.periodic = bool(pbc_arr.all())
-        pos = _tensor(positions, "positions").detach().clone()
-        wid = _tensor(widths, "widths").detach().clone()
-        cel = (_tensor(cell, "cell").detach().clone().reshape(3, 3) if self.periodic
+        pos = _tensor(positions).detach().clone()
+        wid = _tensor(widths).detach().clone()
+        cel = (_tensor(cell).detach().clone().reshape(3, 3) if self.periodic
                else torch.zeros(3, 3, dtype=_F64))
         pos_np, cell_np, wid_np = pos.numpy(), cel.numpy(), wid.numpy()
         _check_geometry(pos_np, cell_np, self.periodic, wid_np)
@@ -516,7 +523,7 @@ class Electrostatics:
         cell : (3, 3) tensor, optional
         widths : (N,) tensor, optional
         """
-        q = _tensor(charges, "charges")
+        q = _tensor(charges)
         pos, cel, wid = self._geometry(positions, cell, widths)
         if self.n_atoms == 0:
             return q.sum() * 0.0
@@ -542,7 +549,7 @@ class Electrostatics:
         Same arguments as :meth:`energy`; differentiable with respect to all of them
         (E_es is quadratic, so E_es = q . phi / 2).
         """
-        q = _tensor(charges, "charges")
+        q = _tensor(charges)
         pos, cel, wid = self._geometry(positions, cell, widths)
         if self.n_atoms == 0:
             return q * 0.0
@@ -568,7 +575,7 @@ class Electrostatics:
 
         The same linear map as :meth:`potential`, evaluated with cached sparse matrices
         (real space, PME spreading) or a cached dense matrix (small free clusters)."""
-        q = _tensor(charges, "charges").detach()
+        q = _tensor(charges).detach()
         if self.n_atoms == 0:
             return q.clone()
         f = self._fast_operator()
@@ -594,7 +601,8 @@ class Electrostatics:
     def diagonal(self) -> Tensor:
         """Diagonal of the electrostatic matrix A_ii = d phi_i / d q_i (eV/e^2), for
         preconditioning. Exact for free BC and the direct sum; for PME the reciprocal
-        part uses the smooth (continuum) value."""
+        part is that of the exact sum (position independent), which differs from the
+        PME value by the interpolation error."""
         if self.n_atoms == 0:
             return torch.zeros(0, dtype=_F64)
         f = self._fast_operator()
@@ -656,7 +664,7 @@ class Electrostatics:
         derivatives written out (pair forces and virial in real space, B-spline derivative
         forces for PME, strain derivative of the influence function), which is several
         times faster and less memory-hungry for large cells; the tests check both agree."""
-        q = _tensor(charges, "charges").detach()
+        q = _tensor(charges).detach()
         if not self.periodic:
             with torch.enable_grad():
                 pos = self.positions.clone().requires_grad_(True)
@@ -684,9 +692,9 @@ class Electrostatics:
     # ------------------------------------------------------------------ internals
 
     def _geometry(self, positions, cell, widths):
-        pos = self.positions if positions is None else _tensor(positions, "positions")
-        wid = self.widths if widths is None else _tensor(widths, "widths")
-        cel = self.cell if cell is None or not self.periodic else _tensor(cell, "cell")
+        pos = self.positions if positions is None else _tensor(positions)
+        wid = self.widths if widths is None else _tensor(widths)
+        cel = self.cell if cell is None or not self.periodic else _tensor(cell)
         for name, new, ref in (("positions", pos, self.positions), ("widths", wid, self.widths),
                                ("cell", cel, self.cell)):
             if new is not ref and (new.shape != ref.shape or not torch.allclose(
@@ -957,8 +965,8 @@ def electrostatic_energy(charges, positions, cell, pbc, widths, *,
     (Angstrom)."""
     es = Electrostatics(_detached(positions), _detached(cell), pbc, _detached(widths),
                         accuracy=accuracy, kspace=kspace)
-    return es.energy(charges, _tensor(positions, "positions"),
-                     _tensor(cell, "cell") if es.periodic else None, _tensor(widths, "widths"))
+    return es.energy(charges, _tensor(positions),
+                     _tensor(cell) if es.periodic else None, _tensor(widths))
 
 
 def _detached(x):

@@ -13,9 +13,12 @@ Two solvers share one operator:
 
 - ``"dense"``: LU factorisation of the bordered (N+1) x (N+1) matrix (direct Ewald sum for
   periodic cells), with iterative refinement; O(N^3).
-- ``"cg"``: projected, Jacobi-preconditioned conjugate gradients on the matrix-free product
+- ``"cg"``: projected, preconditioned conjugate gradients on the matrix-free product
   q -> (J + A_es) q (sparse real space + smooth PME); every search direction has zero sum, so
   sum q = Q holds to round-off from any feasible start; warm-startable; O(N log N) per step.
+  Periodic cells use a Jacobi preconditioner with the long-wavelength Coulomb stiffness
+  removed in Fourier space, which keeps the iteration count flat with system size
+  (:class:`_ScreeningPreconditioner`); clusters use Jacobi.
 
 :func:`equilibrate` is the user-facing entry point (numpy in, :class:`QEqResult` out).
 :func:`qeq_energy` is the same physics for the model: it returns U(q*) and q* as torch tensors
@@ -478,6 +481,12 @@ def equilibrate(atoms, chi, hardness, widths, total_charge: float = 0.0,
     if initial_charges is not None:
         x0 = torch.from_numpy(per_atom(initial_charges, symbols, "initial_charges", "e"))
     method = _resolve_method(method, n, bool(np.any(atoms.pbc)))
+    if n == 0:
+        if total != 0.0:
+            raise ValueError(f"total_charge {total} on a structure without atoms")
+        empty = np.zeros(0)
+        return QEqResult(empty, 0.0, empty, np.zeros((0, 3)), np.zeros(6) if any(atoms.pbc)
+                         else None, 0, 0.0, 0.0, method)
     es = _electrostatics(atoms.positions, atoms.cell.array, atoms.pbc, w_np, method, accuracy)
     solver = ConstrainedSolver(es, torch.from_numpy(j_np), method, tol, max_iter)
     chi_t, j_t = torch.from_numpy(chi_np), torch.from_numpy(j_np)
@@ -485,7 +494,7 @@ def equilibrate(atoms, chi, hardness, widths, total_charge: float = 0.0,
     q = sol.x
     phi = sol.ax - j_t * q
     forces = stress = None
-    if compute_forces and n:
+    if compute_forces:
         e_es, f, s = es.forces_stress(q)
         forces = f.numpy()
         stress = None if s is None else s.numpy()
@@ -494,7 +503,7 @@ def equilibrate(atoms, chi, hardness, widths, total_charge: float = 0.0,
     energy = float(torch.dot(chi_t, q) + 0.5 * torch.dot(j_t * q, q) + e_es)
     return QEqResult(charges=q.numpy(), energy=energy, potential=phi.numpy(), forces=forces,
                      stress=stress, iterations=sol.iterations, residual=sol.residual,
-                     chemical_potential=float(sol.mu) if n else 0.0, method=method)
+                     chemical_potential=float(sol.mu), method=method)
 
 
 def qeq_energy(chi: Tensor, positions: Tensor, cell: Tensor | None, pbc, hardness: Tensor,
