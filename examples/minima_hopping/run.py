@@ -18,7 +18,7 @@ an adaptive temperature until it passes two minima, then a quasi-Newton relaxati
   and model against GFN2-xTB energies of the minima; ``<cluster>/history.png`` is ASE's
   MHPlot of the run (temperature and E_diff).
 
-The total charge is the suffix of the name ("+" = +1 e, "2+" = +2 e, "-" = -1 e): the
+The total charge is the suffix of the name ("+" = +1 e, "(2+)" = +2 e, "-" = -1 e): the
 model's global charge equilibration spreads it over the cluster.  Default model: the
 GFN2-xTB-trained 4G model shipped in ``examples/models/`` (see its README).
 """
@@ -49,7 +49,7 @@ from snapqeq.xtb import xtb_singlepoint  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = HERE.parent / "models" / "nacl_4g.pt"
-NAME = re.compile(r"^Na(\d+)Cl(\d+)(\d*)([+-]?)$")
+NAME = re.compile(r"^Na(\d+)Cl(\d+)(?:\((\d+)([+-])\)|([+-]?))$")
 
 #: MinimaHopping settings: ions are heavy (2 fs steps are safe), the clusters are small
 #: (start at 800 K), distinct minima differ by > 0.1 Å in some interatomic distance.
@@ -58,15 +58,14 @@ SETTINGS = {"T0": 800.0, "Ediff0": 0.5, "timestep": 2.0, "fmax": 0.02, "mdmin": 
 
 
 def parse_cluster(name: str) -> tuple[int, int, int]:
-    """(n_Na, n_Cl, total charge in e) of a name such as ``Na4Cl4``, ``Na4Cl4+``, ``Na5Cl4+``."""
+    """(n_Na, n_Cl, total charge in e) of a name such as ``Na4Cl4``, ``Na4Cl4+``, ``Na6Cl4(2+)``."""
     m = NAME.match(name)
     if not m:
         raise ValueError(f"cluster {name!r}: expected NaxCly with an optional charge suffix "
-                         f"such as '+', '2+' or '-'")
+                         f"such as '+', '-' or '(2+)'")
     n_na, n_cl = int(m[1]), int(m[2])
-    charge = (int(m[3]) if m[3] else 1) * {"+": 1, "-": -1, "": 0}[m[4]]
-    if m[3] and not m[4]:
-        raise ValueError(f"cluster {name!r}: a charge needs a sign, e.g. '2+'")
+    sign = {"+": 1, "-": -1, "": 0}[m[4] or m[5]]
+    charge = sign * (int(m[3]) if m[3] else 1)
     return n_na, n_cl, charge
 
 

@@ -1,0 +1,68 @@
+"""The minima-hopping example runs end to end with the shipped model (ASE MinimaHopping)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.io import read
+
+from snapqeq.calculator import SnapQEqCalculator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_example():
+    spec = importlib.util.spec_from_file_location(
+        "minima_hopping_example", ROOT / "examples" / "minima_hopping" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cluster_names_and_fingerprint():
+    example = load_example()
+    assert example.parse_cluster("Na4Cl4") == (4, 4, 0)
+    assert example.parse_cluster("Na4Cl4+") == (4, 4, 1)
+    assert example.parse_cluster("Na4Cl4-") == (4, 4, -1)
+    assert example.parse_cluster("Na6Cl4") == (6, 4, 0)
+    assert example.parse_cluster("Na6Cl4(2+)") == (6, 4, 2)
+    for bad in ("NaCl", "Na4Cl4++", "K4Cl4", "Na4Cl4(2)", "Na4Cl4 +"):
+        with pytest.raises(ValueError, match="cluster"):
+            example.parse_cluster(bad)
+    atoms, _ = example.start_structure("Na4Cl4", seed=0)
+    moved = atoms.copy()
+    moved.rotate(37, (1, 2, 3), center="COP")
+    moved.translate((1.0, -2.0, 0.5))
+    moved = moved[np.random.default_rng(0).permutation(len(moved))]
+    assert example.fingerprint_distance(atoms, moved) < 1e-10
+    moved.positions[0] += 0.3
+    assert example.fingerprint_distance(atoms, moved) > 0.1
+
+
+@pytest.mark.slow
+def test_minima_hopping_example(tmp_path):
+    example = load_example()
+    summary = example.main(["--out", str(tmp_path), "--clusters", "Na4Cl4", "Na4Cl4+",
+                            "--minima", "2"])
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert (tmp_path / "history.png").stat().st_size > 10_000
+    assert (tmp_path / "Na4Cl4" / "history.png").exists()  # ASE's MHPlot
+    calc = SnapQEqCalculator(example.DEFAULT_MODEL)
+    for name, charge in (("Na4Cl4", 0), ("Na4Cl4+", 1)):
+        s = summary[name]
+        assert s["total_charge"] == charge and s["n_atoms"] == 8
+        assert len(s["history"]) == 3  # initial relaxation + 2 hops
+        minima = read(tmp_path / f"minima_{name}.extxyz", ":")
+        assert len(minima) == s["n_minima"] >= 1
+        energies = [m.get_potential_energy() for m in minima]  # extxyz -> calc results
+        assert energies == sorted(energies) and energies[0] == s["lowest_energy_eV"]
+        assert np.all(np.isfinite(s["reference_energies_eV"]))
+        for m, energy in zip(minima, energies, strict=True):
+            assert m.get_charges().sum() == pytest.approx(charge, abs=1e-8)
+            m.calc = SnapQEqCalculator(calc.model, total_charge=charge)
+            assert m.get_potential_energy() == pytest.approx(energy, abs=1e-8)
+            assert np.abs(m.get_forces()).max() < 0.03  # relaxed to fmax 0.02 eV/A
