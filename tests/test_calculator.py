@@ -35,7 +35,7 @@ def model_file(request, tmp_path_factory):
     refs = [nacl(periodic=p, seed=s) for p in (True, False) for s in range(3)]
     model.set_feature_scaling(torch.tensor(np.concatenate([bs.compute(a) for a in refs])),
                               torch.tensor(np.concatenate([bs.species(a) for a in refs])))
-    meta = dict(bs.params, radii=bs.radii, weights=bs.weights, sinner=None, dinner=None)
+    meta = bs.to_dict()
     path = export_model(model, ["Na", "Cl"], meta, tmp_path_factory.mktemp("m") / "model.pt")
     return path, model, bs
 

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from ase.calculators.calculator import PropertyNotImplementedError
 from ase.io import write
 
 from snapqeq import Bispectrum
@@ -21,7 +22,10 @@ from snapqeq.clusters import generate_clusters
 from snapqeq.data import make_sample, read_structures
 from snapqeq.export import export_model, load_model
 from snapqeq.model import CENT
+from snapqeq.olcao import exponent_series, set_site_targets
+from snapqeq.olcao_cli import predict_command
 from snapqeq.potential import predict
+from snapqeq.site_features import FeatureRecipe, SiteFeaturizer
 from snapqeq.training import BOHR, HARTREE, TrainConfig, export_checkpoint, train
 
 DESCRIPTOR = {"twojmax": 4, "rcutfac": 1.0, "radii": {"Na": 3.0, "Cl": 3.0},
@@ -36,7 +40,7 @@ def dataset(tmp_path_factory):
     teacher = CENT(2, bs.n_components, [3, 3], [BOHR, 2 * BOHR],
                    [0.2 * HARTREE, 0.1 * HARTREE], [-5.0, -7.0], chi_scale=3.0)
     root = tmp_path_factory.mktemp("teacher")
-    meta = dict(bs.params, radii=bs.radii, weights=bs.weights, sinner=None, dinner=None)
+    meta = bs.to_dict()
     calc = SnapQEqCalculator(export_model(teacher, ["Na", "Cl"], meta, root / "teacher.pt"))
     frames = []
     for n, split in ((8, "train"), (12, "validation")):
@@ -126,3 +130,81 @@ def test_cli_test_reports_metrics(dataset, tmp_path):
                           "--model", str(tmp_path / "missing.pt")], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "not found" in bad.stderr
+
+
+def with_coefficient_targets(frames, exponents: dict) -> list:
+    """Synthetic OLCAO targets (Hartree) from the teacher charges and the coordination:
+    A_ik = -(1 + q_i / 2 + 0.05 n_i) / (1 + k), NaN-padded to the longest series."""
+    width = max(len(a) for a in exponents.values())
+    out = []
+    for atoms in frames:
+        atoms = atoms.copy()
+        q = atoms.arrays["ref_charges"]
+        n = (atoms.get_all_distances() < 3.2).sum(1) - 1
+        target = np.full((len(atoms), width), np.nan)
+        for i, symbol in enumerate(atoms.get_chemical_symbols()):
+            k = np.arange(len(exponents[symbol]))
+            target[i, k] = -(1.0 + q[i] / 2 + 0.05 * n[i]) / (1.0 + k)
+        set_site_targets(atoms, target)
+        out.append(atoms)
+    return out
+
+
+def test_olcao_head_trained_and_stored_in_the_model_file(dataset, tmp_path):
+    """`olcao` section: the head is trained on the model's own q and phi, stored in
+    model.pt, and the calculator, the OLCAO writer and plain TorchScript all use it."""
+    frames = with_coefficient_targets(read_structures(dataset),
+                                      {e: exponent_series(e) for e in ("Na", "Cl")})
+    data = tmp_path / "with_targets.extxyz"
+    write(data, frames)
+    out = tmp_path / "run"
+    result = train(config(data, out, olcao={"epochs": 40, "hidden": [8], "n_components": 2,
+                                             "batch_size": 16, "patience": 40}))
+    loaded = load_model(result.model_path)
+    recipe = FeatureRecipe.from_dict(loaded.olcao["features"])
+    assert recipe.local == loaded.metadata["descriptor"] and recipe.chi_source == "energy_model"
+    assert recipe.medium["rcutfac"] == pytest.approx(5.0 / 3.0)
+    metrics = json.loads((out / "metrics.json").read_text())["olcao"]
+    assert metrics["validation"]["n_sites"] > 0  # one data file: the head's own split
+    assert (out / "olcao" / "history.json").exists()
+
+    atoms = frames[-1]
+    calc = SnapQEqCalculator(result.model_path)
+    mean = calc.get_property("potential_coefficients", atoms)
+    std = calc.results["potential_coefficients_std"]
+    assert calc.results["energy"] is not None  # one solve serves both
+    target = atoms.arrays["potential_coefficients"]
+    assert mean.shape == target.shape and np.array_equal(np.isnan(mean), np.isnan(target))
+    valid = ~np.isnan(target)
+    assert np.all(std[valid] > 0)
+    # predictions on the targets' scale (learning quality: tests/test_olcao_model.py)
+    spread = np.nanstd(target, axis=0).mean()
+    assert np.sqrt(np.mean((mean - target)[valid] ** 2)) < 2 * spread
+    # the same numbers from the separate feature path (its own QEq solve)
+    feats = SiteFeaturizer(recipe, energy_model=loaded)(atoms)
+    with torch.no_grad():
+        m2, s2 = loaded.module.potential_coefficients(
+            torch.as_tensor(feats.for_recipe(recipe)), torch.as_tensor(feats.species))
+    np.testing.assert_allclose(m2.numpy()[valid], mean[valid], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(s2.numpy()[valid], std[valid], rtol=1e-8)
+    assert calc.potential_exponents["Na"].tolist() == exponent_series("Na").tolist()
+
+    # a plain torch process sees the head
+    code = (f"import torch; m = torch.jit.load({str(result.model_path)!r}); "
+            "print(hasattr(m, 'potential_coefficients'))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "True"
+    structure = tmp_path / "one.extxyz"
+    boxed = atoms.copy()
+    boxed.center(vacuum=6.0)  # OLCAO needs a cell; pbc stays off (a cluster)
+    write(structure, boxed)
+    paths = predict_command(result.model_path, structure, tmp_path / "olcao_files")
+    assert all(p.exists() for p in paths.values())
+
+    # a model without a head says so
+    plain = export_model(result.model.cpu(), ["Na", "Cl"], Bispectrum(**DESCRIPTOR).to_dict(),
+                         tmp_path / "plain.pt")
+    with pytest.raises(PropertyNotImplementedError):
+        SnapQEqCalculator(plain).get_property("potential_coefficients", atoms)
+    with pytest.raises(ValueError, match="no OLCAO head"):
+        predict_command(plain, structure, tmp_path / "nope")

@@ -40,9 +40,7 @@ def main(argv: list[str] | None = None) -> Path:
                  e0=[-4.0, -3.0], chi_scale=1.0)
     with torch.no_grad():  # Na gives electrons to Cl
         model.chi0.copy_(torch.tensor([-2.0, 2.0], dtype=torch.float64))
-    descriptor = dict(bs.params, radii=bs.radii, weights=bs.weights, sinner=bs.sinner,
-                      dinner=bs.dinner)
-    path = export_model(model, elements, descriptor, args.out, overwrite=args.force)
+    path = export_model(model, elements, bs.to_dict(), args.out, overwrite=args.force)
     print(f"wrote {path} (elements {elements}, twojmax {args.twojmax}, "
           f"{bs.n_components} descriptor components, random weights)")
     return path

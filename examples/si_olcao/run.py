@@ -38,7 +38,7 @@ from ase.neighborlist import neighbor_list
 
 from snapqeq.lammps_runtime import lammps_potentials_dir, open_lammps
 from snapqeq.olcao import exponent_series, set_site_targets
-from snapqeq.olcao_cli import parity_plot, predict_command
+from snapqeq.olcao_cli import predict_command
 from snapqeq.olcao_model import (
     OLCAOTrainConfig,
     evaluate_olcao_model,
@@ -46,6 +46,7 @@ from snapqeq.olcao_model import (
     site_targets,
     train_olcao_model,
 )
+from snapqeq.plots import coefficient_parity_plot
 from snapqeq.site_features import FeatureRecipe, SiteFeaturizer
 
 HERE = Path(__file__).resolve().parent
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     pred = [model.predict_features(f) for f in test_feats]
     mean = np.concatenate([p[0] for p in pred])
     std = np.concatenate([p[1] for p in pred])
-    parity_plot(mean, std, np.concatenate(targets), out / "parity.png",
+    coefficient_parity_plot(mean, std, np.concatenate(targets), out / "parity.png",
                 title="Si, held-out snapshots (SURROGATE targets, not OLCAO results)")
     model_path = export_olcao_model(model, out / "si_olcao_model.pt", overwrite=True)
     print(f"[{time.perf_counter() - t0:5.1f} s] trained {len(model.history)} epochs on "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,3 +79,14 @@ def read_archive(path: str | Path, format_name: str, format_version: int,
             f"{path}: {what} format version {meta['format_version']}, this snapqeq reads "
             f"version {format_version}; re-export the {what} with snapqeq {__version__}")
     return module, meta
+
+
+def archive_format(path: str | Path) -> str | None:
+    """The ``format`` name in a model file's metadata without loading the networks (a
+    TorchScript file is a zip archive); None for anything else."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}")]
+            return json.loads(archive.read(names[0])).get("format") if names else None
+    except (OSError, zipfile.BadZipFile, json.JSONDecodeError, AttributeError):
+        return None

@@ -17,6 +17,10 @@ from snapqeq._sna import SNAKernel, accumulate_pair_forces
 from snapqeq.neighbors import PairList, build_pairs, check_geometry, csr_offsets
 
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))  # xx yy zz yz xz xy
+#: Keys of :meth:`Bispectrum.to_dict` (LAMMPS ``compute sna/atom`` keyword names).
+DICT_KEYS = ("twojmax", "rcutfac", "radii", "weights", "rfac0", "rmin0", "switchflag",
+             "bzeroflag", "quadraticflag", "chemflag", "bnormflag", "wselfallflag",
+             "switchinnerflag", "sinner", "dinner")
 
 
 @dataclass(frozen=True)
@@ -333,6 +337,26 @@ class Bispectrum:
         out = np.zeros((len(ukeys), k, 3))
         np.add.at(out, inverse, vals)
         return BispectrumGradients(ukeys // n, ukeys % n, out, virial)
+
+    # ------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict:
+        """JSON-able parameters (LAMMPS keyword names); :meth:`from_dict` inverts it.
+        This is the ``descriptor`` entry of the model files."""
+        return dict(self.params, radii=dict(self.radii), weights=dict(self.weights),
+                    sinner=self.sinner, dinner=self.dinner)
+
+    @classmethod
+    def from_dict(cls, params: dict) -> Bispectrum:
+        """Build from a parameter dict as written by :meth:`to_dict` (None = default)."""
+        unknown = set(params) - set(DICT_KEYS)
+        if unknown:
+            raise ValueError(f"unknown bispectrum parameters {sorted(unknown)}")
+        missing = [k for k in ("twojmax", "rcutfac", "radii", "weights") if k not in params]
+        if missing:
+            raise ValueError(f"bispectrum parameters need {missing}")
+        kw = {k: v for k, v in params.items() if v is not None}
+        return cls(kw.pop("twojmax"), kw.pop("rcutfac"), kw.pop("radii"), kw.pop("weights"),
+                   **kw)
 
     # ------------------------------------------------------------- SNAP files
     @classmethod

@@ -8,6 +8,9 @@ equilibration (:func:`snapqeq.qeq.equilibrate`, dense or iterative by size, warm
 the previous charges) -> energy; forces and stress are the Hellmann-Feynman terms
 -dE_es/dr|_q plus the descriptor term -sum_i beta_i . dB_i/dr (adjoint kernel) with
 beta_i = q_i dchi_i/dB_i, and with a short-range network the adjoint solve of SPEC §5.
+A model with an OLCAO head also gives per-site potential coefficients A_i (Hartree) with
+their standard deviations, from this call's charges and site potentials; they are computed
+only when asked for (``calc.get_property("potential_coefficients", atoms)``).
 Units: eV, Angstrom, e.
 """
 
@@ -21,16 +24,8 @@ from snapqeq._sna import accumulate_pair_forces
 from snapqeq.bispectrum import VOIGT, Bispectrum
 from snapqeq.ewald import Electrostatics
 from snapqeq.export import LoadedModel, load_model
-from snapqeq.qeq import equilibrate
-
-
-def total_charge_of(atoms, total_charge: float | None) -> float:
-    """The argument, else atoms.info['charge'], else the sum of the initial charges."""
-    if total_charge is not None:
-        return float(total_charge)
-    if "charge" in atoms.info:
-        return float(atoms.info["charge"])
-    return float(np.sum(atoms.get_initial_charges()))
+from snapqeq.qeq import equilibrate, total_charge_of
+from snapqeq.site_features import FeatureRecipe, SiteFeaturizer
 
 
 class SnapQEqCalculator(Calculator):
@@ -51,6 +46,9 @@ class SnapQEqCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress",
                               "charges"]
+    #: per-site results of a model with an OLCAO head: (N, D) Hartree, NaN beyond an
+    #: element's exponent series (see :attr:`potential_exponents`)
+    olcao_properties = ["potential_coefficients", "potential_coefficients_std"]
 
     def __init__(self, model="model.pt", total_charge: float | None = None,
                  device: str = "cpu", **solver_options):
@@ -59,10 +57,7 @@ class SnapQEqCalculator(Calculator):
         self.device = torch.device(device)
         self.module = self.model.module.to(self.device)
         meta = self.model.metadata
-        d = dict(meta["descriptor"])
-        self.descriptor = Bispectrum(
-            d.pop("twojmax"), d.pop("rcutfac"), d.pop("radii"), d.pop("weights"),
-            **{k: v for k, v in d.items() if v is not None})
+        self.descriptor = Bispectrum.from_dict(meta["descriptor"])
         if list(self.descriptor.elements) != list(meta["elements"]):
             raise CalculatorSetupError("model descriptor and element list disagree")
         self.total_charge = total_charge
@@ -72,13 +67,36 @@ class SnapQEqCalculator(Calculator):
         self.e0 = np.asarray(meta["e0"], dtype=float)
         self.has_short = bool(meta["has_short_range"])
         self._last_charges: np.ndarray | None = None
+        self._olcao: SiteFeaturizer | None = None
+        self._site_state: tuple | None = None  # (b, q, phi) of the last call, for the head
+        if self.model.olcao:
+            recipe = FeatureRecipe.from_dict(self.model.olcao["features"])
+            # the head takes this model's chi, so q and phi come from calculate()'s solve
+            self._olcao = SiteFeaturizer(recipe, energy_model=self.model)
+            self._olcao_recipe = recipe
+            self._local_is_model_descriptor = recipe.local == meta["descriptor"]
+            self.implemented_properties = (list(type(self).implemented_properties)
+                                           + self.olcao_properties)
+
+    @property
+    def potential_exponents(self) -> dict[str, np.ndarray]:
+        """OLCAO exponent series alpha_i (bohr^-2) per element of the model's head."""
+        if self._olcao is None:
+            raise CalculatorSetupError(f"{self.model.path} has no OLCAO head")
+        return {e: np.asarray(a, dtype=float)
+                for e, a in self.model.olcao["exponents"].items()}
 
     def reset(self):
         super().reset()
         self._last_charges = None
+        self._site_state = None
 
     # -------------------------------------------------------------- the physics
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        olcao_only = set(properties) <= set(self.olcao_properties)
+        if olcao_only and not system_changes and self._site_state is not None:
+            self._potential_coefficients()  # the energy call of this geometry is done
+            return
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         n = len(atoms)
@@ -137,6 +155,24 @@ class SnapQEqCalculator(Calculator):
         self.results["electronegativities"] = chi
         if periodic:
             self.results["stress"] = stress
+        self._site_state = (b.detach().cpu().numpy(), q, phi)
+        if set(properties) & set(self.olcao_properties):
+            self._potential_coefficients()
+
+    def _potential_coefficients(self) -> None:
+        """Mean and std of the OLCAO coefficients from the last call's B, q and phi."""
+        if self._olcao is None:
+            raise CalculatorSetupError(f"{self.model.path} has no OLCAO head; train one with "
+                                       f"an 'olcao' section in the training config")
+        b, q, phi = self._site_state
+        feats = self._olcao.assemble(self.atoms, q, phi,
+                                     local=b if self._local_is_model_descriptor else None)
+        x = torch.as_tensor(feats.for_recipe(self._olcao_recipe), device=self.device)
+        sp = torch.as_tensor(feats.species, device=self.device)
+        with torch.no_grad():
+            mean, std = self.module.potential_coefficients(x, sp)
+        self.results["potential_coefficients"] = mean.cpu().numpy()
+        self.results["potential_coefficients_std"] = std.cpu().numpy()
 
     @staticmethod
     def _mu_dphi(atoms, widths, q, mu, accuracy=None):

@@ -7,10 +7,17 @@ The archive holds a scripted module with
 - ``hardness() / widths() / e0()``               per-element J (eV/e^2), alpha (Å), E0 (eV)
 - ``metadata() -> str``                          the JSON below
 
+and, for a model with an OLCAO head (:class:`snapqeq.olcao_model.OLCAOModel`, trained on
+this model's charges), also
+
+- ``potential_coefficients(x, species) -> (mean, std)``  per-site A_i (Hartree), x the
+  site features of the head's recipe (:class:`snapqeq.site_features.SiteFeatures`)
+
 and the same JSON as the extra file ``snapqeq.json``: format name and version, elements,
 descriptor parameters, hardness, widths, reference energies, unit convention, whether a
-short-range network is present.  It loads with ``torch.jit.load`` (and libtorch) without
-snapqeq installed; :func:`load_model` adds validation.
+short-range network is present, and ``olcao`` (the head's own metadata: feature recipe,
+exponent series, mixture size) or null.  It loads with ``torch.jit.load`` (and libtorch)
+without snapqeq installed; :func:`load_model` adds validation.
 """
 
 from __future__ import annotations
@@ -25,9 +32,11 @@ from torch import nn
 from snapqeq import __version__
 from snapqeq.archive import METADATA_FILE, read_archive, write_archive
 from snapqeq.model import CENT
+from snapqeq.olcao_model import OLCAOModel
+from snapqeq.site_features import energy_model_fingerprint
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "METADATA_FILE", "LoadedModel", "ScriptableCENT",
-           "build_metadata", "export_model", "load_model"]
+           "ScriptableCENTWithOLCAO", "build_metadata", "export_model", "load_model"]
 
 FORMAT = "snapqeq-model"
 FORMAT_VERSION = 1
@@ -69,8 +78,21 @@ class ScriptableCENT(nn.Module):
         return self.meta
 
 
+class ScriptableCENTWithOLCAO(ScriptableCENT):
+    """:class:`ScriptableCENT` with the per-site OLCAO potential-coefficient head."""
+
+    def __init__(self, model: CENT, metadata_json: str, olcao: OLCAOModel):
+        super().__init__(model, metadata_json)
+        self.olcao = olcao
+
+    @torch.jit.export
+    def potential_coefficients(self, x: torch.Tensor,
+                               species: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.olcao(x, species)
+
+
 def build_metadata(model: CENT, elements: list[str], descriptor: dict) -> dict:
-    """Everything a calculator needs besides the networks."""
+    """Everything a calculator needs besides the networks (``olcao`` is set on export)."""
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -82,14 +104,37 @@ def build_metadata(model: CENT, elements: list[str], descriptor: dict) -> dict:
         "e0": model.e0.tolist(),
         "units": UNITS,
         "has_short_range": bool(model.has_short),
+        "olcao": None,
     }
 
 
 def export_model(model: CENT, elements: list[str], descriptor: dict, path: str | Path,
-                 overwrite: bool = False) -> Path:
-    """Write the TorchScript model file; refuses to replace an existing file by default."""
-    meta = json.dumps(build_metadata(model, elements, descriptor))
-    return write_archive(ScriptableCENT(model, meta), meta, path, overwrite)
+                 overwrite: bool = False, olcao: OLCAOModel | None = None) -> Path:
+    """Write the TorchScript model file; refuses to replace an existing file by default.
+
+    ``olcao``: an OLCAO head to include; it must have been trained on the charges of this
+    energy model (its recipe takes chi from the energy model, and the metadata fingerprint
+    it recorded must match), since the calculator feeds it this model's q and phi.
+    """
+    meta = build_metadata(model, elements, descriptor)
+    if olcao is None:
+        text = json.dumps(meta)
+        return write_archive(ScriptableCENT(model, text), text, path, overwrite)
+    recipe = olcao.recipe
+    if recipe.elements != list(elements):
+        raise ValueError(f"OLCAO head elements {recipe.elements} differ from the model's "
+                         f"{list(elements)}")
+    if recipe.long_range and recipe.chi_source != "energy_model":
+        raise ValueError("an OLCAO head inside the model file must take chi from the energy "
+                         "model (recipe chi_source='energy_model')")
+    head_meta = json.loads(olcao.meta)
+    trained_on = head_meta.get("energy_model_fingerprint")
+    if recipe.long_range and trained_on != energy_model_fingerprint(meta):
+        raise ValueError("the OLCAO head was trained with a different energy model "
+                         "(metadata fingerprint mismatch); retrain it on this model")
+    meta["olcao"] = head_meta
+    text = json.dumps(meta)
+    return write_archive(ScriptableCENTWithOLCAO(model, text, olcao), text, path, overwrite)
 
 
 @dataclass
@@ -104,8 +149,15 @@ class LoadedModel:
     def elements(self) -> list[str]:
         return list(self.metadata["elements"])
 
+    @property
+    def olcao(self) -> dict | None:
+        """Metadata of the OLCAO head (recipe, exponents, ...), None without one."""
+        return self.metadata.get("olcao")
+
 
 def load_model(path: str | Path) -> LoadedModel:
     """Load and validate a model file (format name, version, required fields)."""
     module, meta = read_archive(path, FORMAT, FORMAT_VERSION, REQUIRED)
+    if meta.get("olcao") and not hasattr(module, "potential_coefficients"):
+        raise ValueError(f"{path}: metadata announces an OLCAO head the archive lacks")
     return LoadedModel(module, meta, Path(path))

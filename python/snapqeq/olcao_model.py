@@ -27,7 +27,7 @@ import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,7 @@ __all__ = [
     "predict_sites",
     "site_targets",
     "train_olcao_model",
+    "train_olcao_run",
 ]
 
 FORMAT = "snapqeq-olcao-model"
@@ -452,6 +453,68 @@ def train_olcao_model(structures: Sequence[Atoms], config: OLCAOTrainConfig, *,
         "best_monitor_nll": best, "metrics": model.summary,
         "std_scale": model.head.std_scale.tolist(),
         "one_sigma_target": ONE_SIGMA_COVERAGE})
+    return model
+
+
+DATA_KEYS = ("data", "validation", "test")
+
+
+def _read_images(spec) -> list[Atoms]:
+    from ase.io import read
+
+    paths = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    images = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise ValueError(f"data file not found: {p}")
+        got = read(p, index=":")
+        images += got if isinstance(got, list) else [got]
+    return images
+
+
+def train_olcao_run(raw: Mapping, out: str | Path, energy_model=None) -> OLCAOModel:
+    """A complete training run from a config mapping; writes its records into ``out``.
+
+    ``raw`` has the keys of :class:`OLCAOTrainConfig` and
+
+    - ``data``: extended-XYZ file(s) with ``potential_coefficients`` per site (Hartree);
+    - ``validation`` (optional): file(s) for early stopping and calibration instead of a
+      split of ``data``;
+    - ``test`` (optional): file(s) evaluated at the end (metrics and ``parity.png``).
+
+    Writes ``history.json`` and ``metrics.json`` (train / validation / test), and
+    ``parity.png`` with a test set; returns the trained model (not yet exported).  Used by
+    ``snapqeq olcao train`` and by the ``olcao`` section of ``snapqeq train``.
+    """
+    from snapqeq.plots import coefficient_parity_plot
+
+    known = {f.name for f in fields(OLCAOTrainConfig)} | set(DATA_KEYS)
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"unknown OLCAO training keys {sorted(unknown)}")
+    if "data" not in raw:
+        raise ValueError("OLCAO training needs 'data' (structures with "
+                         f"arrays[{TARGETS_KEY!r}])")
+    config = OLCAOTrainConfig(**{k: v for k, v in raw.items() if k not in DATA_KEYS})
+    train = _read_images(raw["data"])
+    validation = _read_images(raw["validation"]) if raw.get("validation") else None
+    model = train_olcao_model(train, config, energy_model=energy_model, validation=validation)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if raw.get("test"):
+        test = _read_images(raw["test"])
+        feats = SiteFeaturizer(config.features, energy_model).many(test, config.progress)
+        targets = [site_targets(a, model) for a in test]
+        model.summary["test"] = evaluate_olcao_model(model, feats, targets)
+        pred = [model.predict_features(f) for f in feats]
+        coefficient_parity_plot(np.concatenate([p[0] for p in pred]),
+                                np.concatenate([p[1] for p in pred]), np.concatenate(targets),
+                                out / "parity.png", title="test set")
+    (out / "history.json").write_text(json.dumps(model.history))
+    (out / "metrics.json").write_text(json.dumps(model.summary, indent=1))
+    for name, m in model.summary.items():
+        print(f"[{name}] sites {m['n_sites']}  RMSE {m['rmse']:.4g} Ha  MAE {m['mae']:.4g} Ha"
+              f"  within 1 sigma {100 * m['coverage_1sigma']:.1f}%")
     return model
 
 

@@ -1,4 +1,5 @@
-"""PNG plots people look at: learning curves, parity plots, energy curves."""
+"""PNG plots people look at: learning curves, parity plots, energy curves, OLCAO
+coefficient parity with uncertainty calibration."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def parity_plot(records: dict[str, list[Record]], path: str | Path) -> Path:
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
     ax.set_xlabel("reference energy (eV/atom)")
     ax.set_ylabel("model energy (eV/atom)")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -62,6 +64,49 @@ def energy_curves(x: np.ndarray, curves: dict[str, np.ndarray], path: str | Path
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def coefficient_parity_plot(mean: np.ndarray, std: np.ndarray, target: np.ndarray, path: str | Path,
+                title: str = "", center: bool = True) -> Path:
+    """Two panels: predicted vs reference A_i (Hartree; one colour per coefficient index)
+    and the histogram of z = (A - mean) / std against N(0, 1).
+
+    With ``center`` both axes of the parity panel show A_i minus the reference mean of
+    coefficient i: the coefficients span orders of magnitude, and the environment-dependent
+    part the model has to learn would otherwise be invisible.
+    """
+    valid = np.isfinite(target) & np.isfinite(mean) & np.isfinite(std) & (std > 0)
+    shift = np.zeros(mean.shape[1])
+    if center:
+        shift = np.array([target[valid[:, d], d].mean() if valid[:, d].any() else 0.0
+                          for d in range(mean.shape[1])])
+    ref, pred = (target - shift)[valid], (mean - shift)[valid]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(9.5, 4.2))
+    cols = np.broadcast_to(np.arange(mean.shape[1]), mean.shape)
+    sc = ax.scatter(ref, pred, c=cols[valid], s=6, cmap="viridis")
+    lo, hi = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    r2 = 1.0 - np.sum((pred - ref) ** 2) / np.sum(ref**2) if center else np.nan
+    label = "$A_i - \\langle A_i \\rangle$" if center else "$A_i$"
+    ax.set_xlabel(f"reference {label} (Hartree)")
+    ax.set_ylabel(f"predicted mean {label} (Hartree)")
+    if center:
+        ax.text(0.04, 0.94, f"$R^2$ = {r2:.3f}", transform=ax.transAxes)
+    fig.colorbar(sc, ax=ax, label="coefficient index i")
+    z = ((target - mean) / std)[valid]
+    cover = float(np.mean(np.abs(z) <= 1.0))
+    bx.hist(np.clip(z, -5, 5), bins=60, range=(-5, 5), density=True, alpha=0.7,
+            label=f"{100 * cover:.0f}% within 1$\\sigma$")
+    g = np.linspace(-5, 5, 201)
+    bx.plot(g, np.exp(-0.5 * g**2) / np.sqrt(2 * np.pi), "k-", lw=1, label="N(0, 1): 68%")
+    bx.set_xlabel("z = (reference - mean) / $\\sigma$")
+    bx.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

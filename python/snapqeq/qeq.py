@@ -54,6 +54,7 @@ __all__ = [
     "equilibrate",
     "per_atom",
     "qeq_energy",
+    "total_charge_of",
 ]
 
 DENSE_MAX_ATOMS = {"free": 250, "periodic": 300}
@@ -430,6 +431,16 @@ class _ProjectedSolve(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------- public API
+
+
+def total_charge_of(atoms, total_charge: float | None = None) -> float:
+    """Total charge (e): the argument, else ``atoms.info["charge"]``, else the sum of
+    ``atoms.get_initial_charges()`` (0 when none are set)."""
+    if total_charge is not None:
+        return float(total_charge)
+    if "charge" in atoms.info:
+        return float(atoms.info["charge"])
+    return float(np.sum(atoms.get_initial_charges()))
 
 
 def equilibrate(atoms, chi, hardness, widths, total_charge: float = 0.0,

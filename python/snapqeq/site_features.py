@@ -37,7 +37,7 @@ import torch
 from ase import Atoms
 
 from snapqeq.bispectrum import Bispectrum
-from snapqeq.qeq import equilibrate
+from snapqeq.qeq import equilibrate, total_charge_of
 
 __all__ = [
     "CHI_SOURCES",
@@ -53,22 +53,8 @@ __all__ = [
 CHI_SOURCES = ("fixed", "energy_model")
 """Where the electronegativities of the long-range block come from."""
 
-_DESCRIPTOR_KEYS = ("twojmax", "rcutfac", "radii", "weights", "rfac0", "rmin0", "switchflag",
-                    "bzeroflag", "quadraticflag", "chemflag", "bnormflag", "wselfallflag",
-                    "switchinnerflag", "sinner", "dinner")
-
-
 def _bispectrum(params: Mapping) -> Bispectrum:
-    """A :class:`Bispectrum` from a JSON-able parameter dict (keyword names of LAMMPS)."""
-    unknown = set(params) - set(_DESCRIPTOR_KEYS)
-    if unknown:
-        raise ValueError(f"unknown bispectrum parameters {sorted(unknown)}")
-    for key in ("twojmax", "rcutfac", "radii", "weights"):
-        if key not in params:
-            raise ValueError(f"bispectrum parameters need {key!r}")
-    kw = {k: v for k, v in params.items() if v is not None}
-    return Bispectrum(kw.pop("twojmax"), kw.pop("rcutfac"), kw.pop("radii"), kw.pop("weights"),
-                      **kw)
+    return Bispectrum.from_dict(dict(params))
 
 
 @dataclass(frozen=True)
@@ -302,14 +288,16 @@ class SiteFeaturizer:
             if energy_model is None:
                 raise ValueError("this feature recipe takes chi from an energy model; pass "
                                  "energy_model (the snapqeq model file it was trained with)")
-            from snapqeq.calculator import SnapQEqCalculator
+            from snapqeq.export import LoadedModel, load_model
 
-            # the calculator builds the energy model's descriptor exactly as in MD runs
-            self._energy = SnapQEqCalculator(energy_model)
-            self.energy_fingerprint = energy_model_fingerprint(self._energy.model.metadata)
-            missing = sorted(set(recipe.elements) - set(self._energy.model.elements))
+            model = (energy_model if isinstance(energy_model, LoadedModel)
+                     else load_model(energy_model))
+            missing = sorted(set(recipe.elements) - set(model.elements))
             if missing:
                 raise ValueError(f"the energy model does not know elements {missing}")
+            self._energy = model
+            self._energy_descriptor = Bispectrum.from_dict(model.metadata["descriptor"])
+            self.energy_fingerprint = energy_model_fingerprint(model.metadata)
 
     def species(self, atoms: Atoms) -> np.ndarray:
         return self.local.species(atoms)
@@ -317,12 +305,13 @@ class SiteFeaturizer:
     def _qeq_parameters(self, atoms: Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """chi (eV/e), J (eV/e^2), alpha (Angstrom) per atom."""
         if self._energy is not None:
-            calc = self._energy
-            sp = calc.descriptor.species(atoms)
-            b = torch.as_tensor(calc.descriptor.compute(atoms), device=calc.device)
+            meta = self._energy.metadata
+            sp = self._energy_descriptor.species(atoms)
+            b = torch.as_tensor(self._energy_descriptor.compute(atoms))
             with torch.no_grad():
-                chi = calc.module(b, torch.as_tensor(sp, device=calc.device))
-            return chi.cpu().numpy().astype(float), calc.hardness[sp], calc.widths[sp]
+                chi = self._energy.module(b, torch.as_tensor(sp))
+            return (chi.numpy().astype(float), np.asarray(meta["hardness"], float)[sp],
+                    np.asarray(meta["widths"], float)[sp])
         r = self.recipe
         symbols = atoms.get_chemical_symbols()
         return (np.array([r.chi[s] for s in symbols], dtype=float),
@@ -342,12 +331,8 @@ class SiteFeaturizer:
             Total charge (e); default ``atoms.info["charge"]``, else the sum of the initial
             charges, else 0 (as in :class:`snapqeq.calculator.SnapQEqCalculator`).
         """
-        from snapqeq.calculator import total_charge_of
-
-        species = self.species(atoms)
+        self.species(atoms)  # unknown elements: a clear error before any work
         n = len(atoms)
-        local = self.local.compute(atoms)
-        medium = self.medium.compute(atoms) if self.medium is not None else np.zeros((n, 0))
         q = np.zeros(n)
         phi = np.zeros(n)
         if self.recipe.long_range and n:
@@ -363,8 +348,20 @@ class SiteFeaturizer:
                                   compute_forces=False)
                 q = np.asarray(res.charges, dtype=float)
                 phi = np.asarray(res.potential, dtype=float)
-        return SiteFeatures(species=species, local=local, medium=medium, charges=q,
-                            potential=phi, has_long_range=self.recipe.long_range)
+        return self.assemble(atoms, q, phi)
+
+    def assemble(self, atoms: Atoms, charges: np.ndarray, potential: np.ndarray,
+                 local: np.ndarray | None = None) -> SiteFeatures:
+        """Features from charges q (e) and potentials phi (eV/e) solved elsewhere (e.g. by
+        the calculator of the energy model); ``local``: the local bispectrum if already
+        computed with the recipe's parameters."""
+        n = len(atoms)
+        local = self.local.compute(atoms) if local is None else np.asarray(local)
+        medium = self.medium.compute(atoms) if self.medium is not None else np.zeros((n, 0))
+        return SiteFeatures(species=self.species(atoms), local=local, medium=medium,
+                            charges=np.asarray(charges, dtype=float),
+                            potential=np.asarray(potential, dtype=float),
+                            has_long_range=self.recipe.long_range)
 
     def many(self, structures: Sequence[Atoms], progress: bool = False,
              chis: Sequence[np.ndarray | None] | None = None) -> list[SiteFeatures]:

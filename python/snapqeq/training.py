@@ -5,6 +5,11 @@ element reference energies by least squares, feature standardisation, Adam (opti
 followed by L-BFGS) on a weighted loss of per-atom energies, forces and reference charges,
 early stopping on the validation loss, checkpoints with resume, learning-curve and parity
 plots, the metrics table, and the exported TorchScript model.
+
+With an ``olcao`` section the run then trains the per-site OLCAO potential-coefficient head
+on the trained model's charges and potentials (:func:`snapqeq.olcao_model.train_olcao_run`)
+and stores it in the same model file, so that one file gives energies, forces, charges and
+OLCAO coefficients.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class TrainConfig:
     keys: dict = field(default_factory=dict)
     resume: bool = False
     progress: bool = True
+    olcao: dict | None = None  # OLCAO head, see train_olcao_head()
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
@@ -170,12 +176,6 @@ def build_model(config: TrainConfig, descriptor: Bispectrum, train: list[Sample]
     return model
 
 
-def descriptor_metadata(descriptor: Bispectrum) -> dict:
-    """The descriptor parameters as stored in the model file."""
-    return dict(descriptor.params, radii=descriptor.radii, weights=descriptor.weights,
-                sinner=descriptor.sinner, dinner=descriptor.dinner)
-
-
 def export_checkpoint(training_dir: str | Path, out: str | Path, overwrite: bool = False,
                       which: str = "best") -> Path:
     """Write the model file of a training run's checkpoint (``best`` or ``last``)."""
@@ -191,7 +191,45 @@ def export_checkpoint(training_dir: str | Path, out: str | Path, overwrite: bool
                  [0.0] * len(elements), learn_hardness=config.learn_hardness,
                  chi_scale=config.chi_scale, short_hidden=config.short_hidden)
     model.load_state_dict(torch.load(ckpt, weights_only=False)["model"])
-    return export_model(model, elements, descriptor_metadata(descriptor), out, overwrite)
+    return export_model(model, elements, descriptor.to_dict(), out, overwrite)
+
+
+#: Medium-range bispectrum of the OLCAO head unless the config says otherwise: the model's
+#: descriptor with a 5/3 larger cutoff and twojmax 4 (a second shell at modest cost).
+MEDIUM_RANGE = {"rcutfac_scale": 5.0 / 3.0, "twojmax": 4}
+
+
+def train_olcao_head(config: TrainConfig, model_path: Path, out: Path):
+    """Train the OLCAO head of an energy model from the ``olcao`` section of ``config``.
+
+    The section has the keys of :func:`snapqeq.olcao_model.train_olcao_run` (network,
+    mixture and optimiser settings, ``data`` / ``validation`` / ``test`` files with
+    ``potential_coefficients`` per site; default: the energy model's data files, where one
+    file is split by structure with ``validation_fraction``) and
+    optionally ``features`` (a full recipe) or ``medium`` (parameters overriding the
+    model's descriptor for the medium-range block, e.g. ``{rcutfac: 1.6, twojmax: 4}``, or
+    null for none).  The local block is the model's own descriptor and the long-range block
+    its QEq charges q_i (e) and potentials phi_i (eV/e).
+    """
+    from snapqeq.olcao_model import train_olcao_run
+    from snapqeq.site_features import FeatureRecipe
+
+    raw = dict(config.olcao)
+    if "features" not in raw:
+        local = Bispectrum(**config.descriptor).to_dict()
+        medium = raw.pop("medium") if "medium" in raw else {
+            "rcutfac": local["rcutfac"] * MEDIUM_RANGE["rcutfac_scale"],
+            "twojmax": min(local["twojmax"], MEDIUM_RANGE["twojmax"])}
+        raw["features"] = FeatureRecipe(
+            local=local, medium=None if medium is None else dict(local, **medium),
+            chi_source="energy_model").to_dict()
+    if "data" not in raw:
+        files = config.data if isinstance(config.data, dict) else {"train": config.data}
+        raw["data"] = files["train"]
+        raw.update({k: files[k] for k in ("validation", "test") if files.get(k)})
+    raw.setdefault("progress", config.progress)
+    raw.setdefault("seed", config.seed)
+    return train_olcao_run(raw, out, energy_model=model_path)
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -279,7 +317,13 @@ def train(config: TrainConfig) -> TrainResult:
 
     learning_curve(history, out / "learning_curve.png")
     parity_plot(records, out / "parity.png")
-    model_path = export_model(model, list(descriptor.elements), descriptor_metadata(descriptor),
+    model_path = export_model(model, list(descriptor.elements), descriptor.to_dict(),
                               out / "model.pt", overwrite=True)
+    if config.olcao is not None:
+        head = train_olcao_head(config, model_path, out / "olcao")
+        export_model(model, list(descriptor.elements), descriptor.to_dict(), model_path,
+                     overwrite=True, olcao=head)
+        metrics["olcao"] = head.summary
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return TrainResult(model, model_path, history, metrics, train_seconds,
                        n_seen / train_seconds if train_seconds > 0 else float("nan"))
