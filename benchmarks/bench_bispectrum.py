@@ -46,11 +46,12 @@ def write_linear_snap(dirname: Path, twojmax: int, ncoeff: int) -> tuple[Path, P
     return cfile, pfile
 
 
-def lammps_time(data: Path, body: str, steps: int) -> float:
-    """Seconds per step of `run steps` (after a warm-up run)."""
+def lammps_time(data: Path, body: str, steps: int, boundary: str = "p p p") -> float:
+    """Seconds per step of `run steps` (after a warm-up run); ``body`` sets masses and
+    the pair style."""
     lmp = open_lammps()
-    lmp.commands_string(f"units metal\natom_style atomic\nboundary p p p\nread_data {data}\n"
-                        f"mass 1 180.88\n{body}\nthermo 1\nrun 1\n")
+    lmp.commands_string(f"units metal\natom_style atomic\nboundary {boundary}\n"
+                        f"read_data {data}\n{body}\nthermo 1\nrun 1\n")
     t0 = time.perf_counter()
     lmp.command(f"run {steps}")
     dt = (time.perf_counter() - t0) / steps
@@ -83,14 +84,14 @@ def main() -> None:
             set_num_threads(1)
             bs = Bispectrum(twojmax, RCUTFAC, {"Ta": RADIUS}, {"Ta": 1.0}, rfac0=RFAC0,
                             bzeroflag=False)
-            sna = (f"pair_style zero {2 * RCUTFAC * RADIUS:.6f}\npair_coeff * *\n"
+            sna = (f"mass 1 180.88\npair_style zero {2 * RCUTFAC * RADIUS:.6f}\npair_coeff * *\n"
                    f"compute b all sna/atom {RCUTFAC} {RFAC0} {twojmax} {RADIUS} 1.0 "
                    "bzeroflag 0\ncompute s all reduce sum c_b[1]\nthermo_style custom step c_s")
             # `thermo 1` below makes LAMMPS evaluate the compute on every step
             t_lmp_b = lammps_time(data, sna, args.repeat)
             t_us_b = best_time(lambda bs=bs: bs.compute(atoms), args.repeat)
             cfile, pfile = write_linear_snap(tmp, twojmax, bs.n_linear)
-            snap = (f"pair_style snap\npair_coeff * * {cfile} {pfile} Ta\n"
+            snap = (f"mass 1 180.88\npair_style snap\npair_coeff * * {cfile} {pfile} Ta\n"
                     "velocity all create 300 1 loop geom\nfix 1 all nve")
             t_lmp_f = lammps_time(data, snap, args.repeat)
             calc = SNAPCalculator(cfile, pfile)

@@ -201,3 +201,38 @@ def test_nve_conserves_energy_on_a_64_atom_cluster():
         assert spread[dt] < 0.1e-3 * dt**2, (dt, spread[dt])
     # the error is the integrator's: it falls like dt^2 (ratio 4 expected)
     assert 2.5 < spread[2.0] / spread[1.0] < 6.0, spread
+
+
+def test_refuses_geometries_far_outside_the_training_data():
+    """The example model stores its training data's shortest distances (Na-Cl 2.10 Å)."""
+    meta_min = SnapQEqCalculator(EXAMPLE_MODEL).model.metadata["min_distances"]
+    assert meta_min["Na-Cl"] == pytest.approx(2.1, abs=0.01)
+    dimer = Atoms("NaCl", positions=[[0, 0, 0], [0.9, 0, 0]])
+    dimer.calc = SnapQEqCalculator(EXAMPLE_MODEL)
+    with pytest.raises(ValueError, match=r"atoms 0 \(Na\) and 1 \(Cl\) are 0.900 Angstrom"):
+        dimer.get_potential_energy()
+    dimer.calc = SnapQEqCalculator(EXAMPLE_MODEL, min_distance_factor=0.0)
+    assert np.isfinite(dimer.get_potential_energy())
+    dimer.positions[1, 0] = 2.4
+    dimer.calc = SnapQEqCalculator(EXAMPLE_MODEL)
+    assert np.isfinite(dimer.get_potential_energy())
+
+
+def test_cells_smaller_than_the_cutoffs_and_too_thin_cells():
+    """A 2-atom primitive cell (4 Å vectors, cutoff 6.5 Å) is summed over images exactly;
+    a flat cell is refused."""
+    atoms = bulk("NaCl", "rocksalt", a=5.64)
+    atoms.rattle(0.05, seed=2)
+    atoms.calc = SnapQEqCalculator(EXAMPLE_MODEL)
+    big = atoms.repeat((2, 2, 2))
+    big.calc = SnapQEqCalculator(EXAMPLE_MODEL)
+    # equal up to the Ewald truncation (accuracy 1e-6; each cell picks its own parameters)
+    assert big.get_potential_energy() == pytest.approx(8 * atoms.get_potential_energy(),
+                                                       rel=1e-7)
+    np.testing.assert_allclose(calculate_numerical_forces(atoms, 1e-4), atoms.get_forces(),
+                               atol=1e-5)
+    flat = atoms.copy()
+    flat.set_cell(np.diag([5.0, 5.0, 0.05]), scale_atoms=True)
+    flat.calc = SnapQEqCalculator(EXAMPLE_MODEL, min_distance_factor=0.0)
+    with pytest.raises(ValueError, match="thin|close|overlap|apart"):
+        flat.get_potential_energy()

@@ -40,6 +40,12 @@ class SnapQEqCalculator(Calculator):
         ``atoms.get_initial_charges()``, else 0.
     device : str
         Torch device of the networks (the descriptor and the solver run on the CPU).
+    min_distance_factor : float
+        Refuse (ValueError) structures with two atoms closer than this fraction of the
+        shortest distance of their element pair in the training data (stored in model
+        files written by ``snapqeq train``): the networks are not valid there and MD would
+        go on with meaningless forces.  0 disables the check (the electrostatics still
+        refuse overlapping atoms, < 0.1 Angstrom).
     **solver_options
         Passed to :func:`snapqeq.qeq.equilibrate` (``method``, ``tol``, ...).
     """
@@ -51,7 +57,7 @@ class SnapQEqCalculator(Calculator):
     olcao_properties = ["potential_coefficients", "potential_coefficients_std"]
 
     def __init__(self, model="model.pt", total_charge: float | None = None,
-                 device: str = "cpu", **solver_options):
+                 device: str = "cpu", min_distance_factor: float = 0.5, **solver_options):
         super().__init__()
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
         self.device = torch.device(device)
@@ -66,6 +72,8 @@ class SnapQEqCalculator(Calculator):
         self.widths = np.asarray(meta["widths"], dtype=float)
         self.e0 = np.asarray(meta["e0"], dtype=float)
         self.has_short = bool(meta["has_short_range"])
+        self._min_distances = self._distance_floor(meta.get("min_distances"),
+                                                   min_distance_factor)
         self._last_charges: np.ndarray | None = None
         self._olcao: SiteFeaturizer | None = None
         self._site_state: tuple | None = None  # (b, q, phi) of the last call, for the head
@@ -86,6 +94,32 @@ class SnapQEqCalculator(Calculator):
         return {e: np.asarray(a, dtype=float)
                 for e, a in self.model.olcao["exponents"].items()}
 
+    def _distance_floor(self, trained: dict | None, factor: float) -> np.ndarray | None:
+        """(E, E) smallest accepted distances (Angstrom), None without data or check."""
+        if not trained or factor <= 0:
+            return None
+        elements = list(self.descriptor.elements)
+        floor = np.zeros((len(elements), len(elements)))
+        for key, r in trained.items():
+            a, b = (elements.index(e) for e in key.split("-"))
+            floor[a, b] = floor[b, a] = factor * r
+        return floor
+
+    def _check_distances(self, species: np.ndarray, pairs) -> None:
+        floor = self._min_distances
+        r = np.sqrt(np.einsum("pk,pk->p", pairs.rij, pairs.rij))
+        bad = r < floor[species[pairs.i], species[pairs.j]]
+        if np.any(bad):
+            k = np.flatnonzero(bad)[np.argmin(r[bad])]
+            i, j = int(pairs.i[k]), int(pairs.j[k])
+            a, b = self.descriptor.elements[species[i]], self.descriptor.elements[species[j]]
+            raise ValueError(
+                f"atoms {i} ({a}) and {j} ({b}) are {r[k]:.3f} Angstrom apart, below "
+                f"{floor[species[i], species[j]]:.3f} = min_distance_factor x the shortest "
+                f"{a}-{b} distance in the model's training data: the model is not valid "
+                f"there (collapsed structure?); check the structure or retrain with such "
+                f"geometries (min_distance_factor=0 disables this check)")
+
     def reset(self):
         super().reset()
         self._last_charges = None
@@ -103,6 +137,8 @@ class SnapQEqCalculator(Calculator):
         species = self.descriptor.species(atoms)  # clear error for unknown elements
         total = total_charge_of(atoms, self.total_charge)
         b_lin, pairs, args = self.descriptor.compute_linear_with_pairs(atoms)
+        if self._min_distances is not None:
+            self._check_distances(species, pairs)
         b = torch.tensor(self.descriptor._with_quadratic(b_lin), device=self.device,
                          requires_grad=True)
         sp = torch.as_tensor(species, device=self.device)

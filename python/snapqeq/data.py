@@ -17,6 +17,7 @@ from ase import Atoms
 from tqdm import tqdm
 
 from snapqeq.bispectrum import Bispectrum
+from snapqeq.neighbors import build_pairs, shortest_distances
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,26 @@ def load_samples(structures: list[Atoms], descriptor: Bispectrum, keys: DataKeys
         cache.mkdir(parents=True, exist_ok=True)
     it = tqdm(structures, desc="descriptors", unit="struct", disable=not progress)
     return [make_sample(a, descriptor, keys, cache) for a in it]
+
+
+def training_distances(structures: list[Sample | Atoms], descriptor: Bispectrum
+                       ) -> dict[str, float]:
+    """Shortest interatomic distance (Angstrom) per element pair ``"A-B"`` (model element
+    order) in the structures, within the descriptor cutoff; stored in the model file so
+    that calculators can refuse geometries far outside the training data."""
+    elements = list(descriptor.elements)
+    n = len(elements)
+    shortest = np.full((n, n), np.inf)
+    for s in structures:
+        if isinstance(s, Atoms):
+            species, geometry = descriptor.species(s), (s.positions, s.cell.array, s.pbc)
+        else:
+            species = s.species.numpy()
+            geometry = (s.positions.numpy(), s.cell.numpy(), s.pbc.numpy())
+        pairs = build_pairs(*geometry, descriptor.cutoff)
+        shortest = np.minimum(shortest, shortest_distances(species, pairs, n))
+    return {f"{elements[a]}-{elements[b]}": float(shortest[a, b])
+            for a in range(n) for b in range(a, n) if np.isfinite(shortest[a, b])}
 
 
 def read_structures(path: str | Path) -> list[Atoms]:

@@ -91,8 +91,13 @@ class ScriptableCENTWithOLCAO(ScriptableCENT):
         return self.olcao(x, species)
 
 
-def build_metadata(model: CENT, elements: list[str], descriptor: dict) -> dict:
-    """Everything a calculator needs besides the networks (``olcao`` is set on export)."""
+def build_metadata(model: CENT, elements: list[str], descriptor: dict,
+                   min_distances: dict | None = None) -> dict:
+    """Everything a calculator needs besides the networks (``olcao`` is set on export).
+
+    ``min_distances``: shortest distance (Angstrom) per element pair ``"A-B"`` in the
+    training data (:func:`snapqeq.data.training_distances`), or None if unknown.
+    """
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -104,19 +109,21 @@ def build_metadata(model: CENT, elements: list[str], descriptor: dict) -> dict:
         "e0": model.e0.tolist(),
         "units": UNITS,
         "has_short_range": bool(model.has_short),
+        "min_distances": dict(min_distances) if min_distances else None,
         "olcao": None,
     }
 
 
 def export_model(model: CENT, elements: list[str], descriptor: dict, path: str | Path,
-                 overwrite: bool = False, olcao: OLCAOModel | None = None) -> Path:
+                 overwrite: bool = False, olcao: OLCAOModel | None = None,
+                 min_distances: dict | None = None) -> Path:
     """Write the TorchScript model file; refuses to replace an existing file by default.
 
     ``olcao``: an OLCAO head to include; it must have been trained on the charges of this
     energy model (its recipe takes chi from the energy model, and the metadata fingerprint
     it recorded must match), since the calculator feeds it this model's q and phi.
     """
-    meta = build_metadata(model, elements, descriptor)
+    meta = build_metadata(model, elements, descriptor, min_distances)
     if olcao is None:
         text = json.dumps(meta)
         return write_archive(ScriptableCENT(model, text), text, path, overwrite)

@@ -84,3 +84,18 @@ def build_pairs(positions: np.ndarray, cell: np.ndarray, pbc, cutoff: float) -> 
         order = np.argsort(i, kind="stable")
         i, j, s, d = i[order], j[order], s[order], d[order]
     return PairList(i, j, np.ascontiguousarray(d), s, csr_offsets(i, n))
+
+
+def shortest_distances(species: np.ndarray, pairs: PairList, n_elements: int) -> np.ndarray:
+    """(E, E) symmetric matrix of the shortest distance (Angstrom) between atoms of each
+    element pair in ``pairs``; inf where no such pair is listed."""
+    out = np.full((n_elements, n_elements), np.inf)
+    if len(pairs.i):
+        a, b = species[pairs.i], species[pairs.j]
+        key = np.minimum(a, b) * n_elements + np.maximum(a, b)
+        r = np.sqrt(np.einsum("pk,pk->p", pairs.rij, pairs.rij))
+        flat = np.full(n_elements * n_elements, np.inf)
+        np.minimum.at(flat, key, r)
+        out = np.minimum(flat.reshape(n_elements, n_elements),
+                         flat.reshape(n_elements, n_elements).T)
+    return out

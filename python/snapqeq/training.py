@@ -26,7 +26,14 @@ import yaml
 from tqdm import tqdm
 
 from snapqeq.bispectrum import Bispectrum
-from snapqeq.data import DataKeys, Sample, load_samples, read_structures, split_samples
+from snapqeq.data import (
+    DataKeys,
+    Sample,
+    load_samples,
+    read_structures,
+    split_samples,
+    training_distances,
+)
 from snapqeq.export import export_model
 from snapqeq.metrics import Record, format_table, grouped_metrics
 from snapqeq.model import CENT
@@ -191,7 +198,11 @@ def export_checkpoint(training_dir: str | Path, out: str | Path, overwrite: bool
                  [0.0] * len(elements), learn_hardness=config.learn_hardness,
                  chi_scale=config.chi_scale, short_hidden=config.short_hidden)
     model.load_state_dict(torch.load(ckpt, weights_only=False)["model"])
-    return export_model(model, elements, descriptor.to_dict(), out, overwrite)
+    train_file = config.data.get("train") if isinstance(config.data, dict) else config.data
+    shortest = (training_distances(read_structures(train_file), descriptor)
+                if train_file and Path(train_file).is_file() else None)
+    return export_model(model, elements, descriptor.to_dict(), out, overwrite,
+                        min_distances=shortest)
 
 
 #: Medium-range bispectrum of the OLCAO head unless the config says otherwise: the model's
@@ -317,12 +328,13 @@ def train(config: TrainConfig) -> TrainResult:
 
     learning_curve(history, out / "learning_curve.png")
     parity_plot(records, out / "parity.png")
+    shortest = training_distances(train_set, descriptor)
     model_path = export_model(model, list(descriptor.elements), descriptor.to_dict(),
-                              out / "model.pt", overwrite=True)
+                              out / "model.pt", overwrite=True, min_distances=shortest)
     if config.olcao is not None:
         head = train_olcao_head(config, model_path, out / "olcao")
         export_model(model, list(descriptor.elements), descriptor.to_dict(), model_path,
-                     overwrite=True, olcao=head)
+                     overwrite=True, olcao=head, min_distances=shortest)
         metrics["olcao"] = head.summary
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return TrainResult(model, model_path, history, metrics, train_seconds,
