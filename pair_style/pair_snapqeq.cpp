@@ -3,13 +3,20 @@
 
    Per step:
      1. B_i, the SNAP bispectrum of every local atom (kernel/sna.cpp, the same C++ kernel
-        as the snapqeq Python package), from the full neighbour list;
+        as the snapqeq Python package), from a full neighbour list with the bispectrum
+        cutoff; the kernel workspace of every atom (U per neighbour, Z) is kept for step 5
+        while it fits in a memory budget;
      2. chi_i = NN(B_i) with the TorchScript model (libtorch), autograd graph kept;
-     3. every rank gathers positions and chi of all atoms (MPI_Allgatherv) and solves the
-        same global charge equilibration  min_q U(q)  s.t.  sum q = Q  with
+     3. the global charge equilibration  min_q U(q)  s.t.  sum q = Q  with
         U = sum_i [chi_i q_i + J_i q_i^2 / 2] + E_es(q)  (Gaussian charges; free
-        boundaries or Ewald with the uniform background of charged cells), see
-        snapqeq_electrostatics.h; rows of the work are split between the ranks;
+        boundaries or Ewald with the uniform background of charged cells) by projected
+        preconditioned conjugate gradients (kernel/electrostatics.cpp, shared with the
+        Python package; collectives through snapqeq_mpi.h).  Periodic cells: the real-space
+        pairs come from a half neighbour list with the Ewald real-space cutoff (ghost atoms
+        mapped to charge-equilibration indices by atom ID), the reciprocal sum from
+        per-rank partial structure factors; clusters: all pairs, split between the ranks.
+        Charge vectors are replicated on every rank, warm-started by extrapolating the
+        solutions of the last steps;
      4. E = sum_i E0_i + U(q), per-atom energy E0_i + chi_i q_i + J_i q_i^2/2 + q_i phi_i/2;
      5. forces (charges are variational, Hellmann-Feynman):
           F_k = -dE_es/dr_k|_q - sum_i q_i dchi_i/dr_k,
@@ -37,8 +44,9 @@
 
 #include "nlohmann/json.hpp"    // bundled with LAMMPS (namespace nlohmann_lmp)
 
+#include "electrostatics.h"
 #include "sna.h"
-#include "snapqeq_electrostatics.h"
+#include "snapqeq_neigh_request.h"
 
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -60,6 +68,22 @@ constexpr int kFormatVersion = 1;    // model file format this plugin reads (SPE
 constexpr const char *kFormat = "snapqeq-model";
 constexpr const char *kMetadataFile = "snapqeq.json";
 constexpr int kMaxWarnings = 5;
+// Bispectrum workspaces kept between the descriptor and the force pass, per rank; atoms
+// beyond the budget get U and Z computed a second time instead.
+constexpr double kCacheBytes = 1024.0 * 1024.0 * 1024.0;
+
+// bytes of one kept bispectrum workspace with nnbr neighbours: U of every neighbour, the
+// summed U, Y, dU (idxu complex numbers each) and Z (idxz); layouts of kernel/sna.cpp
+double workspace_bytes(int twojmax, int nelements, int nnbr)
+{
+  double idxu = 0.0, idxz = 0.0;
+  for (int j = 0; j <= twojmax; ++j) idxu += (j + 1) * (j + 1);
+  for (int j1 = 0; j1 <= twojmax; ++j1)
+    for (int j2 = 0; j2 <= j1; ++j2)
+      for (int j = j1 - j2; j <= std::min(twojmax, j1 + j2); j += 2) idxz += (j / 2 + 1) * (j + 1);
+  const double ne = nelements;
+  return 16.0 * (idxu * (nnbr + 2.0 * ne + 3.0) + idxz * ne * ne) + 8.0 * nnbr + 512.0;
+}
 
 std::string join(const std::vector<std::string> &v)
 {
@@ -163,15 +187,15 @@ struct PairSNAPQEq::Model {
 
 /* ---------------------------------------------------------------------- */
 
-PairSNAPQEq::PairSNAPQEq(LAMMPS *lmp) : Pair(lmp)
+PairSNAPQEq::PairSNAPQEq(LAMMPS *lmp) : Pair(lmp), ncached(0), mpi(world)
 {
   single_enable = 0;
   restartinfo = 0;
   one_coeff = 1;
   manybody_flag = 1;
   centroidstressflag = CENTROID_NOTAVAIL;
-  // the electrostatic forces come from the gathered positions with periodic images,
-  // not from ghost atoms, so sum r.f over local + ghost atoms is not the virial
+  // the reciprocal-space forces are not pairwise (and the cluster forces come from
+  // gathered positions), so sum r.f over local + ghost atoms is not the virial
   no_virial_fdotr_compute = 1;
 
   total_charge = 0.0;
@@ -179,6 +203,9 @@ PairSNAPQEq::PairSNAPQEq(LAMMPS *lmp) : Pair(lmp)
   ewald_accuracy = 1.0e-12;
   maxiter = 1000;
   rcutfac = 0.0;
+  periodic = false;
+  snap_cutmax = 0.0;
+  list_snap = list_ewald = nullptr;
   chemflag = quadraticflag = switchinnerflag = has_short_range = false;
   ncoeff_linear = ncoeff = 0;
   chemical_potential = 0.0;
@@ -194,7 +221,7 @@ PairSNAPQEq::PairSNAPQEq(LAMMPS *lmp) : Pair(lmp)
   pvector = new double[nextra];
   for (int k = 0; k < nextra; ++k) pvector[k] = 0.0;
 
-  electrostatics = std::make_unique<snapqeq::GaussianElectrostatics>(world);
+  electrostatics = std::make_unique<snapqeq::Electrostatics>(&mpi);
 }
 
 PairSNAPQEq::~PairSNAPQEq()
@@ -393,6 +420,7 @@ void PairSNAPQEq::load_model(const std::string &file)
       }
     }
     sna = std::make_unique<snapqeq::SNA>(opt);
+    sna_cache.clear();    // workspaces of the previous descriptor
   } catch (LAMMPSException &) {
     throw;
   } catch (const std::exception &e) {
@@ -485,8 +513,65 @@ void PairSNAPQEq::init_style()
     error->all(FLERR, "Pair style snapqeq supports fully periodic (p p p) or fully non-periodic "
                "(f/s/m in x, y and z) boundaries, not mixed ones");
 
-  neighbor->add_request(this, NeighConst::REQ_FULL);
+  // largest bispectrum cutoff of the elements in use
+  snap_cutmax = 0.0;
+  double amax = 0.0;
+  for (int t = 1; t <= atom->ntypes; ++t) {
+    const int ei = type_elem[t];
+    if (ei < 0) continue;
+    amax = std::max(amax, width[ei]);
+    for (int u = 1; u <= atom->ntypes; ++u)
+      if (type_elem[u] >= 0)
+        snap_cutmax = std::max(snap_cutmax, rcutfac * (radius[ei] + radius[type_elem[u]]));
+  }
+
+  // Ewald: the real-space cutoff is fixed here (it sets the neighbour and ghost cutoffs),
+  // from the balance of real- and reciprocal-space work for this cell; each step then uses
+  // beta = s / cutoff, whatever the volume does
+  periodic = nper == 3;
+  ewald = snapqeq::EwaldParameters();
+  if (periodic) {
+    double mine = 0.0;
+    for (int i = 0; i < atom->nlocal; ++i) mine += type_elem[atom->type[i]] >= 0 ? 1.0 : 0.0;
+    double natoms = 0.0;
+    MPI_Allreduce(&mine, &natoms, 1, MPI_DOUBLE, MPI_SUM, world);
+    const double volume = domain->xprd * domain->yprd * domain->zprd;
+    try {
+      ewald = snapqeq::ewald_parameters(natoms, volume, amax, ewald_accuracy);
+    } catch (const std::exception &e) {
+      error->all(FLERR, "snapqeq electrostatics: {}", e.what());
+    }
+    // the half list of the Ewald real space holds ~ rho (2 pi/3) (r_c + skin)^3 pairs per
+    // atom, which can exceed LAMMPS' default per-atom limit: raise it with margin
+    const double reach = ewald.real_cutoff + neighbor->skin;
+    const int need = int(1.5 * natoms / volume * 4.18879020478639098 /* 4 pi/3 */ * reach * reach * reach);
+    if (need > neighbor->oneatom) {
+      neighbor->oneatom = need;
+      neighbor->pgsize = std::max(neighbor->pgsize, 10 * need);
+      if (comm->me == 0)
+        utils::logmesg(lmp, "snapqeq: neigh_modify one {} page {} for the Ewald real space\n",
+                       neighbor->oneatom, neighbor->pgsize);
+    }
+  }
+
+  // list 1: full, bispectrum cutoff; list 2 (periodic): half, the pair cutoff = Ewald
+  // real-space cutoff (init_one), ghosts included
+  auto *req = neighbor->add_request(this, NeighConst::REQ_FULL);
+  req->set_id(1);
+  if (periodic && ewald.real_cutoff > snap_cutmax) req->set_cutoff(snap_cutmax + neighbor->skin);
+  if (periodic) neighbor->add_request(this)->set_id(2);
+  list_snap = list_ewald = nullptr;
   logged_setup = false;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairSNAPQEq::init_list(int id, NeighList *ptr)
+{
+  if (id == 1)
+    list = list_snap = ptr;
+  else if (id == 2)
+    list_ewald = ptr;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -496,7 +581,8 @@ double PairSNAPQEq::init_one(int i, int j)
   if (setflag[i][j] == 0) error->all(FLERR, "All pair coeffs are not set");
   const int ei = type_elem[i], ej = type_elem[j];
   if (ei < 0 || ej < 0) return 0.0;
-  return rcutfac * (radius[ei] + radius[ej]);
+  const double cut = rcutfac * (radius[ei] + radius[ej]);
+  return periodic ? std::max(cut, ewald.real_cutoff) : cut;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -520,14 +606,15 @@ void *PairSNAPQEq::extract_peratom(const char *name, int &ncol)
 }
 
 /* ----------------------------------------------------------------------
-   neighbours of owned atom a into the kernel (arrays stay valid until the next call)
+   neighbours of owned atom a into a kernel workspace (the arrays stay valid until the
+   next step)
 ------------------------------------------------------------------------- */
 
-void PairSNAPQEq::load_neighbors(int a)
+void PairSNAPQEq::load_neighbors(int a, snapqeq::SNA *w)
 {
   const int off = nbr_offset[a];
   const int cnt = nbr_offset[a + 1] - off;
-  sna->set_neighbors(cnt, nbr_rij.data() + 3 * off, nbr_rcut.data() + off,
+  w->set_neighbors(cnt, nbr_rij.data() + 3 * off, nbr_rcut.data() + off,
                      nbr_weight.data() + off, nbr_elem.data() + off,
                      switchinnerflag ? nbr_sinner.data() + off : nullptr,
                      switchinnerflag ? nbr_dinner.data() + off : nullptr);
@@ -544,10 +631,10 @@ void PairSNAPQEq::compute_descriptors()
 {
   double **x = atom->x;
   int *type = atom->type;
-  const int inum = list->inum;
-  int *ilist = list->ilist;
-  int *numneigh = list->numneigh;
-  int **firstneigh = list->firstneigh;
+  const int inum = list_snap->inum;
+  int *ilist = list_snap->ilist;
+  int *numneigh = list_snap->numneigh;
+  int **firstneigh = list_snap->firstneigh;
 
   owned.clear();
   nbr_offset.assign(1, 0);
@@ -587,18 +674,39 @@ void PairSNAPQEq::compute_descriptors()
   }
 
   const int nown = owned.size();
+  x_owned.resize(3 * (size_t) nown);
+  for (int a = 0; a < nown; ++a)
+    for (int k = 0; k < 3; ++k) x_owned[3 * a + k] = x[owned[a]][k];
+
+  // keep the workspaces of as many atoms as the budget allows (the neighbour arrays they
+  // point into stay unchanged until the force pass)
+  const auto &o = sna->options();
+  const int nelem = o.chemflag ? o.nelements : 1;
+  double bytes = 0.0;
+  ncached = 0;
+  while (ncached < nown) {
+    const int cnt = nbr_offset[ncached + 1] - nbr_offset[ncached];
+    bytes += workspace_bytes(o.twojmax, nelem, cnt);
+    if (bytes > kCacheBytes) break;
+    ++ncached;
+  }
+  while ((int) sna_cache.size() < ncached)
+    sna_cache.push_back(std::make_unique<snapqeq::SNA>(*sna));
+
   blin.assign((size_t) nown * ncoeff_linear, 0.0);
   for (int a = 0; a < nown; ++a) {
     const int block = chem_block[type_elem[type[owned[a]]]];
-    load_neighbors(a);
-    sna->compute_ui(block);
-    sna->compute_zi();
-    sna->compute_bi(block, &blin[(size_t) a * ncoeff_linear]);
+    snapqeq::SNA *w = a < ncached ? sna_cache[a].get() : sna.get();
+    load_neighbors(a, w);
+    w->compute_ui(block);
+    w->compute_zi();
+    w->compute_bi(block, &blin[(size_t) a * ncoeff_linear]);
   }
 }
 
 /* ----------------------------------------------------------------------
-   positions, chi, widths and hardnesses of all atoms on every rank (rank order)
+   chi, widths, hardnesses and atom IDs of all atoms on every rank (rank order), and
+   the positions too for free boundaries
 ------------------------------------------------------------------------- */
 
 void PairSNAPQEq::gather_system()
@@ -611,32 +719,34 @@ void PairSNAPQEq::gather_system()
   for (int r = 1; r < nprocs; ++r) displs[r] = displs[r - 1] + counts[r - 1];
   const int n = displs[nprocs - 1] + counts[nprocs - 1];
 
-  std::vector<double> xo(3 * (size_t) nown);
   std::vector<int> eo(nown);
   std::vector<tagint> to(nown);
   for (int a = 0; a < nown; ++a) {
     const int i = owned[a];
-    for (int k = 0; k < 3; ++k) xo[3 * a + k] = atom->x[i][k];
     eo[a] = type_elem[atom->type[i]];
     to[a] = atom->tag[i];
   }
-  std::vector<int> counts3(nprocs), displs3(nprocs);
-  for (int r = 0; r < nprocs; ++r) {
-    counts3[r] = 3 * counts[r];
-    displs3[r] = 3 * displs[r];
-  }
-  x_all.resize(3 * (size_t) n);
   chi_all.resize(n);
   elem_all.resize(n);
   tag_all.resize(n);
-  MPI_Allgatherv(xo.data(), 3 * nown, MPI_DOUBLE, x_all.data(), counts3.data(), displs3.data(),
-                 MPI_DOUBLE, world);
   MPI_Allgatherv(chi_own.data(), nown, MPI_DOUBLE, chi_all.data(), counts.data(), displs.data(),
                  MPI_DOUBLE, world);
   MPI_Allgatherv(eo.data(), nown, MPI_INT, elem_all.data(), counts.data(), displs.data(), MPI_INT,
                  world);
   MPI_Allgatherv(to.data(), nown, MPI_LMP_TAGINT, tag_all.data(), counts.data(), displs.data(),
                  MPI_LMP_TAGINT, world);
+  if (!periodic) {
+    std::vector<int> counts3(nprocs), displs3(nprocs);
+    for (int r = 0; r < nprocs; ++r) {
+      counts3[r] = 3 * counts[r];
+      displs3[r] = 3 * displs[r];
+    }
+    x_all.resize(3 * (size_t) n);
+    MPI_Allgatherv(x_owned.data(), 3 * nown, MPI_DOUBLE, x_all.data(), counts3.data(),
+                   displs3.data(), MPI_DOUBLE, world);
+  } else {
+    x_all.clear();
+  }
   alpha_all.resize(n);
   hardness_all.resize(n);
   for (int i = 0; i < n; ++i) {
@@ -646,36 +756,122 @@ void PairSNAPQEq::gather_system()
 }
 
 /* ----------------------------------------------------------------------
+   geometry of the electrostatics kernel.  Periodic cells: the pairs of the half list
+   (every pair once over all ranks, ghosts included) inside the real-space cutoff, with
+   their charge-equilibration indices (ghosts through their atom IDs) and local slots
+   for the forces (ghost forces go back by reverse communication)
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::setup_electrostatics()
+{
+  const int n = chi_all.size();
+  const int first = displs[comm->me];
+  const int nown = owned.size();
+  try {
+    if (!periodic) {
+      electrostatics->setup_free(n, first, nown, x_all.data(), alpha_all.data(), owned.data());
+      return;
+    }
+    // QEq index of every local and ghost atom (-1: not in the charge equilibration)
+    tagint tmax = 0;
+    for (int i = 0; i < n; ++i) tmax = std::max(tmax, tag_all[i]);
+    std::vector<int> by_tag(tmax + 1, -1);
+    for (int i = 0; i < n; ++i) by_tag[tag_all[i]] = i;
+    const int nall = atom->nlocal + atom->nghost;
+    global_index.assign(nall, -1);
+    tagint *tag = atom->tag;
+    int *type = atom->type;
+    for (int i = 0; i < nall; ++i)
+      if (type_elem[type[i]] >= 0 && tag[i] <= tmax) global_index[i] = by_tag[tag[i]];
+
+    double **x = atom->x;
+    const double rc2 = ewald.real_cutoff * ewald.real_cutoff;
+    pair_i.clear();
+    pair_j.clear();
+    pair_li.clear();
+    pair_lj.clear();
+    pair_d.clear();
+    const int inum = list_ewald->inum;
+    int *ilist = list_ewald->ilist;
+    int *numneigh = list_ewald->numneigh;
+    int **firstneigh = list_ewald->firstneigh;
+    for (int ii = 0; ii < inum; ++ii) {
+      const int i = ilist[ii];
+      const int gi = global_index[i];
+      if (gi < 0) continue;
+      const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
+      const int *jlist = firstneigh[i];
+      for (int jj = 0; jj < numneigh[i]; ++jj) {
+        const int j = jlist[jj] & NEIGHMASK;
+        const int gj = global_index[j];
+        if (gj < 0) continue;
+        const double d[3] = {x[j][0] - xi, x[j][1] - yi, x[j][2] - zi};
+        if (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] > rc2) continue;
+        pair_i.push_back(gi);
+        pair_j.push_back(gj);
+        pair_li.push_back(i);
+        pair_lj.push_back(j);
+        pair_d.insert(pair_d.end(), d, d + 3);
+      }
+    }
+    snapqeq::PairList pairs;
+    pairs.size = (long) pair_i.size();
+    pairs.i = pair_i.data();
+    pairs.j = pair_j.data();
+    pairs.d = pair_d.data();
+    pairs.slot_i = pair_li.data();
+    pairs.slot_j = pair_lj.data();
+    pairs.half = true;
+    double amax = 0.0;
+    for (double a : alpha_all) amax = std::max(amax, a);
+    const double *h = domain->h;    // xprd yprd zprd yz xz xy
+    const double cell[9] = {h[0], 0.0, 0.0, h[5], h[1], 0.0, h[4], h[3], h[2]};
+    const auto params = snapqeq::ewald_parameters(n, domain->xprd * domain->yprd * domain->zprd,
+                                                  amax, ewald_accuracy, ewald.real_cutoff);
+    electrostatics->setup_periodic(n, first, nown, x_owned.data(), alpha_all.data(), cell,
+                                   params, pairs, owned.data());
+  } catch (const std::exception &e) {
+    error->all(FLERR, "snapqeq electrostatics: {}", e.what());
+  }
+}
+
+/* ----------------------------------------------------------------------
    minimize 1/2 x^T (J + A_es) x + c^T x on sum x = total (history slot: 0 charges,
    1 short-range adjoint); returns the solver statistics.  Initial guess per atom ID: the
-   linear extrapolation 2 x(t-1) - x(t-2) of the last two solutions (as LAMMPS' fix
-   qeq/reaxff does), else the last solution, else the Jacobi estimate -c / diag.  In MD
-   this saves most iterations.
+   quadratic extrapolation 3 x(t-1) - 3 x(t-2) + x(t-3) of the last three solutions (error
+   O(dt^3) in MD, which leaves the solver a few iterations), else the linear one from two,
+   else the last solution, else the Jacobi estimate -c / diag.  potential: A_es x.
 ------------------------------------------------------------------------- */
 
 snapqeq::SolveStats PairSNAPQEq::solve(int slot, const double *c, double total, double *x,
-                                       const char *what)
+                                       const char *what, double *potential)
 {
   const int n = electrostatics->size();
   const auto &diag = electrostatics->diagonal();
   tagint tmax = 0;
   for (int i = 0; i < n; ++i) tmax = std::max(tmax, tag_all[i]);
-  auto &h1 = history[slot][0];
-  auto &h2 = history[slot][1];
-  if ((tagint) h1.size() < tmax + 1) {
-    h1.resize(tmax + 1, std::numeric_limits<double>::quiet_NaN());
-    h2.resize(tmax + 1, std::numeric_limits<double>::quiet_NaN());
-  }
+  auto &h = history[slot];
+  if ((tagint) h[0].size() < tmax + 1)
+    for (auto &v : h) v.resize(tmax + 1, std::numeric_limits<double>::quiet_NaN());
   for (int i = 0; i < n; ++i) {
-    const double x1 = h1[tag_all[i]], x2 = h2[tag_all[i]];
-    x[i] = -c[i] / (hardness_all[i] + diag[i]);
-    if (!std::isnan(x1)) x[i] = std::isnan(x2) ? x1 : 2.0 * x1 - x2;
+    const tagint t = tag_all[i];
+    const double x1 = h[0][t], x2 = h[1][t], x3 = h[2][t];
+    if (std::isnan(x1))
+      x[i] = -c[i] / (hardness_all[i] + diag[i]);
+    else if (std::isnan(x2))
+      x[i] = x1;
+    else if (std::isnan(x3))
+      x[i] = 2.0 * x1 - x2;
+    else
+      x[i] = 3.0 * (x1 - x2) + x3;
   }
   const auto stats = snapqeq::solve_constrained(*electrostatics, hardness_all.data(), c, total,
-                                                x, tol, maxiter);
+                                                x, tol, maxiter, potential);
   for (int i = 0; i < n; ++i) {
-    h2[tag_all[i]] = h1[tag_all[i]];
-    h1[tag_all[i]] = x[i];
+    const tagint t = tag_all[i];
+    h[2][t] = h[1][t];
+    h[1][t] = h[0][t];
+    h[0][t] = x[i];
   }
   if (!stats.converged && comm->me == 0 && warned_unconverged < kMaxWarnings) {
     ++warned_unconverged;
@@ -693,36 +889,24 @@ snapqeq::SolveStats PairSNAPQEq::solve(int slot, const double *c, double total, 
 void PairSNAPQEq::equilibrate()
 {
   const int n = chi_all.size();
-  const bool periodic = domain->periodicity[0] != 0;
-  double cell[9];
-  if (periodic) {
-    const double *h = domain->h;    // xprd yprd zprd yz xz xy
-    const double rows[9] = {h[0], 0.0, 0.0, h[5], h[1], 0.0, h[4], h[3], h[2]};
-    std::copy(rows, rows + 9, cell);
-  }
-  try {
-    electrostatics->setup(n, x_all.data(), alpha_all.data(), counts, periodic ? cell : nullptr,
-                          ewald_accuracy);
-  } catch (const std::exception &e) {
-    error->all(FLERR, "snapqeq electrostatics: {}", e.what());
-  }
+  setup_electrostatics();
   if (!logged_setup && comm->me == 0) {
     if (periodic)
       utils::logmesg(lmp, "snapqeq: {} atoms in the charge equilibration, Ewald beta {:.4f}/A, "
                      "real-space cutoff {:.3f} A, {} k-vectors\n",
-                     n, electrostatics->ewald_beta(), electrostatics->real_cutoff(),
-                     electrostatics->kvectors());
+                     n, electrostatics->parameters().beta,
+                     electrostatics->parameters().real_cutoff, electrostatics->kvectors());
     else
       utils::logmesg(lmp, "snapqeq: {} atoms in the charge equilibration, free boundaries\n", n);
   }
   logged_setup = true;
 
   q_all.assign(n, 0.0);
-  const auto stats = solve(0, chi_all.data(), total_charge, q_all.data(), "charge equilibration");
+  phi_all.assign(n, 0.0);
+  const auto stats = solve(0, chi_all.data(), total_charge, q_all.data(), "charge equilibration",
+                           phi_all.data());
   last_iterations = stats.iterations;
   chemical_potential = stats.multiplier;
-  phi_all.assign(n, 0.0);
-  electrostatics->apply(1, q_all.data(), phi_all.data());
 }
 
 /* ----------------------------------------------------------------------
@@ -739,13 +923,17 @@ void PairSNAPQEq::adjoint_forces()
   for (int a = 0; a < nown; ++a) {
     const int i = owned[a];
     const int block = chem_block[type_elem[type[i]]];
-    load_neighbors(a);
-    sna->compute_ui(block);
-    sna->compute_zi();
-    sna->compute_yi(&beta[(size_t) a * ncoeff_linear]);
+    snapqeq::SNA *w = a < ncached ? sna_cache[a].get() : nullptr;
+    if (!w) {    // beyond the cache: U and Z once more
+      w = sna.get();
+      load_neighbors(a, w);
+      w->compute_ui(block);
+      w->compute_zi();
+    }
+    w->compute_yi(&beta[(size_t) a * ncoeff_linear]);
     const int off = nbr_offset[a];
     for (int jj = 0; jj < nbr_offset[a + 1] - off; ++jj) {
-      sna->compute_deidrj(jj, dedr);    // dE_i/dr_ij = dE_i/dr_j = -dE_i/dr_i
+      w->compute_deidrj(jj, dedr);    // dE_i/dr_ij = dE_i/dr_j = -dE_i/dr_i
       const int j = nbr_index[off + jj];
       f[i][0] += dedr[0];
       f[i][1] += dedr[1];
@@ -763,22 +951,15 @@ void PairSNAPQEq::adjoint_forces()
 
 /* ----------------------------------------------------------------------
    forces and virial of 1/2 q^T A_es b at fixed charges (b = q, or q + 2 mu with the
-   short-range network) on the owned atoms
+   short-range network), on local and (periodic cells) ghost atoms
 ------------------------------------------------------------------------- */
 
 void PairSNAPQEq::electrostatic_forces(const std::vector<double> &b)
 {
-  const int nown = owned.size();
-  std::vector<double> fo(3 * (size_t) nown, 0.0), vo(vflag_atom ? 6 * (size_t) nown : 0, 0.0);
   double vir[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-  electrostatics->forces(q_all.data(), b.data(), fo.data(), vir, vflag_atom ? vo.data() : nullptr);
-  double **f = atom->f;
-  for (int a = 0; a < nown; ++a) {
-    const int i = owned[a];
-    for (int k = 0; k < 3; ++k) f[i][k] += fo[3 * a + k];
-    if (vflag_atom)
-      for (int k = 0; k < 6; ++k) vatom[i][k] += vo[6 * a + k];
-  }
+  double *f = atom->nmax > 0 ? &atom->f[0][0] : nullptr;
+  double *va = vflag_atom ? &vatom[0][0] : nullptr;
+  electrostatics->forces(q_all.data(), b.data(), f, vir, va);
   if (vflag_global)
     for (int k = 0; k < 6; ++k) virial[k] += vir[k];
 }
@@ -915,10 +1096,18 @@ double PairSNAPQEq::memory_usage()
   double bytes = Pair::memory_usage();
   bytes += 3.0 * nmax_atom * sizeof(double);
   bytes += (double) (blin.capacity() + beta.capacity() + nbr_rij.capacity() +
-                     nbr_rcut.capacity() + nbr_weight.capacity()) * sizeof(double);
-  const double n = x_all.size() / 3.0;
+                     nbr_rcut.capacity() + nbr_weight.capacity() + x_owned.capacity()) *
+      sizeof(double);
+  const double n = chi_all.size();
   bytes += 12.0 * n * sizeof(double);
-  // dense owned rows of the real-space matrix
-  if (electrostatics) bytes += (double) electrostatics->count() * n * sizeof(double);
+  bytes += 8.0 * pair_d.capacity() +
+      4.0 * (pair_i.capacity() + pair_j.capacity() + pair_li.capacity() + pair_lj.capacity());
+  if (electrostatics) bytes += electrostatics->memory_bytes();
+  if (sna) {
+    const auto &o = sna->options();
+    for (int a = 0; a < ncached; ++a)
+      bytes += workspace_bytes(o.twojmax, o.chemflag ? o.nelements : 1,
+                               nbr_offset[a + 1] - nbr_offset[a]);
+  }
   return bytes;
 }

@@ -25,7 +25,8 @@ PairStyle(snapqeq,PairSNAPQEq);
 #include <string>
 #include <vector>
 
-#include "snapqeq_electrostatics.h"
+#include "electrostatics.h"
+#include "snapqeq_mpi.h"
 
 namespace snapqeq {
 class SNA;
@@ -42,6 +43,7 @@ class PairSNAPQEq : public Pair {
   void settings(int, char **) override;
   void coeff(int, char **) override;
   void init_style() override;
+  void init_list(int, class NeighList *) override;
   double init_one(int, int) override;
   void *extract_peratom(const char *, int &) override;
   double memory_usage() override;
@@ -50,7 +52,13 @@ class PairSNAPQEq : public Pair {
   struct Model;    // the TorchScript module (pimpl: keeps libtorch out of this header)
   std::unique_ptr<Model> model;
   std::unique_ptr<snapqeq::SNA> sna;
-  std::unique_ptr<snapqeq::GaussianElectrostatics> electrostatics;
+  // bispectrum workspaces of the owned atoms (U per neighbour, Z), kept from the descriptor
+  // pass for the force pass while they fit in the memory budget
+  std::vector<std::unique_ptr<snapqeq::SNA>> sna_cache;
+  int ncached;
+  snapqeq::MPICommunicator mpi;
+  std::unique_ptr<snapqeq::Electrostatics> electrostatics;
+  class NeighList *list_snap, *list_ewald;    // full (bispectrum cutoff), half (Ewald cutoff)
 
   // settings
   std::string model_file;
@@ -58,6 +66,10 @@ class PairSNAPQEq : public Pair {
   double tol;               // relative residual of the charge equilibration solve
   double ewald_accuracy;    // relative truncation error of the Ewald sums
   int maxiter;              // conjugate-gradient iterations per solve
+
+  bool periodic;                    // p p p (Ewald) or f f f (all pairs)
+  double snap_cutmax;               // largest bispectrum pair cutoff (Angstrom)
+  snapqeq::EwaldParameters ewald;   // real-space cutoff fixed at init; beta = s / cutoff
 
   // model, per element in the model's element order
   std::vector<std::string> elem_names;
@@ -72,6 +84,7 @@ class PairSNAPQEq : public Pair {
 
   // this step: atoms of the charge equilibration owned by this rank and their neighbours
   std::vector<int> owned;                                   // local indices
+  std::vector<double> x_owned;                              // their positions
   std::vector<int> nbr_offset, nbr_index, nbr_elem;         // CSR over owned atoms
   std::vector<double> nbr_rij, nbr_rcut, nbr_weight, nbr_sinner, nbr_dinner;
   std::vector<double> blin, beta;                           // owned x ncoeff_linear
@@ -81,13 +94,18 @@ class PairSNAPQEq : public Pair {
   // this step: all atoms of the charge equilibration (identical on every rank)
   std::vector<int> counts, displs, elem_all;
   std::vector<tagint> tag_all;
-  std::vector<double> x_all, chi_all, alpha_all, hardness_all;
+  std::vector<double> x_all, chi_all, alpha_all, hardness_all;    // x_all: free boundaries
+
+  // this step, periodic cells: real-space pairs of the half list inside the Ewald cutoff
+  std::vector<int> global_index;                          // local/ghost atom -> QEq index
+  std::vector<int> pair_i, pair_j, pair_li, pair_lj;      // QEq indices, local slots
+  std::vector<double> pair_d;                             // r_j - r_i
   std::vector<double> q_all, phi_all;               // charges, electrostatic potentials
   double chemical_potential;                        // Lagrange multiplier of sum q = Q
 
-  // solutions of the last two steps by atom ID (slot 0: charges, 1: short-range adjoint);
-  // linearly extrapolated they are the solver's initial guess
-  std::vector<double> history[2][2];
+  // solutions of the last three steps by atom ID (slot 0: charges, 1: short-range
+  // adjoint); extrapolated they are the solver's initial guess
+  std::vector<double> history[2][3];
   int last_iterations, warned_unconverged;
   bool logged_setup;
 
@@ -98,15 +116,17 @@ class PairSNAPQEq : public Pair {
   void allocate();
   void load_model(const std::string &file);
   void grow_peratom();
-  void load_neighbors(int a);
+  void load_neighbors(int a, snapqeq::SNA *w);
   void compute_descriptors();
   void evaluate_network();
   void gather_system();
+  void setup_electrostatics();
   void equilibrate();
   int short_range_adjoint(std::vector<double> &weight, std::vector<double> &b_es,
                           std::vector<double> &e_short);
   void tally_energies(const std::vector<double> &e_short);
-  snapqeq::SolveStats solve(int slot, const double *c, double total, double *x, const char *what);
+  snapqeq::SolveStats solve(int slot, const double *c, double total, double *x, const char *what,
+                            double *potential = nullptr);
   void adjoint_forces();
   void electrostatic_forces(const std::vector<double> &b);
 };

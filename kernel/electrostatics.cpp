@@ -1,0 +1,1104 @@
+// snapqeq electrostatics kernel; see electrostatics.h for the conventions and SPEC
+// section 5 for the formulas.
+#include "electrostatics.h"
+
+#include <climits>
+#include <cmath>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+
+namespace snapqeq {
+
+namespace {
+
+constexpr double kPi = 3.14159265358979323846;
+constexpr double kTwoOverSqrtPi = 1.12837916709551257390;  // 2/sqrt(pi)
+constexpr double kSqrt2 = 1.41421356237309504880;
+
+// beta = kBetaScale (N/V^2)^(1/6) minimizes (real-space pairs) x (cost per pair) +
+// (k vectors) x N x (cost per k vector and atom); the classic Ewald optimum is
+// (pi^3 c_pair/c_k)^(1/6) (N/V^2)^(1/6).  Per MD step a stored real-space pair costs about
+// twice (table lookups for values and forces, one product per solver iteration, scattered
+// to two atoms) what a (k, atom) term costs (structure factor and back projection per
+// iteration, forces), measured on rattled NaCl with 2k atoms; the cost is flat within
+// +-15% of this value.
+constexpr double kBetaScale = 2.0;
+// Free boundaries keep the pair values and derivatives (16 bytes per pair) when this rank's
+// share fits in this many bytes; otherwise they are recomputed where needed.
+constexpr double kMaxStoredBytes = 1024.0 * 1024.0 * 1024.0;
+// Widths taking at most this many different values get tabulated pair kernels (one table
+// per pair of values); more (unusual: widths are per element) are evaluated directly.
+constexpr int kMaxWidthClasses = 8;
+// erf(x) = 1 to double precision beyond x = 6 (erfc(6) = 2e-17)
+constexpr double kErfSaturation = 6.0;
+// Preconditioner: reciprocal vectors whose long-wave stiffness, the eigenvalue
+// 8 pi k_e coef_k / V * n / 2 of their cos/sin rank-2 term, is at least kLowThreshold times
+// the mean diagonal, at most kMaxLow of them.  Measured on rattled NaCl (256 - 2k atoms):
+// 30 -> 13 CG iterations; more vectors barely help and cost O(n kMaxLow^2) per step.
+constexpr double kLowThreshold = 0.2;
+constexpr int kMaxLow = 48;
+
+// g(r) = [erfc(beta r) - erfc(gamma r)]/r and its first two derivatives (beta = 0: free
+// boundaries, erf(gamma r)/r).  Near r = 0 the difference cancels, so the even power series
+// is used there; it converges fast for gamma r < 1 (beta <= gamma).
+void exact_kernel(double beta, double gamma, double r, double out[3]) {
+  if (gamma * r < 1.0) {
+    const double r2 = r * r;
+    double g = 0.0, g1 = 0.0, g2 = 0.0;
+    double gp = gamma, bp = beta, fact = 1.0, sign = 1.0, pw = 1.0;  // pw = r^(2n-2)
+    for (int k = 0; k < 40; ++k) {
+      const double t = kTwoOverSqrtPi * sign * (gp - bp) / (fact * (2 * k + 1));
+      if (k == 0) {
+        g += t;
+      } else {
+        g += t * pw * r2;
+        g1 += 2.0 * k * t * pw * r;
+        g2 += 2.0 * k * (2.0 * k - 1.0) * t * pw;
+        pw *= r2;
+      }
+      gp *= gamma * gamma;
+      bp *= beta * beta;
+      fact *= (k + 1);
+      sign = -sign;
+    }
+    out[0] = g;
+    out[1] = g1;
+    out[2] = g2;
+    return;
+  }
+  const double eb = beta > 0.0 ? std::erfc(beta * r) : 1.0;
+  const double h = eb - std::erfc(gamma * r);
+  const double xb = std::exp(-beta * beta * r * r), xg = std::exp(-gamma * gamma * r * r);
+  const double h1 = kTwoOverSqrtPi * (gamma * xg - beta * xb);
+  const double h2 = kTwoOverSqrtPi * 2.0 * r * (beta * beta * beta * xb - gamma * gamma * gamma * xg);
+  const double g = h / r;
+  const double g1 = (h1 - g) / r;  // from g r = h
+  out[0] = g;
+  out[1] = g1;
+  out[2] = (h2 - 2.0 * g1) / r;
+}
+
+// in-place Cholesky factor (lower triangle) of the symmetric m x m matrix a; false if a
+// is not numerically positive definite
+bool cholesky(std::vector<double>& a, int m) {
+  for (int j = 0; j < m; ++j) {
+    double d = a[size_t(j) * m + j];
+    for (int k = 0; k < j; ++k) d -= a[size_t(j) * m + k] * a[size_t(j) * m + k];
+    if (!(d > 0.0)) return false;
+    d = std::sqrt(d);
+    a[size_t(j) * m + j] = d;
+    for (int i = j + 1; i < m; ++i) {
+      double s = a[size_t(i) * m + j];
+      for (int k = 0; k < j; ++k) s -= a[size_t(i) * m + k] * a[size_t(j) * m + k];
+      a[size_t(i) * m + j] = s / d;
+    }
+  }
+  return true;
+}
+
+// solve L L^T u = t in place (L from cholesky())
+void cholesky_solve(const std::vector<double>& l, int m, double* t) {
+  for (int i = 0; i < m; ++i) {
+    double s = t[i];
+    for (int k = 0; k < i; ++k) s -= l[size_t(i) * m + k] * t[k];
+    t[i] = s / l[size_t(i) * m + i];
+  }
+  for (int i = m - 1; i >= 0; --i) {
+    double s = t[i];
+    for (int k = i + 1; k < m; ++k) s -= l[size_t(k) * m + i] * t[k];
+    t[i] = s / l[size_t(i) * m + i];
+  }
+}
+
+}  // namespace
+
+// Quintic Hermite interpolation of g on a uniform grid (value, first and second derivative
+// at the nodes): error ~ h^6 g^(6)/46080, far below 1e-13 relative for the grid spacing
+// used, at the cost of a few multiply-adds instead of erfc and exp per pair.  Beyond rmax
+// (free boundaries only) erf(gamma r) = 1 and g = 1/r.
+struct Electrostatics::Table {
+  double h = 0.0, hinv = 0.0, rmax = 0.0;
+  std::vector<double> c;  // 6 polynomial coefficients in t = (r - r_k)/h per interval
+
+  void build(double beta, double gamma, double range, double spacing) {
+    const int nint = int(std::ceil(range / spacing)) + 1;
+    h = spacing;
+    hinv = 1.0 / spacing;
+    rmax = nint * spacing;
+    c.assign(size_t(6) * nint, 0.0);
+    double lo[3], hi[3];
+    exact_kernel(beta, gamma, 0.0, lo);
+    for (int k = 0; k < nint; ++k) {
+      exact_kernel(beta, gamma, (k + 1) * h, hi);
+      // p(t) with p, p', p'' matching (g, h g', h^2 g'') at t = 0 and t = 1
+      const double f0 = lo[0], d0 = h * lo[1], s0 = h * h * lo[2];
+      const double f1 = hi[0], d1 = h * hi[1], s1 = h * h * hi[2];
+      const double a = f1 - f0 - d0 - 0.5 * s0, b = d1 - d0 - s0, q = s1 - s0;
+      double* p = &c[size_t(6) * k];
+      p[0] = f0;
+      p[1] = d0;
+      p[2] = 0.5 * s0;
+      p[3] = 10.0 * a - 4.0 * b + 0.5 * q;
+      p[4] = -15.0 * a + 7.0 * b - q;
+      p[5] = 6.0 * a - 3.0 * b + 0.5 * q;
+      std::copy(hi, hi + 3, lo);
+    }
+  }
+
+  void eval(double r, double& g, double& dg) const {
+    if (r >= rmax) {
+      g = 1.0 / r;
+      dg = -g / r;
+      return;
+    }
+    const double x = r * hinv;
+    const int k = int(x);
+    const double t = x - k;
+    const double* p = &c[size_t(6) * k];
+    g = p[0] + t * (p[1] + t * (p[2] + t * (p[3] + t * (p[4] + t * p[5]))));
+    dg = (p[1] + t * (2.0 * p[2] + t * (3.0 * p[3] + t * (4.0 * p[4] + t * 5.0 * p[5])))) * hinv;
+  }
+};
+
+EwaldParameters ewald_parameters(double natoms, double volume, double max_width,
+                                 double accuracy, double cutoff) {
+  if (!(accuracy > 0.0 && accuracy < 1.0))
+    throw std::invalid_argument("Ewald accuracy must lie in (0, 1)");
+  if (!(volume > 0.0)) throw std::invalid_argument("Ewald sums need a cell of positive volume");
+  if (!(max_width > 0.0)) throw std::invalid_argument("Gaussian widths must be positive");
+  const double gamma_min = 1.0 / (kSqrt2 * max_width);
+  const double s = std::sqrt(-std::log(accuracy));
+  EwaldParameters p;
+  p.accuracy = accuracy;
+  if (cutoff > 0.0) {
+    p.beta = s / cutoff;
+    if (p.beta > gamma_min * (1.0 + 1e-12))
+      throw std::invalid_argument(
+          "real-space cutoff " + std::to_string(cutoff) + " A is too short for widths up to " +
+          std::to_string(max_width) + " A: it needs at least " +
+          std::to_string(s / gamma_min) + " A");
+  } else {
+    p.beta = std::min(gamma_min,
+                      kBetaScale * std::pow(std::max(natoms, 1.0) / (volume * volume), 1.0 / 6.0));
+  }
+  p.real_cutoff = s / p.beta;
+  p.kcut = 2.0 * s * p.beta;
+  return p;
+}
+
+Electrostatics::Electrostatics(Communicator* comm) : comm_(comm ? comm : &serial_) {}
+
+Electrostatics::~Electrostatics() = default;
+
+double Electrostatics::memory_bytes() const {
+  double b = 0.0;
+  b += 8.0 * (fval_.capacity() + fdval_.capacity() + pval_.capacity() + pdval_.capacity());
+  b += 4.0 * (pi_.capacity() + pj_.capacity()) + 8.0 * psrc_.capacity();
+  for (int d = 0; d < 3; ++d) b += 8.0 * (ph_re_[d].capacity() + ph_im_[d].capacity());
+  b += 8.0 * (kvec_.capacity() + kcoef_.capacity() + lowe_.capacity() + lowchol_.capacity());
+  for (const Table& t : tables_) b += 8.0 * t.c.capacity();
+  b += 8.0 * (diag_.capacity() + dinv_.capacity() + work_.capacity());
+  return b;
+}
+
+void Electrostatics::reset(int n, int first, int count, const double* alpha,
+                           const int* owned_slot) {
+  if (n < 0 || first < 0 || count < 0 || first + count > n)
+    throw std::invalid_argument("Electrostatics: owned block outside 0..n-1");
+  const int nprocs = comm_->size();
+  std::vector<double> c(nprocs, 0.0);
+  c[comm_->rank()] = count;
+  comm_->allreduce_sum(c.data(), nprocs);
+  counts_.assign(nprocs, 0);
+  displs_.assign(nprocs, 0);
+  for (int r = 0; r < nprocs; ++r) {
+    counts_[r] = int(c[r]);
+    if (r > 0) displs_[r] = displs_[r - 1] + counts_[r - 1];
+  }
+  if (displs_[nprocs - 1] + counts_[nprocs - 1] != n || displs_[comm_->rank()] != first)
+    throw std::invalid_argument("Electrostatics: the owned blocks of the ranks must tile 0..n-1 "
+                                "in rank order");
+  n_ = n;
+  first_ = first;
+  count_ = count;
+  alpha_ = alpha;
+  owned_slot_ = owned_slot;
+  for (int i = 0; i < n; ++i)
+    if (!(alpha[i] > 0.0)) throw std::invalid_argument("Gaussian widths must be positive");
+  ++setup_id_;
+
+  // width classes: the widths are per element, so a handful of values
+  wclass_.assign(n, 0);
+  cwidth_.clear();
+  bool classes = true;
+  for (int i = 0; i < n && classes; ++i) {
+    auto it = std::find(cwidth_.begin(), cwidth_.end(), alpha[i]);
+    if (it == cwidth_.end()) {
+      if (int(cwidth_.size()) == kMaxWidthClasses) {
+        classes = false;
+        break;
+      }
+      cwidth_.push_back(alpha[i]);
+      it = cwidth_.end() - 1;
+    }
+    wclass_[i] = int(it - cwidth_.begin());
+  }
+  if (!classes) {
+    cwidth_.clear();
+    wclass_.clear();
+  }
+  work_.assign(size_t(8) * std::max(count, 1), 0.0);
+}
+
+void Electrostatics::reduce_replicated(double* v) {
+  comm_->allreduce_sum(v, n_);
+  if (comm_->size() > 1) {
+    std::vector<double> own(v + first_, v + first_ + count_);
+    comm_->allgatherv(own.data(), count_, v, counts_.data(), displs_.data());
+  }
+}
+
+void Electrostatics::build_tables(double beta, double rmax, bool free) {
+  if (cwidth_.empty()) {
+    tables_.clear();
+    return;
+  }
+  const int nc = int(cwidth_.size());
+  if (int(tables_.size()) == nc * nc && table_beta_ == beta && table_rmax_ == rmax &&
+      table_free_ == free && table_widths_ == cwidth_)
+    return;  // same kernels as last time (fixed cutoff: beta is constant during a run)
+  double gamma_max = 0.0;
+  for (double a : cwidth_) gamma_max = std::max(gamma_max, 1.0 / (kSqrt2 * a));
+  const double spacing = 0.02 / std::max(1.0, gamma_max);
+  tables_.assign(size_t(nc) * nc, Table());
+  for (int a = 0; a < nc; ++a)
+    for (int b = a; b < nc; ++b) {
+      const double gamma = 1.0 / std::sqrt(cwidth_[a] * cwidth_[a] + cwidth_[b] * cwidth_[b]);
+      Table& t = tables_[size_t(a) * nc + b];
+      t.build(beta, gamma, free ? kErfSaturation / gamma : rmax, spacing);
+      if (b != a) tables_[size_t(b) * nc + a] = t;
+    }
+  table_widths_ = cwidth_;
+  table_beta_ = beta;
+  table_rmax_ = rmax;
+  table_free_ = free;
+}
+
+void Electrostatics::kernel(int i, int j, double r, double& g, double& dg) const {
+  if (!tables_.empty()) {
+    tables_[size_t(wclass_[i]) * cwidth_.size() + wclass_[j]].eval(r, g, dg);
+  } else {
+    const double gamma = 1.0 / std::sqrt(alpha_[i] * alpha_[i] + alpha_[j] * alpha_[j]);
+    const double beta = periodic_ ? params_.beta : 0.0;
+    if (!periodic_ && gamma * r >= kErfSaturation) {
+      g = 1.0 / r;
+      dg = -g / r;
+    } else {
+      double out[3];
+      exact_kernel(beta, gamma, r, out);
+      g = out[0];
+      dg = out[1];
+    }
+  }
+  g *= kCoulomb;
+  dg *= kCoulomb;
+}
+
+/* ------------------------------------------------------------------ free boundaries */
+
+// Pairs of the free-boundary sum: owned atom i with j = (i + t) % n, t = 1 .. n/2, except
+// t = n/2 for i >= n/2 when n is even; this visits every pair once and gives every row the
+// same work, so the ranks are balanced.
+void Electrostatics::setup_free(int n, int first, int count, const double* x,
+                                const double* alpha, const int* owned_slot) {
+  reset(n, first, count, alpha, owned_slot);
+  periodic_ = false;
+  params_ = EwaldParameters();
+  x_ = x;
+  x_owned_ = nullptr;
+  pairs_ = PairList();
+  pi_.clear();
+  pj_.clear();
+  psrc_.clear();
+  pval_.clear();
+  pdval_.clear();
+  kgroups_.clear();
+  kvec_.clear();
+  kcoef_.clear();
+  km_.clear();
+  build_tables(0.0, 0.0, true);
+
+  half_ = n / 2;
+  stored_free_ = double(count) * half_ * 2.0 * sizeof(double) <= kMaxStoredBytes;
+  fval_.assign(stored_free_ ? size_t(count) * half_ : 0, 0.0);
+  fdval_.assign(stored_free_ ? size_t(count) * half_ : 0, 0.0);
+  if (stored_free_)
+    for (int li = 0; li < count; ++li) {
+      const int i = first + li;
+      for (int t = 1; t <= half_; ++t) {
+        if (2 * t == n && i >= half_) continue;
+        const int j = (i + t) % n;
+        free_pair(i, j, fval_[size_t(li) * half_ + t - 1], fdval_[size_t(li) * half_ + t - 1]);
+      }
+    }
+
+  self_.assign(count, 0.0);
+  std::vector<double> d(n, 0.0);
+  for (int li = 0; li < count; ++li) {
+    const double a = alpha[first + li];
+    self_[li] = kCoulomb * kTwoOverSqrtPi / (kSqrt2 * a);  // 2 k_e g_ii / sqrt(pi)
+    d[first + li] = self_[li];
+  }
+  reduce_replicated(d.data());
+  diag_ = std::move(d);
+}
+
+void Electrostatics::free_pair(int i, int j, double& v, double& dv) const {
+  const double d[3] = {x_[3 * j] - x_[3 * i], x_[3 * j + 1] - x_[3 * i + 1],
+                       x_[3 * j + 2] - x_[3 * i + 2]};
+  const double r = std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
+  if (r == 0.0) {  // coincident atoms: finite Gaussian interaction, no direction
+    double out[3];
+    exact_kernel(0.0, 1.0 / std::sqrt(alpha_[i] * alpha_[i] + alpha_[j] * alpha_[j]), 0.0, out);
+    v = kCoulomb * out[0];
+    dv = 0.0;
+    return;
+  }
+  double g, dg;
+  kernel(i, j, r, g, dg);
+  v = g;
+  dv = dg / r;
+}
+
+/* ----------------------------------------------------------------------- periodic */
+
+void Electrostatics::setup_periodic(int n, int first, int count, const double* x_owned,
+                                    const double* alpha, const double* cell,
+                                    const EwaldParameters& params, const PairList& pairs,
+                                    const int* owned_slot) {
+  reset(n, first, count, alpha, owned_slot);
+  periodic_ = true;
+  params_ = params;
+  x_ = nullptr;
+  x_owned_ = x_owned;
+  fval_.clear();
+  fdval_.clear();
+  double amax = 0.0;
+  for (int i = 0; i < n; ++i) amax = std::max(amax, alpha[i]);
+  if (!(params.beta > 0.0 && params.real_cutoff > 0.0 && params.kcut > 0.0))
+    throw std::invalid_argument("Electrostatics: Ewald parameters not set");
+  if (n > 0 && params.beta > (1.0 + 1e-12) / (kSqrt2 * amax))
+    throw std::invalid_argument("Electrostatics: Ewald beta exceeds min gamma of the widths; "
+                                "derive the parameters from the largest width");
+  if (pairs.size > INT_MAX) throw std::invalid_argument("Electrostatics: too many pairs");
+
+  setup_reciprocal(cell);
+  const double rc = params.real_cutoff;
+  build_tables(params.beta, rc * (1.0 + 1e-9) + 0.1, false);
+
+  // real space: keep the pairs inside the cutoff with their kernel values
+  pairs_ = pairs;
+  pi_.clear();
+  pj_.clear();
+  psrc_.clear();
+  pval_.clear();
+  pdval_.clear();
+  std::vector<double> d(n, 0.0);  // this rank's share of the diagonal
+  const double rc2 = rc * rc;
+  for (long p = 0; p < pairs.size; ++p) {
+    const int i = pairs.i[p], j = pairs.j[p];
+    if (i < 0 || i >= n || j < 0 || j >= n)
+      throw std::invalid_argument("Electrostatics: pair index outside 0..n-1");
+    const double* dv = pairs.d + 3 * p;
+    const double r2 = dv[0] * dv[0] + dv[1] * dv[1] + dv[2] * dv[2];
+    if (r2 > rc2) continue;
+    if (r2 == 0.0 && i == j) continue;  // the atom itself, not an image
+    const double r = std::sqrt(r2);
+    double g, dg;
+    kernel(i, j, r, g, dg);
+    pi_.push_back(i);
+    pj_.push_back(j);
+    psrc_.push_back(p);
+    pval_.push_back(g);
+    pdval_.push_back(r > 0.0 ? dg / r : 0.0);
+    if (i == j) d[i] += pairs.half ? 2.0 * g : g;  // atom and its own image
+  }
+
+  // diagonal terms of the owned atoms: Gaussian self energy minus the beta part, the
+  // reciprocal sum of the atom with itself (position independent), the background
+  double csum = 0.0;
+  for (double c : kcoef_) csum += c;
+  const double rec_diag = 8.0 * kPi * kCoulomb / volume_ * csum;
+  const double bg = -kPi * kCoulomb / volume_;
+  const double beta = params.beta;
+  self_.assign(count, 0.0);
+  for (int li = 0; li < count; ++li) {
+    const double a = alpha[first + li];
+    self_[li] = kCoulomb * kTwoOverSqrtPi * (1.0 / (kSqrt2 * a) - beta);
+    d[first + li] += self_[li] + rec_diag + bg * (1.0 / (beta * beta) - 2.0 * a * a);
+  }
+  reduce_replicated(d.data());
+  diag_ = std::move(d);
+}
+
+void Electrostatics::setup_reciprocal(const double* cell) {
+  for (int d = 0; d < 3; ++d)
+    for (int k = 0; k < 3; ++k) cell_[d][k] = cell[3 * d + k];
+  const double(&h)[3][3] = cell_;
+  double c[3][3];  // cofactors: inverse = c / det
+  c[0][0] = h[1][1] * h[2][2] - h[1][2] * h[2][1];
+  c[0][1] = h[0][2] * h[2][1] - h[0][1] * h[2][2];
+  c[0][2] = h[0][1] * h[1][2] - h[0][2] * h[1][1];
+  c[1][0] = h[1][2] * h[2][0] - h[1][0] * h[2][2];
+  c[1][1] = h[0][0] * h[2][2] - h[0][2] * h[2][0];
+  c[1][2] = h[0][2] * h[1][0] - h[0][0] * h[1][2];
+  c[2][0] = h[1][0] * h[2][1] - h[1][1] * h[2][0];
+  c[2][1] = h[0][1] * h[2][0] - h[0][0] * h[2][1];
+  c[2][2] = h[0][0] * h[1][1] - h[0][1] * h[1][0];
+  const double det = h[0][0] * c[0][0] + h[0][1] * c[1][0] + h[0][2] * c[2][0];
+  if (!(std::fabs(det) > 0.0) || !std::isfinite(det))
+    throw std::invalid_argument("Electrostatics: the cell is singular");
+  volume_ = std::fabs(det);
+  for (int a = 0; a < 3; ++a)
+    for (int b = 0; b < 3; ++b) inv_[a][b] = c[a][b] / det;
+  // reciprocal vectors b_d (rows) with a_d . b_e = 2 pi delta_de; k.x = 2 pi m.s for
+  // k = sum m_d b_d and fractional coordinates s = x inv
+  for (int d = 0; d < 3; ++d)
+    for (int k = 0; k < 3; ++k) recip_[d][k] = 2.0 * kPi * inv_[k][d];
+
+  const double kcut = params_.kcut, beta = params_.beta;
+  for (int d = 0; d < 3; ++d) {
+    const double len = std::sqrt(h[d][0] * h[d][0] + h[d][1] * h[d][1] + h[d][2] * h[d][2]);
+    mmax_[d] = int(std::floor(kcut * len / (2.0 * kPi)));
+  }
+  // half space (k and -k contribute alike): m1 > 0; m1 = 0, m2 > 0; m1 = m2 = 0, m3 > 0.
+  // For fixed (m1, m2) |k|^2 is convex in m3, so the vectors inside the sphere are one
+  // run of m3: a group.
+  kgroups_.clear();
+  kvec_.clear();
+  kcoef_.clear();
+  km_.clear();
+  const double kc2 = kcut * kcut;
+  for (int m1 = 0; m1 <= mmax_[0]; ++m1)
+    for (int m2 = (m1 == 0 ? 0 : -mmax_[1]); m2 <= mmax_[1]; ++m2) {
+      KGroup g{m1, m2, 0, -1, int(kcoef_.size())};
+      for (int m3 = (m1 == 0 && m2 == 0 ? 1 : -mmax_[2]); m3 <= mmax_[2]; ++m3) {
+        double k[3];
+        for (int a = 0; a < 3; ++a) k[a] = m1 * recip_[0][a] + m2 * recip_[1][a] + m3 * recip_[2][a];
+        const double k2 = k[0] * k[0] + k[1] * k[1] + k[2] * k[2];
+        if (k2 > kc2) {
+          if (g.hi >= g.lo) break;  // past the run
+          continue;
+        }
+        if (g.hi < g.lo) g.lo = m3;
+        g.hi = m3;
+        kvec_.insert(kvec_.end(), k, k + 3);
+        kcoef_.push_back(std::exp(-k2 / (4.0 * beta * beta)) / k2);
+        km_.insert(km_.end(), {m1, m2, m3});
+      }
+      if (g.hi >= g.lo) kgroups_.push_back(g);
+    }
+
+  // phase tables of the owned atoms by recurrence in m (error ~ m eps, m <= mmax)
+  const int c0 = count_;
+  const int lo[3] = {0, -mmax_[1], -mmax_[2]};
+  for (int d = 0; d < 3; ++d) {
+    const int rows = mmax_[d] - lo[d] + 1;
+    ph_re_[d].assign(size_t(rows) * c0, 0.0);
+    ph_im_[d].assign(size_t(rows) * c0, 0.0);
+  }
+  for (int li = 0; li < c0; ++li) {
+    const double* xi = x_owned_ + 3 * li;
+    for (int d = 0; d < 3; ++d) {
+      double s = xi[0] * inv_[0][d] + xi[1] * inv_[1][d] + xi[2] * inv_[2][d];
+      s -= std::floor(s);
+      const double cr = std::cos(2.0 * kPi * s), ci = std::sin(2.0 * kPi * s);
+      double er = 1.0, ei = 0.0;
+      for (int m = 0; m <= mmax_[d]; ++m) {
+        const size_t at = size_t(m - lo[d]) * c0 + li;
+        ph_re_[d][at] = er;
+        ph_im_[d][at] = ei;
+        if (lo[d] < 0 && m > 0) {  // exp(-i m theta) = conj
+          const size_t neg = size_t(-m - lo[d]) * c0 + li;
+          ph_re_[d][neg] = er;
+          ph_im_[d][neg] = -ei;
+        }
+        const double nr = er * cr - ei * ci;
+        ei = er * ci + ei * cr;
+        er = nr;
+      }
+    }
+  }
+}
+
+// s[2k], s[2k+1] = Re, Im of sum over the owned atoms of v_i exp(i k.r_i)
+void Electrostatics::structure_factors(const double* v, double* s) const {
+  const int c = count_;
+  double* wr = &work_[0];
+  double* wi = &work_[size_t(c)];
+  for (const KGroup& g : kgroups_) {
+    const double* ar = &ph_re_[0][size_t(g.m1) * c];
+    const double* ai = &ph_im_[0][size_t(g.m1) * c];
+    const double* br = &ph_re_[1][size_t(g.m2 + mmax_[1]) * c];
+    const double* bi = &ph_im_[1][size_t(g.m2 + mmax_[1]) * c];
+#pragma omp simd
+    for (int i = 0; i < c; ++i) {
+      wr[i] = v[i] * (ar[i] * br[i] - ai[i] * bi[i]);
+      wi[i] = v[i] * (ar[i] * bi[i] + ai[i] * br[i]);
+    }
+    int k = g.first;
+    int m3 = g.lo;
+    // two k vectors per pass over the atoms: fewer loads of w per term
+    for (; m3 + 1 <= g.hi; m3 += 2, k += 2) {
+      const double* c0r = &ph_re_[2][size_t(m3 + mmax_[2]) * c];
+      const double* c0i = &ph_im_[2][size_t(m3 + mmax_[2]) * c];
+      const double* c1r = c0r + c;
+      const double* c1i = c0i + c;
+      double s0r = 0.0, s0i = 0.0, s1r = 0.0, s1i = 0.0;
+#pragma omp simd reduction(+ : s0r, s0i, s1r, s1i)
+      for (int i = 0; i < c; ++i) {
+        s0r += wr[i] * c0r[i] - wi[i] * c0i[i];
+        s0i += wr[i] * c0i[i] + wi[i] * c0r[i];
+        s1r += wr[i] * c1r[i] - wi[i] * c1i[i];
+        s1i += wr[i] * c1i[i] + wi[i] * c1r[i];
+      }
+      s[2 * k] = s0r;
+      s[2 * k + 1] = s0i;
+      s[2 * k + 2] = s1r;
+      s[2 * k + 3] = s1i;
+    }
+    if (m3 == g.hi) {
+      const double* c0r = &ph_re_[2][size_t(m3 + mmax_[2]) * c];
+      const double* c0i = &ph_im_[2][size_t(m3 + mmax_[2]) * c];
+      double s0r = 0.0, s0i = 0.0;
+#pragma omp simd reduction(+ : s0r, s0i)
+      for (int i = 0; i < c; ++i) {
+        s0r += wr[i] * c0r[i] - wi[i] * c0i[i];
+        s0i += wr[i] * c0i[i] + wi[i] * c0r[i];
+      }
+      s[2 * k] = s0r;
+      s[2 * k + 1] = s0i;
+    }
+  }
+}
+
+// y_owned[i] += scale sum_k coef_k Re[exp(-i k.r_i) S(k)] over the half space.  With
+// e = e12 p3 (p3 the m3 phase) the sum over the m3 of a group factors as
+// e12r sum (p3r Sr + p3i Si) + e12i sum (p3r Si - p3i Sr).
+void Electrostatics::back_project(const double* s, double scale, double* y) const {
+  const int c = count_;
+  double* acc_a = &work_[0];
+  double* acc_b = &work_[size_t(c)];
+  for (const KGroup& g : kgroups_) {
+    std::fill(acc_a, acc_a + c, 0.0);
+    std::fill(acc_b, acc_b + c, 0.0);
+    int k = g.first;
+    int m3 = g.lo;
+    for (; m3 + 1 <= g.hi; m3 += 2, k += 2) {
+      const double* c0r = &ph_re_[2][size_t(m3 + mmax_[2]) * c];
+      const double* c0i = &ph_im_[2][size_t(m3 + mmax_[2]) * c];
+      const double* c1r = c0r + c;
+      const double* c1i = c0i + c;
+      const double s0r = scale * kcoef_[k] * s[2 * k], s0i = scale * kcoef_[k] * s[2 * k + 1];
+      const double s1r = scale * kcoef_[k + 1] * s[2 * k + 2];
+      const double s1i = scale * kcoef_[k + 1] * s[2 * k + 3];
+#pragma omp simd
+      for (int i = 0; i < c; ++i) {
+        acc_a[i] += c0r[i] * s0r + c0i[i] * s0i + c1r[i] * s1r + c1i[i] * s1i;
+        acc_b[i] += c0r[i] * s0i - c0i[i] * s0r + c1r[i] * s1i - c1i[i] * s1r;
+      }
+    }
+    if (m3 == g.hi) {
+      const double* c0r = &ph_re_[2][size_t(m3 + mmax_[2]) * c];
+      const double* c0i = &ph_im_[2][size_t(m3 + mmax_[2]) * c];
+      const double s0r = scale * kcoef_[k] * s[2 * k], s0i = scale * kcoef_[k] * s[2 * k + 1];
+#pragma omp simd
+      for (int i = 0; i < c; ++i) {
+        acc_a[i] += c0r[i] * s0r + c0i[i] * s0i;
+        acc_b[i] += c0r[i] * s0i - c0i[i] * s0r;
+      }
+    }
+    const double* ar = &ph_re_[0][size_t(g.m1) * c];
+    const double* ai = &ph_im_[0][size_t(g.m1) * c];
+    const double* br = &ph_re_[1][size_t(g.m2 + mmax_[1]) * c];
+    const double* bi = &ph_im_[1][size_t(g.m2 + mmax_[1]) * c];
+#pragma omp simd
+    for (int i = 0; i < c; ++i) {
+      const double er = ar[i] * br[i] - ai[i] * bi[i];
+      const double ei = ar[i] * bi[i] + ai[i] * br[i];
+      y[i] += er * acc_a[i] + ei * acc_b[i];
+    }
+  }
+}
+
+// Uniform compensating background (SPEC section 5):
+// (A_bg v)_i = -(pi k_e/V) [(1/beta^2 - alpha_i^2) sum_j v_j - sum_j alpha_j^2 v_j]
+void Electrostatics::background(const double* v, double* y) const {
+  const double pref = -kPi * kCoulomb / volume_;
+  double sv = 0.0, sa = 0.0;
+  for (int j = 0; j < n_; ++j) {
+    sv += v[j];
+    sa += alpha_[j] * alpha_[j] * v[j];
+  }
+  const double b2 = 1.0 / (params_.beta * params_.beta);
+  for (int li = 0; li < count_; ++li) {
+    const double a = alpha_[first_ + li];
+    y[li] += pref * ((b2 - a * a) * sv - sa);
+  }
+}
+
+void Electrostatics::apply(const double* v, double* y) {
+  std::fill(y, y + n_, 0.0);
+  for (int li = 0; li < count_; ++li) y[first_ + li] = self_[li] * v[first_ + li];
+  if (periodic_) {
+    std::vector<double> s(2 * kcoef_.size());
+    structure_factors(v + first_, s.data());
+    comm_->allreduce_sum(s.data(), int(s.size()));
+    back_project(s.data(), 8.0 * kPi * kCoulomb / volume_, y + first_);
+    background(v, y + first_);
+    const long np = long(pval_.size());
+    const int* pi = pi_.data();
+    const int* pj = pj_.data();
+    const double* val = pval_.data();
+    if (pairs_.half) {
+      for (long p = 0; p < np; ++p) {
+        y[pi[p]] += val[p] * v[pj[p]];
+        y[pj[p]] += val[p] * v[pi[p]];
+      }
+    } else {
+      for (long p = 0; p < np; ++p) y[pi[p]] += val[p] * v[pj[p]];
+    }
+  } else {
+    for (int li = 0; li < count_; ++li) {
+      const int i = first_ + li;
+      const double vi = v[i];
+      double yi = 0.0;
+      for (int t = 1; t <= half_; ++t) {
+        if (2 * t == n_ && i >= half_) continue;
+        const int j = (i + t) % n_;
+        double a, da;
+        if (stored_free_)
+          a = fval_[size_t(li) * half_ + t - 1];
+        else
+          free_pair(i, j, a, da);
+        yi += a * v[j];
+        y[j] += a * vi;
+      }
+      y[i] += yi;
+    }
+  }
+  reduce_replicated(y);
+}
+
+// Forces and virial of E = 1/2 a^T A_es b.  A pair term c g(r) with c = (a_i b_j + a_j b_i)/2
+// gives F_i = c g'(r) d/r and F_j = -F_i (d = r_j + n - r_i) and the pair virial
+// -c g'(r) d (x) d / r, shared equally by the two atoms.
+void Electrostatics::forces(const double* a, const double* b, double* f, double* virial,
+                            double* vatom) {
+  double vir[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+  auto pair_virial = [](double fac, const double* d, double* w) {
+    w[0] = fac * d[0] * d[0];
+    w[1] = fac * d[1] * d[1];
+    w[2] = fac * d[2] * d[2];
+    w[3] = fac * d[0] * d[1];
+    w[4] = fac * d[0] * d[2];
+    w[5] = fac * d[1] * d[2];
+  };
+  if (!periodic_) {
+    // j may belong to any rank: accumulate over all atoms, then keep the owned rows
+    std::vector<double> fg(size_t(3) * n_, 0.0), vg(vatom ? size_t(6) * n_ : 0, 0.0);
+    for (int li = 0; li < count_; ++li) {
+      const int i = first_ + li;
+      for (int t = 1; t <= half_; ++t) {
+        if (2 * t == n_ && i >= half_) continue;
+        const int j = (i + t) % n_;
+        const double c = 0.5 * (a[i] * b[j] + a[j] * b[i]);
+        if (c == 0.0) continue;
+        double v, dv;
+        if (stored_free_)
+          dv = fdval_[size_t(li) * half_ + t - 1];
+        else
+          free_pair(i, j, v, dv);
+        const double d[3] = {x_[3 * j] - x_[3 * i], x_[3 * j + 1] - x_[3 * i + 1],
+                             x_[3 * j + 2] - x_[3 * i + 2]};
+        const double fac = c * dv;
+        for (int k = 0; k < 3; ++k) {
+          fg[3 * size_t(i) + k] += fac * d[k];
+          fg[3 * size_t(j) + k] -= fac * d[k];
+        }
+        double w[6];
+        pair_virial(-fac, d, w);
+        for (int k = 0; k < 6; ++k) vir[k] += w[k];
+        if (vatom)
+          for (int k = 0; k < 6; ++k) {
+            vg[6 * size_t(i) + k] += 0.5 * w[k];
+            vg[6 * size_t(j) + k] += 0.5 * w[k];
+          }
+      }
+    }
+    comm_->allreduce_sum(fg.data(), 3 * n_);
+    if (vatom) comm_->allreduce_sum(vg.data(), 6 * n_);
+    for (int li = 0; li < count_; ++li) {
+      const int i = first_ + li;
+      const int slot = owned_slot_ ? owned_slot_[li] : i;
+      for (int k = 0; k < 3; ++k) f[3 * size_t(slot) + k] += fg[3 * size_t(i) + k];
+      if (vatom)
+        for (int k = 0; k < 6; ++k) vatom[6 * size_t(slot) + k] += vg[6 * size_t(i) + k];
+    }
+    for (int k = 0; k < 6; ++k) virial[k] += vir[k];
+    return;
+  }
+
+  // real space
+  const long np = long(pval_.size());
+  const bool half = pairs_.half;
+  for (long p = 0; p < np; ++p) {
+    const int i = pi_[p], j = pj_[p];
+    const double c = 0.5 * (a[i] * b[j] + a[j] * b[i]);
+    const long src = psrc_[p];
+    const double* d = pairs_.d + 3 * src;
+    const double fac = c * pdval_[p];
+    const int si = pairs_.slot_i ? pairs_.slot_i[src] : i;
+    for (int k = 0; k < 3; ++k) f[3 * size_t(si) + k] += fac * d[k];
+    double w[6];
+    pair_virial(half ? -fac : -0.5 * fac, d, w);
+    for (int k = 0; k < 6; ++k) vir[k] += w[k];
+    if (half) {
+      const int sj = pairs_.slot_j ? pairs_.slot_j[src] : j;
+      for (int k = 0; k < 3; ++k) f[3 * size_t(sj) + k] -= fac * d[k];
+      if (vatom)
+        for (int k = 0; k < 6; ++k) {
+          vatom[6 * size_t(si) + k] += 0.5 * w[k];
+          vatom[6 * size_t(sj) + k] += 0.5 * w[k];
+        }
+    } else if (vatom) {
+      for (int k = 0; k < 6; ++k) vatom[6 * size_t(si) + k] += w[k];
+    }
+  }
+  for (int k = 0; k < 6; ++k) virial[k] += vir[k];
+  reciprocal_forces(a, b, f, virial, vatom);
+
+  // Background: E_bg = 1/2 a^T A_bg b scales as 1/V, so its virial is E_bg on the diagonal;
+  // atom i's share is (a_i (A_bg b)_i + b_i (A_bg a)_i)/4.
+  std::vector<double> bga(count_, 0.0), bgb(count_, 0.0);
+  background(a, bga.data());
+  background(b, bgb.data());
+  for (int li = 0; li < count_; ++li) {
+    const double eps = 0.25 * (a[first_ + li] * bgb[li] + b[first_ + li] * bga[li]);
+    for (int k = 0; k < 3; ++k) virial[k] += eps;
+    if (vatom) {
+      const int slot = owned_slot_ ? owned_slot_[li] : first_ + li;
+      for (int k = 0; k < 3; ++k) vatom[6 * size_t(slot) + k] += eps;
+    }
+  }
+}
+
+// Reciprocal space.  E_rec = (4 pi k_e/V) sum_{half k} coef_k Re[S_a(k) conj S_b(k)];
+//   F_i = (4 pi k_e/V) sum_k coef_k k (a_i Im[e_i conj S_b] + b_i Im[e_i conj S_a]),
+// the energy E_k of a vector is shared as
+//   eps_i = (2 pi k_e/V) coef_k Re[a_i e_i conj S_b + b_i e_i conj S_a],
+// and its virial is E_k [delta_ab - 2 k_a k_b (1/k^2 + 1/(4 beta^2))].
+void Electrostatics::reciprocal_forces(const double* a, const double* b, double* f,
+                                       double* virial, double* vatom) {
+  const int nk = int(kcoef_.size());
+  const int c = count_;
+  std::vector<double> s(size_t(4) * nk);
+  {
+    std::vector<double> sa(2 * size_t(nk)), sb(2 * size_t(nk));
+    structure_factors(a + first_, sa.data());
+    structure_factors(b + first_, sb.data());
+    for (int k = 0; k < nk; ++k) {
+      s[4 * size_t(k)] = sa[2 * k];
+      s[4 * size_t(k) + 1] = sa[2 * k + 1];
+      s[4 * size_t(k) + 2] = sb[2 * k];
+      s[4 * size_t(k) + 3] = sb[2 * k + 1];
+    }
+  }
+  comm_->allreduce_sum(s.data(), int(s.size()));
+  const double fpref = 4.0 * kPi * kCoulomb / volume_;
+  const double epref = 2.0 * kPi * kCoulomb / volume_;
+  const double inv4b2 = 1.0 / (4.0 * params_.beta * params_.beta);
+  auto tensor = [&](int k, double t[6]) {
+    const double* kv = &kvec_[3 * size_t(k)];
+    const double k2 = kv[0] * kv[0] + kv[1] * kv[1] + kv[2] * kv[2];
+    const double w = 2.0 * (1.0 / k2 + inv4b2);
+    t[0] = 1.0 - w * kv[0] * kv[0];
+    t[1] = 1.0 - w * kv[1] * kv[1];
+    t[2] = 1.0 - w * kv[2] * kv[2];
+    t[3] = -w * kv[0] * kv[1];
+    t[4] = -w * kv[0] * kv[2];
+    t[5] = -w * kv[1] * kv[2];
+  };
+  // the global virial needs only the summed structure factors: rank 0 adds it
+  if (comm_->rank() == 0)
+    for (int k = 0; k < nk; ++k) {
+      const double* sk = &s[4 * size_t(k)];
+      const double ek = 2.0 * epref * kcoef_[k] * (sk[0] * sk[2] + sk[1] * sk[3]);
+      double t[6];
+      tensor(k, t);
+      for (int q = 0; q < 6; ++q) virial[q] += ek * t[q];
+    }
+  if (c == 0) return;
+
+  std::vector<double> fo(size_t(3) * c, 0.0), vo(vatom ? size_t(6) * c : 0, 0.0);
+  std::vector<double> e12r(c), e12i(c);
+  const double* ao = a + first_;
+  const double* bo = b + first_;
+  for (const KGroup& g : kgroups_) {
+    const double* ar = &ph_re_[0][size_t(g.m1) * c];
+    const double* ai = &ph_im_[0][size_t(g.m1) * c];
+    const double* br = &ph_re_[1][size_t(g.m2 + mmax_[1]) * c];
+    const double* bi = &ph_im_[1][size_t(g.m2 + mmax_[1]) * c];
+    for (int i = 0; i < c; ++i) {
+      e12r[i] = ar[i] * br[i] - ai[i] * bi[i];
+      e12i[i] = ar[i] * bi[i] + ai[i] * br[i];
+    }
+    for (int m3 = g.lo, k = g.first; m3 <= g.hi; ++m3, ++k) {
+      const double* pr = &ph_re_[2][size_t(m3 + mmax_[2]) * c];
+      const double* pim = &ph_im_[2][size_t(m3 + mmax_[2]) * c];
+      const double* sk = &s[4 * size_t(k)];
+      const double sar = sk[0], sai = sk[1], sbr = sk[2], sbi = sk[3];
+      const double fc = fpref * kcoef_[k];
+      const double fx = fc * kvec_[3 * size_t(k)], fy = fc * kvec_[3 * size_t(k) + 1],
+                   fz = fc * kvec_[3 * size_t(k) + 2];
+      double* fop = fo.data();
+#pragma omp simd
+      for (int i = 0; i < c; ++i) {
+        const double er = e12r[i] * pr[i] - e12i[i] * pim[i];
+        const double ei = e12r[i] * pim[i] + e12i[i] * pr[i];
+        // Im[e conj S] = ei Sr - er Si
+        const double x = ao[i] * (ei * sbr - er * sbi) + bo[i] * (ei * sar - er * sai);
+        fop[3 * i] += fx * x;
+        fop[3 * i + 1] += fy * x;
+        fop[3 * i + 2] += fz * x;
+      }
+      if (vatom) {
+        double t[6];
+        tensor(k, t);
+        const double ec = epref * kcoef_[k];
+        for (int i = 0; i < c; ++i) {
+          const double er = e12r[i] * pr[i] - e12i[i] * pim[i];
+          const double ei = e12r[i] * pim[i] + e12i[i] * pr[i];
+          const double eps =
+              ec * (ao[i] * (er * sbr + ei * sbi) + bo[i] * (er * sar + ei * sai));
+          for (int q = 0; q < 6; ++q) vo[6 * size_t(i) + q] += eps * t[q];
+        }
+      }
+    }
+  }
+  for (int li = 0; li < c; ++li) {
+    const int slot = owned_slot_ ? owned_slot_[li] : first_ + li;
+    for (int k = 0; k < 3; ++k) f[3 * size_t(slot) + k] += fo[3 * size_t(li) + k];
+    if (vatom)
+      for (int k = 0; k < 6; ++k) vatom[6 * size_t(slot) + k] += vo[6 * size_t(li) + k];
+  }
+}
+
+/* ------------------------------------------------------------------ preconditioner */
+
+void Electrostatics::prepare_preconditioner(const double* hardness) {
+  if (pc_setup_ == setup_id_ && int(pc_hardness_.size()) == n_ &&
+      std::equal(pc_hardness_.begin(), pc_hardness_.end(), hardness))
+    return;
+  pc_hardness_.assign(hardness, hardness + n_);
+  pc_setup_ = setup_id_;
+  dinv_.assign(n_, 0.0);
+  double dmean = 0.0;
+  for (int i = 0; i < n_; ++i) {
+    const double d = hardness[i] + diag_[i];
+    if (!(d > 0.0))
+      throw std::invalid_argument("charge equilibration: non-positive diagonal; check the "
+                                  "hardness and widths");
+    dinv_[i] = 1.0 / d;
+    dmean += d;
+  }
+  nlow_ = 0;
+  lowe_.clear();
+  lowchol_.clear();
+  if (!periodic_ || kcoef_.empty() || n_ < 2) return;
+  dmean /= n_;
+
+  // the reciprocal vectors with the stiffest long waves (largest coefficients)
+  const double pref = 8.0 * kPi * kCoulomb / volume_;
+  std::vector<int> order(kcoef_.size());
+  std::iota(order.begin(), order.end(), 0);
+  const int take = std::min(int(order.size()), kMaxLow);
+  std::partial_sort(order.begin(), order.begin() + take, order.end(),
+                    [&](int x, int y) { return kcoef_[x] > kcoef_[y]; });
+  int nlow = 0;
+  while (nlow < take && pref * kcoef_[order[nlow]] * 0.5 * n_ >= kLowThreshold * dmean) ++nlow;
+  if (nlow == 0) return;
+  const int m = 2 * nlow;
+
+  // E: cos and sin of k.r_i for the owned atoms (from the phase tables)
+  const int c = count_;
+  lowe_.assign(size_t(c) * m, 0.0);
+  for (int q = 0; q < nlow; ++q) {
+    const int k = order[q];
+    const int m1 = km_[3 * size_t(k)], m2 = km_[3 * size_t(k) + 1], m3 = km_[3 * size_t(k) + 2];
+    const double* ar = &ph_re_[0][size_t(m1) * c];
+    const double* ai = &ph_im_[0][size_t(m1) * c];
+    const double* br = &ph_re_[1][size_t(m2 + mmax_[1]) * c];
+    const double* bi = &ph_im_[1][size_t(m2 + mmax_[1]) * c];
+    const double* pr = &ph_re_[2][size_t(m3 + mmax_[2]) * c];
+    const double* pim = &ph_im_[2][size_t(m3 + mmax_[2]) * c];
+    for (int i = 0; i < c; ++i) {
+      const double er = ar[i] * br[i] - ai[i] * bi[i];
+      const double ei = ar[i] * bi[i] + ai[i] * br[i];
+      lowe_[size_t(i) * m + q] = er * pr[i] - ei * pim[i];
+      lowe_[size_t(i) * m + nlow + q] = er * pim[i] + ei * pr[i];
+    }
+  }
+  // C^-1 + E^T D^-1 E (symmetric m x m), summed over the ranks
+  std::vector<double> g(size_t(m) * m, 0.0);
+  for (int i = 0; i < c; ++i) {
+    const double w = dinv_[first_ + i];
+    const double* e = &lowe_[size_t(i) * m];
+    for (int p = 0; p < m; ++p) {
+      const double we = w * e[p];
+      double* row = &g[size_t(p) * m];
+#pragma omp simd
+      for (int q = 0; q <= p; ++q) row[q] += we * e[q];
+    }
+  }
+  comm_->allreduce_sum(g.data(), m * m);
+  for (int q = 0; q < nlow; ++q) {
+    const double cinv = 1.0 / (pref * kcoef_[order[q]]);
+    g[size_t(q) * m + q] += cinv;
+    g[size_t(nlow + q) * m + nlow + q] += cinv;
+  }
+  if (!cholesky(g, m)) {  // cannot happen for a positive D; fall back to Jacobi
+    lowe_.clear();
+    return;
+  }
+  lowchol_ = std::move(g);
+  nlow_ = nlow;
+}
+
+// M^-1 r = D^-1 r - D^-1 E (C^-1 + E^T D^-1 E)^-1 E^T D^-1 r (Woodbury)
+void Electrostatics::precondition(const double* r, double* z) {
+  for (int i = 0; i < n_; ++i) z[i] = dinv_[i] * r[i];
+  if (nlow_ == 0) return;
+  const int m = 2 * nlow_;
+  const int c = count_;
+  std::vector<double> t(m, 0.0);
+  for (int i = 0; i < c; ++i) {
+    const double zi = z[first_ + i];
+    const double* e = &lowe_[size_t(i) * m];
+    for (int p = 0; p < m; ++p) t[p] += e[p] * zi;
+  }
+  comm_->allreduce_sum(t.data(), m);
+  cholesky_solve(lowchol_, m, t.data());
+  pc_scratch_.assign(c, 0.0);
+  for (int i = 0; i < c; ++i) {
+    const double* e = &lowe_[size_t(i) * m];
+    double s = 0.0;
+    for (int p = 0; p < m; ++p) s += e[p] * t[p];
+    pc_scratch_[i] = z[first_ + i] - dinv_[first_ + i] * s;
+  }
+  comm_->allgatherv(pc_scratch_.data(), c, z, counts_.data(), displs_.data());
+}
+
+/* ------------------------------------------------------------------------- solver */
+
+SolveStats solve_constrained(Electrostatics& es, const double* hardness, const double* c,
+                             double total, double* x, double tol, int maxiter,
+                             double* potential) {
+  const int n = es.size();
+  SolveStats stats;
+  if (n == 0) return stats;
+  es.prepare_preconditioner(hardness);
+  auto dot = [n](const double* u, const double* v) {
+    double s = 0.0;
+    for (int i = 0; i < n; ++i) s += u[i] * v[i];
+    return s;
+  };
+  // norm of r without its component along 1 (what the constraint can absorb)
+  auto projected_norm = [n](const double* r) {
+    double mean = 0.0;
+    for (int i = 0; i < n; ++i) mean += r[i];
+    mean /= n;
+    double s = 0.0;
+    for (int i = 0; i < n; ++i) s += (r[i] - mean) * (r[i] - mean);
+    return std::sqrt(s);
+  };
+  std::vector<double> r(n), g(n), p(n), ap(n), ax(n), z1(n), ones(n, 1.0);
+  // g = M^-1 (r - mu 1) with mu such that sum g = 0: preconditioned and feasible.  r is
+  // shifted by -mu 1 as well: that changes nothing on the constraint surface, but keeps
+  // the large lambda 1 part out of r, without which the recurrences lose their accuracy
+  // and the iteration stalls below ~1e-8 (Gould et al., "residual update")
+  es.precondition(ones.data(), z1.data());
+  double sz1 = 0.0;
+  for (int i = 0; i < n; ++i) sz1 += z1[i];
+  double shift = 0.0;
+  auto precondition = [&](double* rr, double* gg) {
+    es.precondition(rr, gg);
+    double sg = 0.0;
+    for (int i = 0; i < n; ++i) sg += gg[i];
+    const double mu = sg / sz1;
+    for (int i = 0; i < n; ++i) {
+      gg[i] -= mu * z1[i];
+      rr[i] -= mu;
+    }
+    shift += mu;
+  };
+
+  // scale of the residual: the projected gradient at uniform charges total/n
+  if (total != 0.0) {
+    std::vector<double> uniform(n, total / n);
+    es.apply(uniform.data(), r.data());
+    for (int i = 0; i < n; ++i) r[i] += hardness[i] * uniform[i] + c[i];
+  } else {
+    std::copy(c, c + n, r.begin());
+  }
+  double scale = projected_norm(r.data());
+  if (!(scale > 0.0)) scale = 1.0;  // uniform charges are exact: any residual is absolute
+
+  // feasible start: shift the guess uniformly to sum total
+  double sx = 0.0;
+  for (int i = 0; i < n; ++i) sx += x[i];
+  for (int i = 0; i < n; ++i) x[i] += (total - sx) / n;
+  es.apply(x, ax.data());
+  for (int i = 0; i < n; ++i) r[i] = ax[i] + hardness[i] * x[i] + c[i];
+
+  precondition(r.data(), g.data());
+  for (int i = 0; i < n; ++i) p[i] = -g[i];
+  double rg = dot(r.data(), g.data());
+  for (;;) {
+    stats.residual = projected_norm(r.data()) / scale;
+    if (stats.residual <= tol) break;
+    if (stats.iterations >= maxiter || !std::isfinite(stats.residual)) {
+      stats.converged = false;
+      break;
+    }
+    es.apply(p.data(), ap.data());
+    ++stats.iterations;
+    double pap = 0.0;
+    for (int i = 0; i < n; ++i) pap += p[i] * (ap[i] + hardness[i] * p[i]);
+    if (!(pap > 0.0)) {  // (J + A_es) is positive definite on sum q = 0: breakdown
+      stats.converged = false;
+      break;
+    }
+    const double step = rg / pap;
+    for (int i = 0; i < n; ++i) {
+      x[i] += step * p[i];
+      ax[i] += step * ap[i];
+      r[i] += step * (ap[i] + hardness[i] * p[i]);
+    }
+    precondition(r.data(), g.data());
+    const double rg_new = dot(r.data(), g.data());
+    const double ratio = rg_new / rg;
+    rg = rg_new;
+    for (int i = 0; i < n; ++i) p[i] = -g[i] + ratio * p[i];
+  }
+  // the Lagrange multiplier: at the solution the gradient is lambda 1; r was shifted by
+  // -shift in total
+  double mean = 0.0;
+  for (int i = 0; i < n; ++i) mean += r[i];
+  stats.multiplier = shift + mean / n;
+  if (potential) std::copy(ax.begin(), ax.end(), potential);
+  return stats;
+}
+
+}  // namespace snapqeq
