@@ -19,6 +19,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +38,20 @@ DESCRIPTOR = {"twojmax": 6, "rcutfac": 1.0, "radii": {"Na": 3.25, "Cl": 3.25},
               "weights": {"Na": 1.0, "Cl": 0.5}}
 
 
-def make_data(data_dir: Path, small: bool) -> None:
+def make_data(data_dir: Path, small: bool, options: Sequence[str] = (),
+              force: bool = False) -> None:
+    """Run make_data.py into ``data_dir`` unless its four files exist (or ``force``).
+
+    ``options`` are further make_data.py options (counts, ratios, ``--cache``).
+    """
     names = ("train.extxyz", "validation.extxyz", "test.extxyz", "compression.extxyz")
-    if all((data_dir / n).exists() for n in names):
+    if not force and all((data_dir / n).exists() for n in names):
         print(f"== reference data: cached in {data_dir}")
         return
     print("== reference data: GFN2-xTB (tblite)")
     cmd = [sys.executable, str(HERE / "make_data.py"), "--out", str(data_dir)]
-    subprocess.run(cmd + (["--small"] if small else []), check=True)
+    cmd += (["--small"] if small else []) + list(options) + (["--force"] if force else [])
+    subprocess.run(cmd, check=True)
 
 
 def config(name: str, data_dir: Path, out: Path, small: bool, short: bool) -> TrainConfig:
@@ -94,47 +101,17 @@ def main(argv: list[str] | None = None) -> dict:
             for k in ("train", "validation", "test")}
     compression = read_structures(data_dir / "compression.extxyz")
 
-    results, records_all = {}, {}
+    results = {}
     for name, short in (("cent", False), ("4g", True)):
         t = time.perf_counter()
         model, throughput = trained(config(name, data_dir, out, args.small, short),
                                     args.retrain)
         timings[f"train {name}"] = time.perf_counter() - t
-        calc = SnapQEqCalculator(model)
         t = time.perf_counter()
-        records = {k: evaluate_structures(calc, v, progress=False) for k, v in sets.items()}
+        results[name] = evaluate_model(model, sets, compression, out / f"parity_{name}.png")
+        results[name]["training throughput (structures/s)"] = throughput
         timings[f"evaluate {name}"] = time.perf_counter() - t
-        records_all[name] = records
-        test = grouped_metrics(records["test"])
-        trainval = grouped_metrics(records["train"] + records["validation"])
-        curve = []
-        for atoms in compression:
-            work = atoms.copy()
-            work.info["charge"] = 0.0
-            calc.reset()
-            work.calc = calc
-            curve.append(work.get_potential_energy() / len(work))
-        results[name] = {
-            "train/validation": trainval["all"].energy_rmse_mha,
-            "test neutral": test["neutral"].energy_rmse_mha if "neutral" in test else None,
-            "test ionized": test["ionized"].energy_rmse_mha if "ionized" in test else None,
-            "test force RMSE (meV/Å)": test["all"].force_rmse_mev,
-            "test charge RMSE (e)": test["all"].charge_rmse,
-            "training throughput (structures/s)": throughput,
-            "compression": curve,
-        }
-        parity_plot(records, out / f"parity_{name}.png")
-
-    ratios = np.array([a.info.get("compression_ratio", np.nan) for a in compression])
-    reference = [float(a.info["energy"] if "energy" in a.info else a.get_potential_energy())
-                 / len(a) for a in compression]
-    curves = {"GFN2-xTB": np.array(reference) - min(reference)}
-    for name in results:
-        c = np.array(results[name]["compression"])
-        curves[name.upper()] = c - c.min()
-    x = ratios if np.all(np.isfinite(ratios)) else np.arange(len(compression))
-    energy_curves(x, curves, out / "compression.png", "compression ratio (length scale)",
-                  "E - E_min (eV/atom)")
+    compression_plot(compression, results, out / "compression.png")
     timings["total"] = time.perf_counter() - t0
     write_report(out, results, timings)
     (out / "results.json").write_text(json.dumps({"results": results, "timings": timings},
@@ -142,24 +119,84 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def write_report(out: Path, results: dict, timings: dict) -> None:
+def evaluate_model(model: Path, sets: dict[str, list], compression: list, parity: Path,
+                   progress: bool = False) -> dict:
+    """Metrics of a model file through the ASE calculator, as in the CENT paper.
+
+    ``sets`` maps ``train``/``validation``/``test`` to structures with GFN2-xTB references;
+    ``compression`` is the 64-atom cube series. Returns energy RMSEs (mHa/atom) keyed like
+    :data:`PAPER`, the test force RMSE (meV/Å) and charge RMSE (e), and the model energy per
+    atom (eV/atom) along the compression series; writes the parity plot to ``parity``.
+    """
+    calc = SnapQEqCalculator(model)
+    records = {k: evaluate_structures(calc, v, progress=progress) for k, v in sets.items()}
+    test = grouped_metrics(records["test"])
+    trainval = grouped_metrics(records["train"] + records["validation"])
+    curve = []
+    for atoms in compression:
+        work = atoms.copy()
+        work.info["charge"] = 0.0
+        calc.reset()
+        work.calc = calc
+        curve.append(work.get_potential_energy() / len(work))
+    parity_plot(records, parity)
+    return {
+        "train/validation": trainval["all"].energy_rmse_mha,
+        "validation": (grouped_metrics(records["validation"])["all"].energy_rmse_mha
+                       if records["validation"] else None),
+        "test neutral": test["neutral"].energy_rmse_mha if "neutral" in test else None,
+        "test ionized": test["ionized"].energy_rmse_mha if "ionized" in test else None,
+        "test force RMSE (meV/Å)": test["all"].force_rmse_mev,
+        "test charge RMSE (e)": test["all"].charge_rmse,
+        "compression": curve,
+    }
+
+
+def compression_reference(compression: list) -> tuple[np.ndarray, np.ndarray]:
+    """Compression ratios (NaN where unknown) and GFN2-xTB energies per atom (eV/atom)."""
+    ratios = np.array([a.info.get("compression_ratio", np.nan) for a in compression])
+    reference = np.array([float(a.info["energy"] if "energy" in a.info
+                                else a.get_potential_energy()) / len(a) for a in compression])
+    return ratios, reference
+
+
+def compression_plot(compression: list, results: dict, path: Path) -> Path:
+    """Energy per atom (eV/atom, relative to each curve's minimum) versus compression ratio
+    of the 64-atom cube: GFN2-xTB and every model of ``results`` (CENT paper Fig. 3)."""
+    ratios, reference = compression_reference(compression)
+    curves = {"GFN2-xTB": reference - reference.min()}
+    for name in results:
+        c = np.array(results[name]["compression"])
+        curves[name.upper()] = c - c.min()
+    x = ratios if np.all(np.isfinite(ratios)) else np.arange(len(compression))
+    return energy_curves(x, curves, path, "compression ratio (length scale)",
+                         "E - E_min (eV/atom)")
+
+
+def metrics_table(results: dict) -> list[str]:
+    """Markdown rows: the paper's RMSEs beside those of every model in ``results``."""
     rows = ["| energy RMSE (mHa/atom) | paper (LDA) | " + " | ".join(
         n.upper() for n in results) + " |", "|---|---|" + "---|" * len(results)]
+
+    def cells(key: str) -> str:
+        return " | ".join(f"{results[n][key]:.3f}" if results[n].get(key) is not None
+                          else "-" for n in results)
+
     for key, paper in PAPER.items():
-        vals = " | ".join(f"{results[n][key]:.3f}" if results[n][key] is not None else "-"
-                          for n in results)
-        rows.append(f"| {key} | {paper:.2f} | {vals} |")
+        rows.append(f"| {key} | {paper:.2f} | {cells(key)} |")
     for key in ("test force RMSE (meV/Å)", "test charge RMSE (e)",
                 "training throughput (structures/s)"):
-        vals = " | ".join(f"{results[n][key]:.3f}" if results[n][key] is not None else "-"
-                          for n in results)
-        rows.append(f"| {key} | - | {vals} |")
-    text = ["# NaCl clusters: CENT and 4G models on GFN2-xTB data", "", *rows, "",
+        rows.append(f"| {key} | - | {cells(key)} |")
+    return rows
+
+
+def write_report(out: Path, results: dict, timings: dict) -> None:
+    text = ["# NaCl clusters: CENT and 4G models on GFN2-xTB data", "",
+            *metrics_table(results), "",
             "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), "",
             "Plots: parity_cent.png, parity_4g.png, compression.png", ""]
     (out / "report.md").write_text("\n".join(text))
     print("\n".join(text))
-
 
 if __name__ == "__main__":
     main()
