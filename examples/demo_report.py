@@ -226,8 +226,8 @@ def lammps_section(results: dict) -> str:
     for r in lam["md"]:
         label = "serial" if r["nprocs"] == 1 else f"mpirun -np {r['nprocs']}"
         md.append(f"| {label} | {r['steps']} | {r['ms_per_step']:.1f} | "
-                  f"{r['mean_temperature_K']:.0f} | {r['drift_meV_per_atom_ps']:+.3f} | "
-                  f"{r['max_excursion_meV_per_atom']:.3f} |")
+                  f"{r['mean_temperature_K']:.0f} | {r['drift_meV_per_atom_ps']:+.1e} | "
+                  f"{r['max_excursion_meV_per_atom']:.1e} |")
     return text + "\n".join([
         *single, "",
         "NVE MD with `examples/lammps/in.nacl_cluster` (64-atom cube on the bulk lattice "
