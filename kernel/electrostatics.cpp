@@ -111,6 +111,185 @@ void cholesky_solve(const std::vector<double>& l, int m, double* t) {
   }
 }
 
+// The hot loops over atoms are compiled twice, for AVX2 + FMA and for the baseline ISA,
+// and the loader picks one per machine: the extension and the plugin stay portable (a
+// build on a login node runs on older compute nodes) and still get 4-wide FMA.
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define SNAPQEQ_SIMD __attribute__((target_clones("arch=x86-64-v3", "default")))
+#endif
+#endif
+#ifndef SNAPQEQ_SIMD
+#define SNAPQEQ_SIMD
+#endif
+
+// w = v e12 with e12 = a b (complex, per atom)
+SNAPQEQ_SIMD void weighted_phase(int c, const double* v, const double* ar, const double* ai,
+                                 const double* br, const double* bi, double* wr, double* wi) {
+#pragma omp simd
+  for (int i = 0; i < c; ++i) {
+    wr[i] = v[i] * (ar[i] * br[i] - ai[i] * bi[i]);
+    wi[i] = v[i] * (ar[i] * bi[i] + ai[i] * br[i]);
+  }
+}
+
+// Within a run of a group the inner phase is p_i(t) = p_i(0) u_i^t (u: the unit phase of
+// the innermost axis, t = 0 .. nrun-1).  Sums of the form sum_t c_t p_i(t) are
+// polynomials in u_i, evaluated below by Horner's rule on registers instead of reading a
+// phase table row per t (the rounding error grows like nrun eps).
+
+// s[2t], s[2t+1] = sum_i w_i p_i(t) for the nrun phase rows p(t) = (pr, pi) + t c of a
+// run, read from the tables (a recurrence would add a store per term here); two rows per
+// pass over the atoms, which halves the loads of w
+SNAPQEQ_SIMD void structure_run(int c, int nrun, const double* wr, const double* wi,
+                                const double* pr, const double* pim, double* s) {
+  int t = 0;
+  for (; t + 1 < nrun; t += 2) {
+    const double* c0r = pr + size_t(t) * c;
+    const double* c0i = pim + size_t(t) * c;
+    const double* c1r = c0r + c;
+    const double* c1i = c0i + c;
+    double s0r = 0.0, s0i = 0.0, s1r = 0.0, s1i = 0.0;
+#pragma omp simd reduction(+ : s0r, s0i, s1r, s1i)
+    for (int i = 0; i < c; ++i) {
+      s0r += wr[i] * c0r[i] - wi[i] * c0i[i];
+      s0i += wr[i] * c0i[i] + wi[i] * c0r[i];
+      s1r += wr[i] * c1r[i] - wi[i] * c1i[i];
+      s1i += wr[i] * c1i[i] + wi[i] * c1r[i];
+    }
+    s[2 * t] = s0r;
+    s[2 * t + 1] = s0i;
+    s[2 * t + 2] = s1r;
+    s[2 * t + 3] = s1i;
+  }
+  if (t < nrun) {
+    const double* c0r = pr + size_t(t) * c;
+    const double* c0i = pim + size_t(t) * c;
+    double s0r = 0.0, s0i = 0.0;
+#pragma omp simd reduction(+ : s0r, s0i)
+    for (int i = 0; i < c; ++i) {
+      s0r += wr[i] * c0r[i] - wi[i] * c0i[i];
+      s0i += wr[i] * c0i[i] + wi[i] * c0r[i];
+    }
+    s[2 * t] = s0r;
+    s[2 * t + 1] = s0i;
+  }
+}
+
+// y_i += sum_t Re[conj(e12_i p_i(t)) S'(t)] = Re[conj(e12_i p_i(0)) sum_t conj(u_i)^t S'(t)],
+// the polynomial in conj(u_i) by Horner's rule; ss: S' (2 per row).  Horner is a chain
+// of dependent multiply-adds per atom: kLanes atoms advance together, so that the
+// vector units have independent chains to interleave.
+constexpr int kLanes = 16;
+SNAPQEQ_SIMD void project_run(int c, int nrun, const double* ss, const double* p0r,
+                              const double* p0i, const double* ur, const double* ui,
+                              const double* ar, const double* ai, const double* br,
+                              const double* bi, double* y) {
+  const double hr = ss[2 * (nrun - 1)], hi = ss[2 * (nrun - 1) + 1];
+  for (int i0 = 0; i0 < c; i0 += kLanes) {
+    const int nb = std::min(kLanes, c - i0);
+    double zr[kLanes], zi[kLanes], accr[kLanes], acci[kLanes];
+    for (int b = 0; b < kLanes; ++b) {
+      zr[b] = b < nb ? ur[i0 + b] : 0.0;
+      zi[b] = b < nb ? -ui[i0 + b] : 0.0;
+      accr[b] = hr;
+      acci[b] = hi;
+    }
+    for (int t = nrun - 2; t >= 0; --t) {
+      const double sr = ss[2 * t], si = ss[2 * t + 1];
+#pragma omp simd
+      for (int b = 0; b < kLanes; ++b) {
+        const double nr = accr[b] * zr[b] - acci[b] * zi[b] + sr;
+        acci[b] = accr[b] * zi[b] + acci[b] * zr[b] + si;
+        accr[b] = nr;
+      }
+    }
+    for (int b = 0; b < nb; ++b) {
+      const int i = i0 + b;
+      const double e12r = ar[i] * br[i] - ai[i] * bi[i];
+      const double e12i = ar[i] * bi[i] + ai[i] * br[i];
+      const double er = e12r * p0r[i] - e12i * p0i[i];
+      const double ei = e12r * p0i[i] + e12i * p0r[i];
+      y[i] += er * accr[b] + ei * acci[b];
+    }
+  }
+}
+
+// Reciprocal forces of a run, added to fo (3 per atom).  With c_t = fc_t conj(S_b(t)):
+// U_i = p_i(0) P(u_i), P(z) = sum_t c_t z^t, and UM_i = sum_t (m0 + t) p_i(t) c_t
+// = p_i(0) (m0 P + u P'(u)) (Horner with derivative); then, with e12 = a b,
+// sum_t fc_t k_t a_i Im[e_i(t) conj S_b(t)] = a_i (Im[e12 U] k12 + Im[e12 UM] b3), and the
+// same with S_a and b_i (ca = nullptr when a = b: factor 2).
+constexpr int kForceLanes = 8;
+SNAPQEQ_SIMD void force_run(int c, int nrun, int m0, const double* cb, const double* ca,
+                            const double* p0r, const double* p0i, const double* ur,
+                            const double* ui, const double* ar, const double* ai,
+                            const double* br, const double* bi, const double* ao,
+                            const double* bo, const double* k12, const double* b3,
+                            double* fo) {
+  constexpr int L = kForceLanes;
+  const int last = nrun - 1;
+  for (int i0 = 0; i0 < c; i0 += L) {
+    const int nb = std::min(L, c - i0);
+    double zr[L], zi[L], pr[L], pi[L], qr[L], qi[L], sr[L], si[L], tr[L], ti[L];
+    for (int b = 0; b < L; ++b) {
+      zr[b] = b < nb ? ur[i0 + b] : 0.0;
+      zi[b] = b < nb ? ui[i0 + b] : 0.0;
+      pr[b] = cb[2 * last];
+      pi[b] = cb[2 * last + 1];
+      sr[b] = ca ? ca[2 * last] : 0.0;
+      si[b] = ca ? ca[2 * last + 1] : 0.0;
+      qr[b] = qi[b] = tr[b] = ti[b] = 0.0;
+    }
+    for (int t = last - 1; t >= 0; --t) {
+      const double cr = cb[2 * t], ci = cb[2 * t + 1];
+#pragma omp simd
+      for (int b = 0; b < L; ++b) {
+        const double nq = qr[b] * zr[b] - qi[b] * zi[b] + pr[b];
+        qi[b] = qr[b] * zi[b] + qi[b] * zr[b] + pi[b];
+        qr[b] = nq;
+        const double np = pr[b] * zr[b] - pi[b] * zi[b] + cr;
+        pi[b] = pr[b] * zi[b] + pi[b] * zr[b] + ci;
+        pr[b] = np;
+      }
+      if (ca) {
+        const double dr = ca[2 * t], di = ca[2 * t + 1];
+#pragma omp simd
+        for (int b = 0; b < L; ++b) {
+          const double nt = tr[b] * zr[b] - ti[b] * zi[b] + sr[b];
+          ti[b] = tr[b] * zi[b] + ti[b] * zr[b] + si[b];
+          tr[b] = nt;
+          const double ns = sr[b] * zr[b] - si[b] * zi[b] + dr;
+          si[b] = sr[b] * zi[b] + si[b] * zr[b] + di;
+          sr[b] = ns;
+        }
+      }
+    }
+    for (int b = 0; b < nb; ++b) {
+      const int i = i0 + b;
+      const double e12r = ar[i] * br[i] - ai[i] * bi[i];
+      const double e12i = ar[i] * bi[i] + ai[i] * br[i];
+      const double er = e12r * p0r[i] - e12i * p0i[i];  // e(0) = e12 p(0)
+      const double ei = e12r * p0i[i] + e12i * p0r[i];
+      // Im[e P] and Im[e (m0 P + z P')]
+      const double zqr = zr[b] * qr[b] - zi[b] * qi[b], zqi = zr[b] * qi[b] + zi[b] * qr[b];
+      double x = er * pi[b] + ei * pr[b];
+      double xm = er * (m0 * pi[b] + zqi) + ei * (m0 * pr[b] + zqr);
+      if (ca) {
+        const double zsr = zr[b] * tr[b] - zi[b] * ti[b], zsi = zr[b] * ti[b] + zi[b] * tr[b];
+        x = ao[i] * x + bo[i] * (er * si[b] + ei * sr[b]);
+        xm = ao[i] * xm + bo[i] * (er * (m0 * si[b] + zsi) + ei * (m0 * sr[b] + zsr));
+      } else {
+        x *= 2.0 * ao[i];
+        xm *= 2.0 * ao[i];
+      }
+      fo[3 * i] += x * k12[0] + xm * b3[0];
+      fo[3 * i + 1] += x * k12[1] + xm * b3[1];
+      fo[3 * i + 2] += x * k12[2] + xm * b3[2];
+    }
+  }
+}
+
 }  // namespace
 
 // Quintic Hermite interpolation of g on a uniform grid (value, first and second derivative
@@ -194,7 +373,7 @@ Electrostatics::~Electrostatics() = default;
 double Electrostatics::memory_bytes() const {
   double b = 0.0;
   b += 8.0 * (fval_.capacity() + fdval_.capacity() + pval_.capacity() + pdval_.capacity());
-  b += 4.0 * (pi_.capacity() + pj_.capacity()) + 8.0 * psrc_.capacity();
+  b += 4.0 * (row_i_.capacity() + row_start_.capacity() + pj_.capacity() + psrc_.capacity());
   for (int d = 0; d < 3; ++d) b += 8.0 * (ph_re_[d].capacity() + ph_im_[d].capacity());
   b += 8.0 * (kvec_.capacity() + kcoef_.capacity() + lowe_.capacity() + lowchol_.capacity());
   for (const Table& t : tables_) b += 8.0 * t.c.capacity();
@@ -248,7 +427,7 @@ void Electrostatics::reset(int n, int first, int count, const double* alpha,
     cwidth_.clear();
     wclass_.clear();
   }
-  work_.assign(size_t(8) * std::max(count, 1), 0.0);
+  work_.assign(size_t(2) * std::max(count, 1), 0.0);
 }
 
 void Electrostatics::reduce_replicated(double* v) {
@@ -318,11 +497,9 @@ void Electrostatics::setup_free(int n, int first, int count, const double* x,
   x_ = x;
   x_owned_ = nullptr;
   pairs_ = PairList();
-  pi_.clear();
-  pj_.clear();
-  psrc_.clear();
-  pval_.clear();
-  pdval_.clear();
+  row_i_.clear();
+  row_start_.assign(1, 0);
+  nkept_ = 0;
   kgroups_.clear();
   kvec_.clear();
   kcoef_.clear();
@@ -397,33 +574,87 @@ void Electrostatics::setup_periodic(int n, int first, int count, const double* x
   const double rc = params.real_cutoff;
   build_tables(params.beta, rc * (1.0 + 1e-9) + 0.1, false);
 
-  // real space: keep the pairs inside the cutoff with their kernel values
+  // real space: keep the pairs inside the cutoff with their kernel values, in rows
   pairs_ = pairs;
-  pi_.clear();
-  pj_.clear();
-  psrc_.clear();
-  pval_.clear();
-  pdval_.clear();
+  if (!pairs.d && !pairs.x_slot)
+    throw std::invalid_argument("Electrostatics: pairs need displacements or slot positions");
+  row_i_.clear();
+  row_start_.assign(1, 0);
+  nkept_ = 0;
+  // grow only: the arrays are rewritten every step, and value-initializing them would cost
+  // a pass over memory each time
+  if (long(pj_.size()) < pairs.size) {
+    pj_.resize(pairs.size);
+    psrc_.resize(pairs.size);
+    pval_.resize(pairs.size);
+    pdval_.resize(pairs.size);
+  }
   std::vector<double> d(n, 0.0);  // this rank's share of the diagonal
+  // locals for everything the loop touches: stores into the output arrays could alias
+  // members, which would make the compiler reload them for every pair
   const double rc2 = rc * rc;
+  const int* glob = pairs.global;
+  const int* pis = pairs.i;
+  const int* pjs = pairs.j;
+  const double* pd = pairs.d;
+  const double* xs = pairs.x_slot;
+  const int nc = int(cwidth_.size());
+  const Table* tab = tables_.data();
+  const int* wcl = wclass_.data();
+  int* out_j = pj_.data();
+  int* out_src = psrc_.data();
+  double* out_val = pval_.data();
+  double* out_dval = pdval_.data();
+  const double two_if_half = pairs.half ? 2.0 : 1.0;
+  long kept = 0;
+  int last_row = -1;
   for (long p = 0; p < pairs.size; ++p) {
-    const int i = pairs.i[p], j = pairs.j[p];
-    if (i < 0 || i >= n || j < 0 || j >= n)
+    int i = pis[p], j = pjs[p];
+    double dx, dy, dz;
+    if (pd) {
+      dx = pd[3 * p];
+      dy = pd[3 * p + 1];
+      dz = pd[3 * p + 2];
+    } else {
+      const double* xi = xs + 3 * size_t(i);
+      const double* xj = xs + 3 * size_t(j);
+      dx = xj[0] - xi[0];
+      dy = xj[1] - xi[1];
+      dz = xj[2] - xi[2];
+    }
+    if (glob) {
+      i = glob[i];
+      j = glob[j];
+      if (i < 0 || j < 0) continue;
+    }
+    if (i >= n || j >= n || i < 0 || j < 0)
       throw std::invalid_argument("Electrostatics: pair index outside 0..n-1");
-    const double* dv = pairs.d + 3 * p;
-    const double r2 = dv[0] * dv[0] + dv[1] * dv[1] + dv[2] * dv[2];
+    const double r2 = dx * dx + dy * dy + dz * dz;
     if (r2 > rc2) continue;
     if (r2 == 0.0 && i == j) continue;  // the atom itself, not an image
     const double r = std::sqrt(r2);
     double g, dg;
-    kernel(i, j, r, g, dg);
-    pi_.push_back(i);
-    pj_.push_back(j);
-    psrc_.push_back(p);
-    pval_.push_back(g);
-    pdval_.push_back(r > 0.0 ? dg / r : 0.0);
-    if (i == j) d[i] += pairs.half ? 2.0 * g : g;  // atom and its own image
+    if (nc > 0) {
+      tab[size_t(wcl[i]) * nc + wcl[j]].eval(r, g, dg);
+      g *= kCoulomb;
+      dg *= kCoulomb;
+    } else {
+      kernel(i, j, r, g, dg);
+    }
+    if (i != last_row) {
+      if (last_row >= 0) row_start_.push_back(int(kept));
+      row_i_.push_back(i);
+      last_row = i;
+    }
+    out_j[kept] = j;
+    out_src[kept] = int(p);
+    out_val[kept] = g;
+    out_dval[kept] = r > 0.0 ? dg / r : 0.0;
+    ++kept;
+    if (i == j) d[i] += two_if_half * g;  // atom and its own image
   }
+  nkept_ = kept;
+  if (!row_i_.empty()) row_start_.push_back(int(kept));
 
   // diagonal terms of the owned atoms: Gaussian self energy minus the beta part, the
   // reciprocal sum of the atom with itself (position independent), the background
@@ -440,6 +671,14 @@ void Electrostatics::setup_periodic(int n, int first, int count, const double* x
   }
   reduce_replicated(d.data());
   diag_ = std::move(d);
+}
+
+const double* Electrostatics::pair_d(int src, double buf[3]) const {
+  if (pairs_.d) return pairs_.d + 3 * size_t(src);
+  const double* xi = pairs_.x_slot + 3 * size_t(pairs_.i[src]);
+  const double* xj = pairs_.x_slot + 3 * size_t(pairs_.j[src]);
+  for (int k = 0; k < 3; ++k) buf[k] = xj[k] - xi[k];
+  return buf;
 }
 
 void Electrostatics::setup_reciprocal(const double* cell) {
@@ -468,10 +707,21 @@ void Electrostatics::setup_reciprocal(const double* cell) {
     for (int k = 0; k < 3; ++k) recip_[d][k] = 2.0 * kPi * inv_[k][d];
 
   const double kcut = params_.kcut, beta = params_.beta;
+  int mcell[3];
   for (int d = 0; d < 3; ++d) {
     const double len = std::sqrt(h[d][0] * h[d][0] + h[d][1] * h[d][1] + h[d][2] * h[d][2]);
-    mmax_[d] = int(std::floor(kcut * len / (2.0 * kPi)));
+    mcell[d] = int(std::floor(kcut * len / (2.0 * kPi)));
   }
+  // the loops below run over the m of the three cell axes nested; the innermost axis gets
+  // the most values, so that the per-(m1, m2) overhead spreads over long runs
+  axis_[0] = 0;
+  axis_[1] = 1;
+  axis_[2] = 2;
+  std::sort(axis_, axis_ + 3, [&](int x, int y) { return mcell[x] < mcell[y]; });
+  for (int t = 0; t < 3; ++t) mmax_[t] = mcell[axis_[t]];
+  const double* b0 = recip_[axis_[0]];
+  const double* b1 = recip_[axis_[1]];
+  const double* b2 = recip_[axis_[2]];
   // half space (k and -k contribute alike): m1 > 0; m1 = 0, m2 > 0; m1 = m2 = 0, m3 > 0.
   // For fixed (m1, m2) |k|^2 is convex in m3, so the vectors inside the sphere are one
   // run of m3: a group.
@@ -485,7 +735,7 @@ void Electrostatics::setup_reciprocal(const double* cell) {
       KGroup g{m1, m2, 0, -1, int(kcoef_.size())};
       for (int m3 = (m1 == 0 && m2 == 0 ? 1 : -mmax_[2]); m3 <= mmax_[2]; ++m3) {
         double k[3];
-        for (int a = 0; a < 3; ++a) k[a] = m1 * recip_[0][a] + m2 * recip_[1][a] + m3 * recip_[2][a];
+        for (int a = 0; a < 3; ++a) k[a] = m1 * b0[a] + m2 * b1[a] + m3 * b2[a];
         const double k2 = k[0] * k[0] + k[1] * k[1] + k[2] * k[2];
         if (k2 > kc2) {
           if (g.hi >= g.lo) break;  // past the run
@@ -511,7 +761,8 @@ void Electrostatics::setup_reciprocal(const double* cell) {
   for (int li = 0; li < c0; ++li) {
     const double* xi = x_owned_ + 3 * li;
     for (int d = 0; d < 3; ++d) {
-      double s = xi[0] * inv_[0][d] + xi[1] * inv_[1][d] + xi[2] * inv_[2][d];
+      const int ax = axis_[d];
+      double s = xi[0] * inv_[0][ax] + xi[1] * inv_[1][ax] + xi[2] * inv_[2][ax];
       s -= std::floor(s);
       const double cr = std::cos(2.0 * kPi * s), ci = std::sin(2.0 * kPi * s);
       double er = 1.0, ei = 0.0;
@@ -538,97 +789,32 @@ void Electrostatics::structure_factors(const double* v, double* s) const {
   double* wr = &work_[0];
   double* wi = &work_[size_t(c)];
   for (const KGroup& g : kgroups_) {
-    const double* ar = &ph_re_[0][size_t(g.m1) * c];
-    const double* ai = &ph_im_[0][size_t(g.m1) * c];
-    const double* br = &ph_re_[1][size_t(g.m2 + mmax_[1]) * c];
-    const double* bi = &ph_im_[1][size_t(g.m2 + mmax_[1]) * c];
-#pragma omp simd
-    for (int i = 0; i < c; ++i) {
-      wr[i] = v[i] * (ar[i] * br[i] - ai[i] * bi[i]);
-      wi[i] = v[i] * (ar[i] * bi[i] + ai[i] * br[i]);
-    }
-    int k = g.first;
-    int m3 = g.lo;
-    // two k vectors per pass over the atoms: fewer loads of w per term
-    for (; m3 + 1 <= g.hi; m3 += 2, k += 2) {
-      const double* c0r = &ph_re_[2][size_t(m3 + mmax_[2]) * c];
-      const double* c0i = &ph_im_[2][size_t(m3 + mmax_[2]) * c];
-      const double* c1r = c0r + c;
-      const double* c1i = c0i + c;
-      double s0r = 0.0, s0i = 0.0, s1r = 0.0, s1i = 0.0;
-#pragma omp simd reduction(+ : s0r, s0i, s1r, s1i)
-      for (int i = 0; i < c; ++i) {
-        s0r += wr[i] * c0r[i] - wi[i] * c0i[i];
-        s0i += wr[i] * c0i[i] + wi[i] * c0r[i];
-        s1r += wr[i] * c1r[i] - wi[i] * c1i[i];
-        s1i += wr[i] * c1i[i] + wi[i] * c1r[i];
-      }
-      s[2 * k] = s0r;
-      s[2 * k + 1] = s0i;
-      s[2 * k + 2] = s1r;
-      s[2 * k + 3] = s1i;
-    }
-    if (m3 == g.hi) {
-      const double* c0r = &ph_re_[2][size_t(m3 + mmax_[2]) * c];
-      const double* c0i = &ph_im_[2][size_t(m3 + mmax_[2]) * c];
-      double s0r = 0.0, s0i = 0.0;
-#pragma omp simd reduction(+ : s0r, s0i)
-      for (int i = 0; i < c; ++i) {
-        s0r += wr[i] * c0r[i] - wi[i] * c0i[i];
-        s0i += wr[i] * c0i[i] + wi[i] * c0r[i];
-      }
-      s[2 * k] = s0r;
-      s[2 * k + 1] = s0i;
-    }
+    weighted_phase(c, v, &ph_re_[0][size_t(g.m1) * c], &ph_im_[0][size_t(g.m1) * c],
+                   &ph_re_[1][size_t(g.m2 + mmax_[1]) * c],
+                   &ph_im_[1][size_t(g.m2 + mmax_[1]) * c], wr, wi);
+    structure_run(c, g.hi - g.lo + 1, wr, wi, &ph_re_[2][size_t(g.lo + mmax_[2]) * c],
+                  &ph_im_[2][size_t(g.lo + mmax_[2]) * c], s + 2 * size_t(g.first));
   }
 }
 
-// y_owned[i] += scale sum_k coef_k Re[exp(-i k.r_i) S(k)] over the half space.  With
-// e = e12 p3 (p3 the m3 phase) the sum over the m3 of a group factors as
-// e12r sum (p3r Sr + p3i Si) + e12i sum (p3r Si - p3i Sr).
+// y_owned[i] += scale sum_k coef_k Re[exp(-i k.r_i) S(k)] over the half space
 void Electrostatics::back_project(const double* s, double scale, double* y) const {
   const int c = count_;
-  double* acc_a = &work_[0];
-  double* acc_b = &work_[size_t(c)];
+  const size_t unit = size_t(std::min(1, mmax_[2]) + mmax_[2]) * c;
+  std::vector<double> ss;
   for (const KGroup& g : kgroups_) {
-    std::fill(acc_a, acc_a + c, 0.0);
-    std::fill(acc_b, acc_b + c, 0.0);
-    int k = g.first;
-    int m3 = g.lo;
-    for (; m3 + 1 <= g.hi; m3 += 2, k += 2) {
-      const double* c0r = &ph_re_[2][size_t(m3 + mmax_[2]) * c];
-      const double* c0i = &ph_im_[2][size_t(m3 + mmax_[2]) * c];
-      const double* c1r = c0r + c;
-      const double* c1i = c0i + c;
-      const double s0r = scale * kcoef_[k] * s[2 * k], s0i = scale * kcoef_[k] * s[2 * k + 1];
-      const double s1r = scale * kcoef_[k + 1] * s[2 * k + 2];
-      const double s1i = scale * kcoef_[k + 1] * s[2 * k + 3];
-#pragma omp simd
-      for (int i = 0; i < c; ++i) {
-        acc_a[i] += c0r[i] * s0r + c0i[i] * s0i + c1r[i] * s1r + c1i[i] * s1i;
-        acc_b[i] += c0r[i] * s0i - c0i[i] * s0r + c1r[i] * s1i - c1i[i] * s1r;
-      }
+    const int nrun = g.hi - g.lo + 1;
+    ss.resize(2 * size_t(nrun));
+    for (int t = 0; t < nrun; ++t) {
+      const double f = scale * kcoef_[g.first + t];
+      ss[2 * t] = f * s[2 * size_t(g.first + t)];
+      ss[2 * t + 1] = f * s[2 * size_t(g.first + t) + 1];
     }
-    if (m3 == g.hi) {
-      const double* c0r = &ph_re_[2][size_t(m3 + mmax_[2]) * c];
-      const double* c0i = &ph_im_[2][size_t(m3 + mmax_[2]) * c];
-      const double s0r = scale * kcoef_[k] * s[2 * k], s0i = scale * kcoef_[k] * s[2 * k + 1];
-#pragma omp simd
-      for (int i = 0; i < c; ++i) {
-        acc_a[i] += c0r[i] * s0r + c0i[i] * s0i;
-        acc_b[i] += c0r[i] * s0i - c0i[i] * s0r;
-      }
-    }
-    const double* ar = &ph_re_[0][size_t(g.m1) * c];
-    const double* ai = &ph_im_[0][size_t(g.m1) * c];
-    const double* br = &ph_re_[1][size_t(g.m2 + mmax_[1]) * c];
-    const double* bi = &ph_im_[1][size_t(g.m2 + mmax_[1]) * c];
-#pragma omp simd
-    for (int i = 0; i < c; ++i) {
-      const double er = ar[i] * br[i] - ai[i] * bi[i];
-      const double ei = ar[i] * bi[i] + ai[i] * br[i];
-      y[i] += er * acc_a[i] + ei * acc_b[i];
-    }
+    project_run(c, nrun, ss.data(), &ph_re_[2][size_t(g.lo + mmax_[2]) * c],
+                &ph_im_[2][size_t(g.lo + mmax_[2]) * c], &ph_re_[2][unit], &ph_im_[2][unit],
+                &ph_re_[0][size_t(g.m1) * c], &ph_im_[0][size_t(g.m1) * c],
+                &ph_re_[1][size_t(g.m2 + mmax_[1]) * c], &ph_im_[1][size_t(g.m2 + mmax_[1]) * c],
+                y);
   }
 }
 
@@ -657,17 +843,26 @@ void Electrostatics::apply(const double* v, double* y) {
     comm_->allreduce_sum(s.data(), int(s.size()));
     back_project(s.data(), 8.0 * kPi * kCoulomb / volume_, y + first_);
     background(v, y + first_);
-    const long np = long(pval_.size());
-    const int* pi = pi_.data();
+    // row by row, so that y_i collects in a register: updating y_i in memory for every
+    // pair chains the additions through store-to-load forwarding
+    const int nrows = int(row_i_.size());
     const int* pj = pj_.data();
     const double* val = pval_.data();
-    if (pairs_.half) {
-      for (long p = 0; p < np; ++p) {
-        y[pi[p]] += val[p] * v[pj[p]];
-        y[pj[p]] += val[p] * v[pi[p]];
+    const bool half = pairs_.half;
+    for (int r = 0; r < nrows; ++r) {
+      const int i = row_i_[r];
+      const double vi = v[i];
+      double acc = 0.0;
+      const int end = row_start_[r + 1];
+      if (half) {
+        for (int p = row_start_[r]; p < end; ++p) {
+          acc += val[p] * v[pj[p]];
+          y[pj[p]] += val[p] * vi;
+        }
+      } else {
+        for (int p = row_start_[r]; p < end; ++p) acc += val[p] * v[pj[p]];
       }
-    } else {
-      for (long p = 0; p < np; ++p) y[pi[p]] += val[p] * v[pj[p]];
+      y[i] += acc;
     }
   } else {
     for (int li = 0; li < count_; ++li) {
@@ -693,21 +888,33 @@ void Electrostatics::apply(const double* v, double* y) {
 
 // Forces and virial of E = 1/2 a^T A_es b.  A pair term c g(r) with c = (a_i b_j + a_j b_i)/2
 // gives F_i = c g'(r) d/r and F_j = -F_i (d = r_j + n - r_i) and the pair virial
-// -c g'(r) d (x) d / r, shared equally by the two atoms.
+// -c g'(r) d (x) d / r, shared equally by the two atoms.  Forces and per-atom virials are
+// collected by global index (j may belong to any rank; a buffer of n atoms also stays in
+// cache, unlike ghost slots), summed over the ranks and handed to the owned slots.
 void Electrostatics::forces(const double* a, const double* b, double* f, double* virial,
                             double* vatom) {
   double vir[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-  auto pair_virial = [](double fac, const double* d, double* w) {
-    w[0] = fac * d[0] * d[0];
-    w[1] = fac * d[1] * d[1];
-    w[2] = fac * d[2] * d[2];
-    w[3] = fac * d[0] * d[1];
-    w[4] = fac * d[0] * d[2];
-    w[5] = fac * d[1] * d[2];
+  std::vector<double> fg(size_t(3) * n_, 0.0), vg(vatom ? size_t(6) * n_ : 0, 0.0);
+  // one pair: fac = c g'(r)/r; visit = the share of the pair virial of this visit
+  auto pair = [&](int i, int j, const double* d, double fac, bool both, double visit) {
+    for (int k = 0; k < 3; ++k) fg[3 * size_t(i) + k] += fac * d[k];
+    if (both)
+      for (int k = 0; k < 3; ++k) fg[3 * size_t(j) + k] -= fac * d[k];
+    const double w[6] = {-fac * d[0] * d[0], -fac * d[1] * d[1], -fac * d[2] * d[2],
+                         -fac * d[0] * d[1], -fac * d[0] * d[2], -fac * d[1] * d[2]};
+    for (int k = 0; k < 6; ++k) vir[k] += visit * w[k];
+    if (vatom) {
+      if (both) {
+        for (int k = 0; k < 6; ++k) {
+          vg[6 * size_t(i) + k] += 0.5 * w[k];
+          vg[6 * size_t(j) + k] += 0.5 * w[k];
+        }
+      } else {
+        for (int k = 0; k < 6; ++k) vg[6 * size_t(i) + k] += 0.5 * w[k];
+      }
+    }
   };
   if (!periodic_) {
-    // j may belong to any rank: accumulate over all atoms, then keep the owned rows
-    std::vector<double> fg(size_t(3) * n_, 0.0), vg(vatom ? size_t(6) * n_ : 0, 0.0);
     for (int li = 0; li < count_; ++li) {
       const int i = first_ + li;
       for (int t = 1; t <= half_; ++t) {
@@ -722,100 +929,139 @@ void Electrostatics::forces(const double* a, const double* b, double* f, double*
           free_pair(i, j, v, dv);
         const double d[3] = {x_[3 * j] - x_[3 * i], x_[3 * j + 1] - x_[3 * i + 1],
                              x_[3 * j + 2] - x_[3 * i + 2]};
-        const double fac = c * dv;
-        for (int k = 0; k < 3; ++k) {
-          fg[3 * size_t(i) + k] += fac * d[k];
-          fg[3 * size_t(j) + k] -= fac * d[k];
-        }
-        double w[6];
-        pair_virial(-fac, d, w);
-        for (int k = 0; k < 6; ++k) vir[k] += w[k];
-        if (vatom)
-          for (int k = 0; k < 6; ++k) {
-            vg[6 * size_t(i) + k] += 0.5 * w[k];
-            vg[6 * size_t(j) + k] += 0.5 * w[k];
-          }
+        pair(i, j, d, c * dv, true, 1.0);
       }
     }
-    comm_->allreduce_sum(fg.data(), 3 * n_);
-    if (vatom) comm_->allreduce_sum(vg.data(), 6 * n_);
-    for (int li = 0; li < count_; ++li) {
-      const int i = first_ + li;
-      const int slot = owned_slot_ ? owned_slot_[li] : i;
-      for (int k = 0; k < 3; ++k) f[3 * size_t(slot) + k] += fg[3 * size_t(i) + k];
-      if (vatom)
-        for (int k = 0; k < 6; ++k) vatom[6 * size_t(slot) + k] += vg[6 * size_t(i) + k];
-    }
-    for (int k = 0; k < 6; ++k) virial[k] += vir[k];
-    return;
-  }
-
-  // real space
-  const long np = long(pval_.size());
-  const bool half = pairs_.half;
-  for (long p = 0; p < np; ++p) {
-    const int i = pi_[p], j = pj_[p];
-    const double c = 0.5 * (a[i] * b[j] + a[j] * b[i]);
-    const long src = psrc_[p];
-    const double* d = pairs_.d + 3 * src;
-    const double fac = c * pdval_[p];
-    const int si = pairs_.slot_i ? pairs_.slot_i[src] : i;
-    for (int k = 0; k < 3; ++k) f[3 * size_t(si) + k] += fac * d[k];
-    double w[6];
-    pair_virial(half ? -fac : -0.5 * fac, d, w);
-    for (int k = 0; k < 6; ++k) vir[k] += w[k];
-    if (half) {
-      const int sj = pairs_.slot_j ? pairs_.slot_j[src] : j;
-      for (int k = 0; k < 3; ++k) f[3 * size_t(sj) + k] -= fac * d[k];
-      if (vatom)
-        for (int k = 0; k < 6; ++k) {
-          vatom[6 * size_t(si) + k] += 0.5 * w[k];
-          vatom[6 * size_t(sj) + k] += 0.5 * w[k];
+  } else if (!vatom) {
+    // the common case, written out: F_i collects in registers along a row, and all
+    // arrays are locals (no reloads of members after the stores into fg)
+    const bool half = pairs_.half;
+    const double visit = half ? 1.0 : 0.5;
+    const int nrows = int(row_i_.size());
+    const int* rows = row_i_.data();
+    const int* starts = row_start_.data();
+    const int* pj = pj_.data();
+    const int* src = psrc_.data();
+    const double* dval = pdval_.data();
+    const double* pd = pairs_.d;
+    const double* xs = pairs_.x_slot;
+    const int* si = pairs_.i;
+    const int* sj = pairs_.j;
+    double* fgp = fg.data();
+    double w0 = 0.0, w1 = 0.0, w2 = 0.0, w3 = 0.0, w4 = 0.0, w5 = 0.0;
+    for (int r = 0; r < nrows; ++r) {
+      const int i = rows[r];
+      const double ai = a[i], bi = b[i];
+      double fx = 0.0, fy = 0.0, fz = 0.0;
+      for (int p = starts[r]; p < starts[r + 1]; ++p) {
+        const int j = pj[p];
+        const int q = src[p];
+        double dx, dy, dz;
+        if (pd) {
+          dx = pd[3 * size_t(q)];
+          dy = pd[3 * size_t(q) + 1];
+          dz = pd[3 * size_t(q) + 2];
+        } else {
+          const double* xi = xs + 3 * size_t(si[q]);
+          const double* xj = xs + 3 * size_t(sj[q]);
+          dx = xj[0] - xi[0];
+          dy = xj[1] - xi[1];
+          dz = xj[2] - xi[2];
         }
-    } else if (vatom) {
-      for (int k = 0; k < 6; ++k) vatom[6 * size_t(si) + k] += w[k];
+        const double fac = 0.5 * (ai * b[j] + a[j] * bi) * dval[p];
+        fx += fac * dx;
+        fy += fac * dy;
+        fz += fac * dz;
+        if (half) {
+          fgp[3 * size_t(j)] -= fac * dx;
+          fgp[3 * size_t(j) + 1] -= fac * dy;
+          fgp[3 * size_t(j) + 2] -= fac * dz;
+        }
+        const double vf = visit * fac;
+        w0 -= vf * dx * dx;
+        w1 -= vf * dy * dy;
+        w2 -= vf * dz * dz;
+        w3 -= vf * dx * dy;
+        w4 -= vf * dx * dz;
+        w5 -= vf * dy * dz;
+      }
+      fgp[3 * size_t(i)] += fx;
+      fgp[3 * size_t(i) + 1] += fy;
+      fgp[3 * size_t(i) + 2] += fz;
+    }
+    vir[0] += w0;
+    vir[1] += w1;
+    vir[2] += w2;
+    vir[3] += w3;
+    vir[4] += w4;
+    vir[5] += w5;
+  }
+  if (periodic_) {
+    if (vatom) {
+      const bool half = pairs_.half;
+      const int nrows = int(row_i_.size());
+      for (int r = 0; r < nrows; ++r) {
+        const int i = row_i_[r];
+        for (int p = row_start_[r]; p < row_start_[r + 1]; ++p) {
+          const int j = pj_[p];
+          const double c = 0.5 * (a[i] * b[j] + a[j] * b[i]);
+          double buf[3];
+          pair(i, j, pair_d(psrc_[p], buf), c * pdval_[p], half, half ? 1.0 : 0.5);
+        }
+      }
+    }
+    reciprocal_forces(a, b, fg.data() + 3 * size_t(first_), virial,
+                      vatom ? vg.data() + 6 * size_t(first_) : nullptr);
+
+    // Background: E_bg = 1/2 a^T A_bg b scales as 1/V, so its virial is E_bg on the
+    // diagonal; atom i's share is (a_i (A_bg b)_i + b_i (A_bg a)_i)/4.
+    std::vector<double> bga(count_, 0.0), bgb(count_, 0.0);
+    background(a, bga.data());
+    background(b, bgb.data());
+    for (int li = 0; li < count_; ++li) {
+      const double eps = 0.25 * (a[first_ + li] * bgb[li] + b[first_ + li] * bga[li]);
+      for (int k = 0; k < 3; ++k) vir[k] += eps;
+      if (vatom)
+        for (int k = 0; k < 3; ++k) vg[6 * size_t(first_ + li) + k] += eps;
     }
   }
   for (int k = 0; k < 6; ++k) virial[k] += vir[k];
-  reciprocal_forces(a, b, f, virial, vatom);
-
-  // Background: E_bg = 1/2 a^T A_bg b scales as 1/V, so its virial is E_bg on the diagonal;
-  // atom i's share is (a_i (A_bg b)_i + b_i (A_bg a)_i)/4.
-  std::vector<double> bga(count_, 0.0), bgb(count_, 0.0);
-  background(a, bga.data());
-  background(b, bgb.data());
+  comm_->allreduce_sum(fg.data(), 3 * n_);
+  if (vatom) comm_->allreduce_sum(vg.data(), 6 * n_);
   for (int li = 0; li < count_; ++li) {
-    const double eps = 0.25 * (a[first_ + li] * bgb[li] + b[first_ + li] * bga[li]);
-    for (int k = 0; k < 3; ++k) virial[k] += eps;
-    if (vatom) {
-      const int slot = owned_slot_ ? owned_slot_[li] : first_ + li;
-      for (int k = 0; k < 3; ++k) vatom[6 * size_t(slot) + k] += eps;
-    }
+    const int i = first_ + li;
+    const int slot = owned_slot_ ? owned_slot_[li] : i;
+    for (int k = 0; k < 3; ++k) f[3 * size_t(slot) + k] += fg[3 * size_t(i) + k];
+    if (vatom)
+      for (int k = 0; k < 6; ++k) vatom[6 * size_t(slot) + k] += vg[6 * size_t(i) + k];
   }
 }
 
-// Reciprocal space.  E_rec = (4 pi k_e/V) sum_{half k} coef_k Re[S_a(k) conj S_b(k)];
+// Reciprocal space, added to fo (owned atoms, 3 each) and vo (6 each, or nullptr).
+// E_rec = (4 pi k_e/V) sum_{half k} coef_k Re[S_a(k) conj S_b(k)];
 //   F_i = (4 pi k_e/V) sum_k coef_k k (a_i Im[e_i conj S_b] + b_i Im[e_i conj S_a]),
 // the energy E_k of a vector is shared as
 //   eps_i = (2 pi k_e/V) coef_k Re[a_i e_i conj S_b + b_i e_i conj S_a],
 // and its virial is E_k [delta_ab - 2 k_a k_b (1/k^2 + 1/(4 beta^2))].
-void Electrostatics::reciprocal_forces(const double* a, const double* b, double* f,
-                                       double* virial, double* vatom) {
+// Within a run of a group, k = k12 + m3 b3 and e = e12 p3, so the force needs per atom
+// only sum_k fc p3 conj S and sum_k fc m3 p3 conj S (force_run()).
+void Electrostatics::reciprocal_forces(const double* a, const double* b, double* fo,
+                                       double* virial, double* vo) {
   const int nk = int(kcoef_.size());
   const int c = count_;
-  std::vector<double> s(size_t(4) * nk);
-  {
-    std::vector<double> sa(2 * size_t(nk)), sb(2 * size_t(nk));
-    structure_factors(a + first_, sa.data());
-    structure_factors(b + first_, sb.data());
-    for (int k = 0; k < nk; ++k) {
-      s[4 * size_t(k)] = sa[2 * k];
-      s[4 * size_t(k) + 1] = sa[2 * k + 1];
-      s[4 * size_t(k) + 2] = sb[2 * k];
-      s[4 * size_t(k) + 3] = sb[2 * k + 1];
-    }
+  const bool same = a == b || std::equal(a, a + n_, b);
+  std::vector<double> sa(2 * size_t(nk)), sb(same ? 0 : 2 * size_t(nk));
+  structure_factors(a + first_, sa.data());
+  if (!same) structure_factors(b + first_, sb.data());
+  {  // one reduction for both
+    std::vector<double> both(sa);
+    both.insert(both.end(), sb.begin(), sb.end());
+    comm_->allreduce_sum(both.data(), int(both.size()));
+    std::copy(both.begin(), both.begin() + sa.size(), sa.begin());
+    std::copy(both.begin() + sa.size(), both.end(), sb.begin());
   }
-  comm_->allreduce_sum(s.data(), int(s.size()));
+  const double* Sa = sa.data();
+  const double* Sb = same ? sa.data() : sb.data();
   const double fpref = 4.0 * kPi * kCoulomb / volume_;
   const double epref = 2.0 * kPi * kCoulomb / volume_;
   const double inv4b2 = 1.0 / (4.0 * params_.beta * params_.beta);
@@ -833,65 +1079,61 @@ void Electrostatics::reciprocal_forces(const double* a, const double* b, double*
   // the global virial needs only the summed structure factors: rank 0 adds it
   if (comm_->rank() == 0)
     for (int k = 0; k < nk; ++k) {
-      const double* sk = &s[4 * size_t(k)];
-      const double ek = 2.0 * epref * kcoef_[k] * (sk[0] * sk[2] + sk[1] * sk[3]);
+      const double ek = 2.0 * epref * kcoef_[k] * (Sa[2 * k] * Sb[2 * k] + Sa[2 * k + 1] * Sb[2 * k + 1]);
       double t[6];
       tensor(k, t);
       for (int q = 0; q < 6; ++q) virial[q] += ek * t[q];
     }
   if (c == 0) return;
 
-  std::vector<double> fo(size_t(3) * c, 0.0), vo(vatom ? size_t(6) * c : 0, 0.0);
-  std::vector<double> e12r(c), e12i(c);
   const double* ao = a + first_;
   const double* bo = b + first_;
+  const size_t unit = size_t(std::min(1, mmax_[2]) + mmax_[2]) * c;
+  std::vector<double> cb, ca;
+  const double* b3 = recip_[axis_[2]];
   for (const KGroup& g : kgroups_) {
+    const int nrun = g.hi - g.lo + 1;
+    const double* pr = &ph_re_[2][size_t(g.lo + mmax_[2]) * c];
+    const double* pim = &ph_im_[2][size_t(g.lo + mmax_[2]) * c];
+    cb.resize(2 * size_t(nrun));
+    ca.resize(same ? 0 : 2 * size_t(nrun));
+    for (int t = 0; t < nrun; ++t) {  // fc conj(S)
+      const size_t k = g.first + t;
+      const double fc = fpref * kcoef_[k];
+      cb[2 * t] = fc * Sb[2 * k];
+      cb[2 * t + 1] = -fc * Sb[2 * k + 1];
+      if (!same) {
+        ca[2 * t] = fc * Sa[2 * k];
+        ca[2 * t + 1] = -fc * Sa[2 * k + 1];
+      }
+    }
+    double k12[3];  // m1 b_0 + m2 b_1 of the group
+    for (int q = 0; q < 3; ++q)
+      k12[q] = g.m1 * recip_[axis_[0]][q] + g.m2 * recip_[axis_[1]][q];
     const double* ar = &ph_re_[0][size_t(g.m1) * c];
     const double* ai = &ph_im_[0][size_t(g.m1) * c];
     const double* br = &ph_re_[1][size_t(g.m2 + mmax_[1]) * c];
     const double* bi = &ph_im_[1][size_t(g.m2 + mmax_[1]) * c];
-    for (int i = 0; i < c; ++i) {
-      e12r[i] = ar[i] * br[i] - ai[i] * bi[i];
-      e12i[i] = ar[i] * bi[i] + ai[i] * br[i];
-    }
-    for (int m3 = g.lo, k = g.first; m3 <= g.hi; ++m3, ++k) {
-      const double* pr = &ph_re_[2][size_t(m3 + mmax_[2]) * c];
-      const double* pim = &ph_im_[2][size_t(m3 + mmax_[2]) * c];
-      const double* sk = &s[4 * size_t(k)];
-      const double sar = sk[0], sai = sk[1], sbr = sk[2], sbi = sk[3];
-      const double fc = fpref * kcoef_[k];
-      const double fx = fc * kvec_[3 * size_t(k)], fy = fc * kvec_[3 * size_t(k) + 1],
-                   fz = fc * kvec_[3 * size_t(k) + 2];
-      double* fop = fo.data();
-#pragma omp simd
-      for (int i = 0; i < c; ++i) {
-        const double er = e12r[i] * pr[i] - e12i[i] * pim[i];
-        const double ei = e12r[i] * pim[i] + e12i[i] * pr[i];
-        // Im[e conj S] = ei Sr - er Si
-        const double x = ao[i] * (ei * sbr - er * sbi) + bo[i] * (ei * sar - er * sai);
-        fop[3 * i] += fx * x;
-        fop[3 * i + 1] += fy * x;
-        fop[3 * i + 2] += fz * x;
-      }
-      if (vatom) {
-        double t[6];
-        tensor(k, t);
+    force_run(c, nrun, g.lo, cb.data(), same ? nullptr : ca.data(), pr, pim, &ph_re_[2][unit],
+              &ph_im_[2][unit], ar, ai, br, bi, ao, bo, k12, b3, fo);
+    if (vo) {  // per-atom virials: every (k, atom) term (only when asked for)
+      for (int t = 0; t < nrun; ++t) {
+        const int k = g.first + t;
+        double tk[6];
+        tensor(k, tk);
         const double ec = epref * kcoef_[k];
+        const double sar = Sa[2 * k], sai = Sa[2 * k + 1], sbr = Sb[2 * k], sbi = Sb[2 * k + 1];
         for (int i = 0; i < c; ++i) {
-          const double er = e12r[i] * pr[i] - e12i[i] * pim[i];
-          const double ei = e12r[i] * pim[i] + e12i[i] * pr[i];
+          const double e12r = ar[i] * br[i] - ai[i] * bi[i];
+          const double e12i = ar[i] * bi[i] + ai[i] * br[i];
+          const double cr = pr[size_t(t) * c + i], ci = pim[size_t(t) * c + i];
+          const double er = e12r * cr - e12i * ci, ei = e12r * ci + e12i * cr;
           const double eps =
               ec * (ao[i] * (er * sbr + ei * sbi) + bo[i] * (er * sar + ei * sai));
-          for (int q = 0; q < 6; ++q) vo[6 * size_t(i) + q] += eps * t[q];
+          for (int q = 0; q < 6; ++q) vo[6 * size_t(i) + q] += eps * tk[q];
         }
       }
     }
-  }
-  for (int li = 0; li < c; ++li) {
-    const int slot = owned_slot_ ? owned_slot_[li] : first_ + li;
-    for (int k = 0; k < 3; ++k) f[3 * size_t(slot) + k] += fo[3 * size_t(li) + k];
-    if (vatom)
-      for (int k = 0; k < 6; ++k) vatom[6 * size_t(slot) + k] += vo[6 * size_t(li) + k];
   }
 }
 

@@ -71,22 +71,27 @@ EwaldParameters ewald_parameters(double natoms, double volume, double max_width,
                                  double accuracy, double cutoff = 0.0);
 
 // Real-space pairs of a periodic cell, borrowed by Electrostatics::setup_periodic() until
-// the next setup.  A pair is (i, j, d) with global atom indices i, j and displacement
-// d = r_j + n - r_i (Angstrom) of the periodic image n of j; i == j with n != 0 is the
-// interaction of an atom with its own image.  Pairs farther apart than the real-space
-// cutoff are ignored, so a neighbour list with a skin can be passed as it is.
+// the next setup.  A pair is two atoms i, j and the displacement d = r_j + n - r_i
+// (Angstrom) of the periodic image n of j; i == j with n != 0 is the interaction of an
+// atom with its own image.  Pairs farther apart than the real-space cutoff are ignored,
+// so a neighbour list with a skin can be passed as it is.
 //   half = true:  every unordered pair (every image) appears once over all ranks;
 //   half = false: it appears twice, as (i, j, d) and (j, i, -d), each on the rank that
 //                 owns its first atom.
-// slot_i / slot_j: where the forces on the two atoms of a pair go in the force array of
-// forces() (e.g. LAMMPS local or ghost indices); nullptr means the global indices.
+//   i, j: without `global`, global atom indices; with `global`, slots (e.g. LAMMPS local
+//         and ghost atoms) and global[slot] is the global index of the atom in that slot
+//         (< 0: an atom outside the electrostatics, its pairs are skipped).
+//   d: size x 3 displacements, or nullptr: then x_slot (3 positions per slot, ghost
+//      slots at their image positions) gives d = x_slot[j] - x_slot[i].
+// Pairs are processed fastest when those of one atom i are consecutive (as in neighbour
+// lists).
 struct PairList {
   long size = 0;
   const int* i = nullptr;
   const int* j = nullptr;
-  const double* d = nullptr;  // size x 3
-  const int* slot_i = nullptr;
-  const int* slot_j = nullptr;
+  const double* d = nullptr;
+  const int* global = nullptr;
+  const double* x_slot = nullptr;
   bool half = true;
 };
 
@@ -121,7 +126,7 @@ class Electrostatics {
   bool periodic() const { return periodic_; }
   const EwaldParameters& parameters() const { return params_; }
   int kvectors() const { return int(kcoef_.size()); }  // half-space reciprocal vectors
-  long real_pairs() const { return long(pval_.size()); }  // kept pairs on this rank
+  long real_pairs() const { return nkept_; }  // pairs inside the cutoff on this rank
   int preconditioner_kvectors() const { return nlow_; }  // see prepare_preconditioner()
   double memory_bytes() const;  // this rank's storage
 
@@ -134,10 +139,10 @@ class Electrostatics {
   // Forces (eV/Angstrom) and virial (eV) of E = 1/2 a^T A_es b at fixed a and b (n values
   // each, every rank).  With b = a this is the electrostatic energy at fixed charges;
   // b != a gives the bilinear term of the adjoint (short-range) force.
-  // f: force array (3 values per slot) that the forces of this rank's atoms and pair
-  // slots are added to; virial: 6 values (xx yy zz xy xz yz, W = sum r (x) F), this
-  // rank's share added to; vatom: per-slot virials (6 per slot) or nullptr.
-  // Free boundaries: forces on the owned atoms only (owned_slot).  Collective.
+  // f: force array (3 values per slot); the complete forces on the owned atoms are added
+  // to their slots (owned_slot).  virial: 6 values (xx yy zz xy xz yz, W = sum r (x) F),
+  // this rank's share added to; vatom: per-slot virials (6 per slot, owned atoms, which
+  // sum to the virial over all ranks) or nullptr.  Collective.
   void forces(const double* a, const double* b, double* f, double* virial, double* vatom);
 
   // Preconditioner of the constrained solver for the matrix diag(hardness) + A_es
@@ -166,8 +171,8 @@ class Electrostatics {
   void structure_factors(const double* v, double* s) const;  // owned part, not reduced
   void back_project(const double* s, double scale, double* y_owned) const;
   void background(const double* v, double* y_owned) const;
-  void reciprocal_forces(const double* a, const double* b, double* f, double* virial,
-                         double* vatom);
+  void reciprocal_forces(const double* a, const double* b, double* fo, double* virial,
+                         double* vo);
   void free_pair(int i, int j, double& v, double& dv) const;  // k_e g, k_e g'/r
 
   Communicator* comm_;
@@ -197,22 +202,26 @@ class Electrostatics {
   bool stored_free_ = false;
   std::vector<double> fval_, fdval_;
 
-  // periodic real space: kept pairs
+  // periodic real space: kept pairs in rows of one atom i (consecutive pairs with the
+  // same i), with the global index of j, the kernel values and the pair's index in pairs_
   PairList pairs_;
-  std::vector<int> pi_, pj_;
-  std::vector<long> psrc_;             // index in pairs_
+  std::vector<int> row_i_, row_start_;  // row_start_ has one more entry
+  std::vector<int> pj_, psrc_;
   std::vector<double> pval_, pdval_;   // k_e g(r), k_e g'(r)/r
+  long nkept_ = 0;                     // pairs in use (the arrays only grow)
+  const double* pair_d(int src, double buf[3]) const;  // displacement of pair src
 
   // reciprocal space
   const double* x_owned_ = nullptr;
   double cell_[3][3] = {}, inv_[3][3] = {}, recip_[3][3] = {};
   double volume_ = 0.0;
-  int mmax_[3] = {0, 0, 0};
+  int axis_[3] = {0, 1, 2};  // cell axis of phase table d (see setup_reciprocal)
+  int mmax_[3] = {0, 0, 0};  // largest |m| per phase table
   std::vector<KGroup> kgroups_;
   std::vector<double> kvec_, kcoef_;  // nk x 3; exp(-k^2/4 beta^2)/k^2
   std::vector<int> km_;               // nk x 3: (m1, m2, m3) of every vector
-  // phase tables exp(2 pi i m s_d) of the owned atoms, [m][atom]: m = 0..M1 (d = 0),
-  // -M2..M2 (d = 1), -M3..M3 (d = 2)
+  // phase tables exp(2 pi i m s) of the owned atoms along cell axis axis_[d], [m][atom]:
+  // m = 0..M1 (d = 0), -M2..M2 (d = 1), -M3..M3 (d = 2)
   std::vector<double> ph_re_[3], ph_im_[3];
   mutable std::vector<double> work_;  // scratch, 8 x count
 

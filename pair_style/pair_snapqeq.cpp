@@ -3,18 +3,19 @@
 
    Per step:
      1. B_i, the SNAP bispectrum of every local atom (kernel/sna.cpp, the same C++ kernel
-        as the snapqeq Python package), from a full neighbour list with the bispectrum
-        cutoff; the kernel workspace of every atom (U per neighbour, Z) is kept for step 5
-        while it fits in a memory budget;
+        as the snapqeq Python package), from the full neighbour list trimmed to the
+        bispectrum cutoff; the kernel workspace of every atom (U per neighbour, Z) is kept
+        for step 5 while it fits in a memory budget;
      2. chi_i = NN(B_i) with the TorchScript model (libtorch), autograd graph kept;
      3. the global charge equilibration  min_q U(q)  s.t.  sum q = Q  with
         U = sum_i [chi_i q_i + J_i q_i^2 / 2] + E_es(q)  (Gaussian charges; free
         boundaries or Ewald with the uniform background of charged cells) by projected
         preconditioned conjugate gradients (kernel/electrostatics.cpp, shared with the
         Python package; collectives through snapqeq_mpi.h).  Periodic cells: the real-space
-        pairs come from a half neighbour list with the Ewald real-space cutoff (ghost atoms
-        mapped to charge-equilibration indices by atom ID), the reciprocal sum from
-        per-rank partial structure factors; clusters: all pairs, split between the ranks.
+        pairs come from the full neighbour list, whose cutoff is the Ewald real-space
+        cutoff (ghost atoms mapped to charge-equilibration indices by atom ID; each pair
+        once over all ranks), the reciprocal sum from per-rank partial structure factors;
+        clusters: all pairs, split between the ranks.
         Charge vectors are replicated on every rank, warm-started by extrapolating the
         solutions of the last steps;
      4. E = sum_i E0_i + U(q), per-atom energy E0_i + chi_i q_i + J_i q_i^2/2 + q_i phi_i/2;
@@ -46,7 +47,6 @@
 
 #include "electrostatics.h"
 #include "sna.h"
-#include "snapqeq_neigh_request.h"
 
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -205,7 +205,8 @@ PairSNAPQEq::PairSNAPQEq(LAMMPS *lmp) : Pair(lmp), ncached(0), mpi(world)
   rcutfac = 0.0;
   periodic = false;
   snap_cutmax = 0.0;
-  list_snap = list_ewald = nullptr;
+  cand_ncalls = cand_lastcall = -1;
+  cand_dirty = true;
   chemflag = quadraticflag = switchinnerflag = has_short_range = false;
   ncoeff_linear = ncoeff = 0;
   chemical_potential = 0.0;
@@ -554,24 +555,12 @@ void PairSNAPQEq::init_style()
     }
   }
 
-  // list 1: full, bispectrum cutoff; list 2 (periodic): half, the pair cutoff = Ewald
-  // real-space cutoff (init_one), ghosts included
-  auto *req = neighbor->add_request(this, NeighConst::REQ_FULL);
-  req->set_id(1);
-  if (periodic && ewald.real_cutoff > snap_cutmax) req->set_cutoff(snap_cutmax + neighbor->skin);
-  if (periodic) neighbor->add_request(this)->set_id(2);
-  list_snap = list_ewald = nullptr;
+  // one full list with the pair cutoff (the Ewald real-space cutoff for periodic cells);
+  // the shorter bispectrum list and the Ewald half list are trimmed from it once per
+  // build (update_candidates)
+  neighbor->add_request(this, NeighConst::REQ_FULL);
+  cand_dirty = true;
   logged_setup = false;
-}
-
-/* ---------------------------------------------------------------------- */
-
-void PairSNAPQEq::init_list(int id, NeighList *ptr)
-{
-  if (id == 1)
-    list = list_snap = ptr;
-  else if (id == 2)
-    list_ewald = ptr;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -621,6 +610,88 @@ void PairSNAPQEq::load_neighbors(int a, snapqeq::SNA *w)
 }
 
 /* ----------------------------------------------------------------------
+   after a neighbour-list build: the owned atoms of the charge equilibration, their
+   bispectrum candidates (within the bispectrum cutoff + skin) and, for periodic cells,
+   the Ewald real-space pairs (within the Ewald cutoff + skin) from the full list.  Every
+   unordered pair (every image) must enter the Ewald sum once over all ranks: a pair is
+   kept by the atom with the smaller QEq index, and an atom's pair with its own image by
+   the image with lexicographically positive displacement (the full list has both).
+   Between builds local and ghost indices, ownership and these lists stay valid.
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::update_candidates()
+{
+  double **x = atom->x;
+  int *type = atom->type;
+  const int inum = list->inum;
+  int *ilist = list->ilist;
+  int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+  const double skin = neighbor->skin;
+  const double snap_reach2 = (snap_cutmax + skin) * (snap_cutmax + skin);
+
+  owned.clear();
+  cand_offset.assign(1, 0);
+  cand_snap.clear();
+  for (int ii = 0; ii < inum; ++ii) {
+    const int i = ilist[ii];
+    if (type_elem[type[i]] < 0) continue;
+    owned.push_back(i);
+    const int *jlist = firstneigh[i];
+    for (int jj = 0; jj < numneigh[i]; ++jj) {
+      const int j = jlist[jj] & NEIGHMASK;
+      if (type_elem[type[j]] < 0) continue;
+      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+      if (dx * dx + dy * dy + dz * dz < snap_reach2) cand_snap.push_back(j);
+    }
+    cand_offset.push_back((int) cand_snap.size());
+  }
+  pair_li.clear();
+  pair_lj.clear();
+  global_index.clear();
+  if (!periodic) return;
+
+  // QEq index of every local and ghost atom: owned blocks in rank order, ghosts by atom ID
+  const int nprocs = comm->nprocs;
+  const int nown = owned.size();
+  std::vector<int> cnt(nprocs), dsp(nprocs, 0);
+  MPI_Allgather(&nown, 1, MPI_INT, cnt.data(), 1, MPI_INT, world);
+  for (int r = 1; r < nprocs; ++r) dsp[r] = dsp[r - 1] + cnt[r - 1];
+  const int n = dsp[nprocs - 1] + cnt[nprocs - 1];
+  std::vector<tagint> to(nown), tags(n);
+  for (int a = 0; a < nown; ++a) to[a] = atom->tag[owned[a]];
+  MPI_Allgatherv(to.data(), nown, MPI_LMP_TAGINT, tags.data(), cnt.data(), dsp.data(),
+                 MPI_LMP_TAGINT, world);
+  tagint tmax = 0;
+  for (int k = 0; k < n; ++k) tmax = std::max(tmax, tags[k]);
+  std::vector<int> by_tag(tmax + 1, -1);
+  for (int k = 0; k < n; ++k) by_tag[tags[k]] = k;
+  const int nall = atom->nlocal + atom->nghost;
+  global_index.assign(nall, -1);
+  tagint *tag = atom->tag;
+  for (int i = 0; i < nall; ++i)
+    if (type_elem[type[i]] >= 0 && tag[i] <= tmax) global_index[i] = by_tag[tag[i]];
+
+  const double reach = ewald.real_cutoff + skin;
+  const double reach2 = reach * reach;
+  for (int i : owned) {
+    const int gi = global_index[i];
+    const int *jlist = firstneigh[i];
+    for (int jj = 0; jj < numneigh[i]; ++jj) {
+      const int j = jlist[jj] & NEIGHMASK;
+      const int gj = global_index[j];
+      if (gj < gi) continue;    // also skips atoms outside the charge equilibration (-1)
+      const double d[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
+      if (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] > reach2) continue;
+      if (gj == gi && !(d[0] > 0.0 || (d[0] == 0.0 && (d[1] > 0.0 || (d[1] == 0.0 && d[2] > 0.0)))))
+        continue;
+      pair_li.push_back(i);
+      pair_lj.push_back(j);
+    }
+  }
+}
+
+/* ----------------------------------------------------------------------
    bispectrum of the owned atoms; the neighbour data stay for the force pass.
    Same neighbour rules as snapqeq.Bispectrum: pair cutoff rcutfac (R_i + R_j), kept if
    1e-20 < r^2 < rc^2, weight of the neighbour's element, inner switch from the mean of
@@ -631,12 +702,13 @@ void PairSNAPQEq::compute_descriptors()
 {
   double **x = atom->x;
   int *type = atom->type;
-  const int inum = list_snap->inum;
-  int *ilist = list_snap->ilist;
-  int *numneigh = list_snap->numneigh;
-  int **firstneigh = list_snap->firstneigh;
+  if (cand_dirty || neighbor->ncalls != cand_ncalls || neighbor->lastcall != cand_lastcall) {
+    update_candidates();
+    cand_dirty = false;
+    cand_ncalls = neighbor->ncalls;
+    cand_lastcall = neighbor->lastcall;
+  }
 
-  owned.clear();
   nbr_offset.assign(1, 0);
   nbr_index.clear();
   nbr_elem.clear();
@@ -645,17 +717,12 @@ void PairSNAPQEq::compute_descriptors()
   nbr_weight.clear();
   nbr_sinner.clear();
   nbr_dinner.clear();
-
-  for (int ii = 0; ii < inum; ++ii) {
-    const int i = ilist[ii];
+  for (size_t a = 0; a < owned.size(); ++a) {
+    const int i = owned[a];
     const int ei = type_elem[type[i]];
-    if (ei < 0) continue;
-    owned.push_back(i);
-    const int *jlist = firstneigh[i];
-    for (int jj = 0; jj < numneigh[i]; ++jj) {
-      const int j = jlist[jj] & NEIGHMASK;
+    for (int c = cand_offset[a]; c < cand_offset[a + 1]; ++c) {
+      const int j = cand_snap[c];
       const int ej = type_elem[type[j]];
-      if (ej < 0) continue;
       const double d[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
       const double rsq = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
       const double rc = rcutfac * (radius[ei] + radius[ej]);
@@ -756,10 +823,10 @@ void PairSNAPQEq::gather_system()
 }
 
 /* ----------------------------------------------------------------------
-   geometry of the electrostatics kernel.  Periodic cells: the pairs of the half list
-   (every pair once over all ranks, ghosts included) inside the real-space cutoff, with
-   their charge-equilibration indices (ghosts through their atom IDs) and local slots
-   for the forces (ghost forces go back by reverse communication)
+   geometry of the electrostatics kernel.  Periodic cells: the Ewald pairs of
+   update_candidates() as local/ghost slots (their forces go to those slots; ghost forces
+   come back by reverse communication), with the slot -> QEq index map and the current
+   (image) positions of the slots
 ------------------------------------------------------------------------- */
 
 void PairSNAPQEq::setup_electrostatics()
@@ -772,55 +839,13 @@ void PairSNAPQEq::setup_electrostatics()
       electrostatics->setup_free(n, first, nown, x_all.data(), alpha_all.data(), owned.data());
       return;
     }
-    // QEq index of every local and ghost atom (-1: not in the charge equilibration)
-    tagint tmax = 0;
-    for (int i = 0; i < n; ++i) tmax = std::max(tmax, tag_all[i]);
-    std::vector<int> by_tag(tmax + 1, -1);
-    for (int i = 0; i < n; ++i) by_tag[tag_all[i]] = i;
-    const int nall = atom->nlocal + atom->nghost;
-    global_index.assign(nall, -1);
-    tagint *tag = atom->tag;
-    int *type = atom->type;
-    for (int i = 0; i < nall; ++i)
-      if (type_elem[type[i]] >= 0 && tag[i] <= tmax) global_index[i] = by_tag[tag[i]];
-
-    double **x = atom->x;
-    const double rc2 = ewald.real_cutoff * ewald.real_cutoff;
-    pair_i.clear();
-    pair_j.clear();
-    pair_li.clear();
-    pair_lj.clear();
-    pair_d.clear();
-    const int inum = list_ewald->inum;
-    int *ilist = list_ewald->ilist;
-    int *numneigh = list_ewald->numneigh;
-    int **firstneigh = list_ewald->firstneigh;
-    for (int ii = 0; ii < inum; ++ii) {
-      const int i = ilist[ii];
-      const int gi = global_index[i];
-      if (gi < 0) continue;
-      const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
-      const int *jlist = firstneigh[i];
-      for (int jj = 0; jj < numneigh[i]; ++jj) {
-        const int j = jlist[jj] & NEIGHMASK;
-        const int gj = global_index[j];
-        if (gj < 0) continue;
-        const double d[3] = {x[j][0] - xi, x[j][1] - yi, x[j][2] - zi};
-        if (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] > rc2) continue;
-        pair_i.push_back(gi);
-        pair_j.push_back(gj);
-        pair_li.push_back(i);
-        pair_lj.push_back(j);
-        pair_d.insert(pair_d.end(), d, d + 3);
-      }
-    }
+    // the candidate pairs of the last build; the kernel drops those beyond the cutoff
     snapqeq::PairList pairs;
-    pairs.size = (long) pair_i.size();
-    pairs.i = pair_i.data();
-    pairs.j = pair_j.data();
-    pairs.d = pair_d.data();
-    pairs.slot_i = pair_li.data();
-    pairs.slot_j = pair_lj.data();
+    pairs.size = (long) pair_li.size();
+    pairs.i = pair_li.data();
+    pairs.j = pair_lj.data();
+    pairs.global = global_index.data();
+    pairs.x_slot = atom->nlocal + atom->nghost > 0 ? &atom->x[0][0] : nullptr;
     pairs.half = true;
     double amax = 0.0;
     for (double a : alpha_all) amax = std::max(amax, a);
@@ -838,9 +863,12 @@ void PairSNAPQEq::setup_electrostatics()
 /* ----------------------------------------------------------------------
    minimize 1/2 x^T (J + A_es) x + c^T x on sum x = total (history slot: 0 charges,
    1 short-range adjoint); returns the solver statistics.  Initial guess per atom ID: the
-   quadratic extrapolation 3 x(t-1) - 3 x(t-2) + x(t-3) of the last three solutions (error
-   O(dt^3) in MD, which leaves the solver a few iterations), else the linear one from two,
-   else the last solution, else the Jacobi estimate -c / diag.  potential: A_es x.
+   polynomial extrapolation of the last kHistory solutions (fewer at the start of a run;
+   none: the Jacobi estimate -c / diag).  In MD its error falls like dt^kHistory, so the
+   solver has only a few orders of magnitude left to gain: with rattled NaCl at 300 K and
+   1 fs, 5-7 iterations to tol 1e-10 with five solutions, 8-9 with three, 10 with two.
+   The guess only changes the iteration count, never the converged charges.
+   potential: receives A_es x.
 ------------------------------------------------------------------------- */
 
 snapqeq::SolveStats PairSNAPQEq::solve(int slot, const double *c, double total, double *x,
@@ -853,24 +881,27 @@ snapqeq::SolveStats PairSNAPQEq::solve(int slot, const double *c, double total, 
   auto &h = history[slot];
   if ((tagint) h[0].size() < tmax + 1)
     for (auto &v : h) v.resize(tmax + 1, std::numeric_limits<double>::quiet_NaN());
+  // binomial coefficients of the extrapolating polynomial through the m latest points
   for (int i = 0; i < n; ++i) {
     const tagint t = tag_all[i];
-    const double x1 = h[0][t], x2 = h[1][t], x3 = h[2][t];
-    if (std::isnan(x1))
+    int m = 0;
+    while (m < kHistory && !std::isnan(h[m][t])) ++m;
+    if (m == 0) {
       x[i] = -c[i] / (hardness_all[i] + diag[i]);
-    else if (std::isnan(x2))
-      x[i] = x1;
-    else if (std::isnan(x3))
-      x[i] = 2.0 * x1 - x2;
-    else
-      x[i] = 3.0 * (x1 - x2) + x3;
+      continue;
+    }
+    double guess = 0.0, coef = 1.0;
+    for (int j = 1; j <= m; ++j) {
+      coef = coef * (m - j + 1) / j;    // binom(m, j)
+      guess += ((j & 1) ? coef : -coef) * h[j - 1][t];
+    }
+    x[i] = guess;
   }
   const auto stats = snapqeq::solve_constrained(*electrostatics, hardness_all.data(), c, total,
                                                 x, tol, maxiter, potential);
   for (int i = 0; i < n; ++i) {
     const tagint t = tag_all[i];
-    h[2][t] = h[1][t];
-    h[1][t] = h[0][t];
+    for (int j = kHistory - 1; j > 0; --j) h[j][t] = h[j - 1][t];
     h[0][t] = x[i];
   }
   if (!stats.converged && comm->me == 0 && warned_unconverged < kMaxWarnings) {
@@ -1100,8 +1131,7 @@ double PairSNAPQEq::memory_usage()
       sizeof(double);
   const double n = chi_all.size();
   bytes += 12.0 * n * sizeof(double);
-  bytes += 8.0 * pair_d.capacity() +
-      4.0 * (pair_i.capacity() + pair_j.capacity() + pair_li.capacity() + pair_lj.capacity());
+  bytes += 4.0 * (pair_li.capacity() + pair_lj.capacity() + global_index.capacity());
   if (electrostatics) bytes += electrostatics->memory_bytes();
   if (sna) {
     const auto &o = sna->options();

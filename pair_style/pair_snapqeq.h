@@ -43,7 +43,6 @@ class PairSNAPQEq : public Pair {
   void settings(int, char **) override;
   void coeff(int, char **) override;
   void init_style() override;
-  void init_list(int, class NeighList *) override;
   double init_one(int, int) override;
   void *extract_peratom(const char *, int &) override;
   double memory_usage() override;
@@ -58,7 +57,6 @@ class PairSNAPQEq : public Pair {
   int ncached;
   snapqeq::MPICommunicator mpi;
   std::unique_ptr<snapqeq::Electrostatics> electrostatics;
-  class NeighList *list_snap, *list_ewald;    // full (bispectrum cutoff), half (Ewald cutoff)
 
   // settings
   std::string model_file;
@@ -96,16 +94,21 @@ class PairSNAPQEq : public Pair {
   std::vector<tagint> tag_all;
   std::vector<double> x_all, chi_all, alpha_all, hardness_all;    // x_all: free boundaries
 
-  // this step, periodic cells: real-space pairs of the half list inside the Ewald cutoff
-  std::vector<int> global_index;                          // local/ghost atom -> QEq index
-  std::vector<int> pair_i, pair_j, pair_li, pair_lj;      // QEq indices, local slots
-  std::vector<double> pair_d;                             // r_j - r_i
+  // since the last neighbour-list build: candidates trimmed from the full list (pair
+  // cutoff + skin) to the bispectrum cutoff + skin, per owned atom (CSR), and for periodic
+  // cells the Ewald real-space pairs within cutoff + skin, each pair once over all ranks
+  std::vector<int> cand_offset, cand_snap;
+  std::vector<int> global_index;       // local/ghost atom -> QEq index
+  std::vector<int> pair_li, pair_lj;   // the two atoms as local/ghost indices
+  bigint cand_ncalls, cand_lastcall;   // neighbour build they belong to
+  bool cand_dirty;
   std::vector<double> q_all, phi_all;               // charges, electrostatic potentials
   double chemical_potential;                        // Lagrange multiplier of sum q = Q
 
-  // solutions of the last three steps by atom ID (slot 0: charges, 1: short-range
-  // adjoint); extrapolated they are the solver's initial guess
-  std::vector<double> history[2][3];
+  // solutions of the last kHistory steps by atom ID (slot 0: charges, 1: short-range
+  // adjoint); extrapolated they are the solver's initial guess (see solve())
+  static constexpr int kHistory = 5;
+  std::vector<double> history[2][kHistory];
   int last_iterations, warned_unconverged;
   bool logged_setup;
 
@@ -117,6 +120,7 @@ class PairSNAPQEq : public Pair {
   void load_model(const std::string &file);
   void grow_peratom();
   void load_neighbors(int a, snapqeq::SNA *w);
+  void update_candidates();
   void compute_descriptors();
   void evaluate_network();
   void gather_system();
