@@ -46,8 +46,9 @@ def test_cluster_names_and_fingerprint():
 @pytest.mark.slow
 def test_minima_hopping_example(tmp_path):
     example = load_example()
+    collected = tmp_path / "collected.extxyz"
     summary = example.main(["--out", str(tmp_path), "--clusters", "Na4Cl4", "Na4Cl4+",
-                            "--minima", "2"])
+                            "--minima", "2", "--collect", str(collected)])
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert (tmp_path / "history.png").stat().st_size > 10_000
     assert (tmp_path / "Na4Cl4" / "history.png").exists()  # ASE's MHPlot
@@ -66,3 +67,13 @@ def test_minima_hopping_example(tmp_path):
             m.calc = SnapQEqCalculator(calc.model, total_charge=charge)
             assert m.get_potential_energy() == pytest.approx(energy, abs=1e-8)
             assert np.abs(m.get_forces()).max() < 0.03  # relaxed to fmax 0.02 eV/A
+    # --collect: GFN2-xTB-labelled minima and MD frames in the training-data format
+    frames = read(collected, ":")
+    assert len(frames) >= sum(s["n_minima"] for s in summary.values())
+    for atoms in frames:
+        assert atoms.info["split"] == "train" and atoms.info["charge"] in (0, 1)
+        assert np.isfinite(atoms.get_potential_energy())
+        assert atoms.get_forces().shape == (8, 3)
+        assert atoms.arrays["ref_charges"].sum() == pytest.approx(atoms.info["charge"], abs=1e-6)
+    with pytest.raises(SystemExit):  # never overwrites
+        example.main(["--out", str(tmp_path / "again"), "--collect", str(collected)])

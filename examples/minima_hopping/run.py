@@ -18,6 +18,11 @@ an adaptive temperature until it passes two minima, then a quasi-Newton relaxati
   and model against GFN2-xTB energies of the minima; ``<cluster>/history.png`` is ASE's
   MHPlot of the run (temperature and E_diff).
 
+With ``--collect FILE`` the distinct minima and every 10th MD frame of all clusters are
+labelled with GFN2-xTB (energy, forces, charges; the format of the NaCl example's data,
+``split=train``) and written to FILE, ready to be added to a training set: the CENT paper's
+way of teaching a model the regions a structure search visits.
+
 The total charge is the suffix of the name ("+" = +1 e, "(2+)" = +2 e, "-" = -1 e): the
 model's global charge equilibration spreads it over the cluster.  Default model: the
 GFN2-xTB-trained 4G model shipped in ``examples/models/`` (see its README).
@@ -45,11 +50,14 @@ from tqdm import tqdm  # noqa: E402
 
 from snapqeq.calculator import SnapQEqCalculator  # noqa: E402
 from snapqeq.clusters import random_nacl_cluster  # noqa: E402
-from snapqeq.xtb import xtb_singlepoint  # noqa: E402
+from snapqeq.xtb import label_structures, write_extxyz, xtb_singlepoint  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = HERE.parent / "models" / "nacl_4g.pt"
 NAME = re.compile(r"^Na(\d+)Cl(\d+)(?:\((\d+)([+-])\)|([+-]?))$")
+
+#: every this many MD steps a frame is collected for retraining (``--collect``)
+MD_STRIDE = 10
 
 #: MinimaHopping settings: ions are heavy (2 fs steps are safe), the clusters are small
 #: (start at 800 K), distinct minima differ by > 0.1 Å in some interatomic distance.
@@ -193,6 +201,28 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def collect(out: Path, summary: dict, path: Path) -> int:
+    """Label the minima and MD frames of every cluster with GFN2-xTB into ``path``."""
+    from glob import glob
+
+    from ase.io import read
+
+    images, charges = [], []
+    for name, s in summary.items():
+        frames = read(out / f"minima_{name}.extxyz", ":")
+        for md in sorted(glob(str(out / name / "md*.traj"))):
+            frames += read(md, f"::{MD_STRIDE}")
+        for atoms in frames:
+            clean = Atoms(atoms.numbers, atoms.positions)
+            clean.info.update(generator="minima-hopping", cluster=name, split="train",
+                              charge=s["total_charge"])
+            images.append(clean)
+            charges.append(s["total_charge"])
+    result = label_structures(images, charges, desc="GFN2-xTB (collect)")
+    write_extxyz(path, result.structures)
+    return len(result.structures)
+
+
 def history_plot(summary: dict, path: Path) -> None:
     """Energy above each cluster's lowest minimum against hop number; model against
     GFN2-xTB energies of the minima (both relative to the model's lowest minimum)."""
@@ -231,9 +261,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-reference", dest="reference", action="store_false",
                         help="skip the GFN2-xTB energies of the minima")
+    parser.add_argument("--collect", type=Path, default=None, metavar="FILE",
+                        help="write GFN2-xTB-labelled minima and MD frames to FILE (extxyz)")
     args = parser.parse_args(argv)
     for name in args.clusters:
         parse_cluster(name)  # fail before any work
+    if args.collect is not None and args.collect.exists():
+        parser.error(f"{args.collect} exists; choose another file (nothing is overwritten)")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     model = os.fspath(args.model.resolve())
@@ -241,6 +275,9 @@ def main(argv: list[str] | None = None) -> dict:
                for name in args.clusters}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     history_plot(summary, out / "history.png")
+    if args.collect is not None:
+        print(f"collected {collect(out, summary, args.collect)} labelled structures "
+              f"into {args.collect}")
     for name, s in summary.items():
         line = (f"{name:>10s}: {s['n_minima']} minima, lowest {s['lowest_energy_eV']:.4f} eV, "
                 f"{s['force_calls']} force calls, {s['wall_s']:.1f} s")
