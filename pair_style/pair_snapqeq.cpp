@@ -206,6 +206,7 @@ PairSNAPQEq::PairSNAPQEq(LAMMPS *lmp) : Pair(lmp), ncached(0), mpi(world)
   periodic = false;
   snap_cutmax = 0.0;
   cand_ncalls = cand_lastcall = -1;
+  history_step[0] = history_step[1] = -1;
   cand_dirty = true;
   chemflag = quadraticflag = switchinnerflag = has_short_range = false;
   ncoeff_linear = ncoeff = 0;
@@ -299,6 +300,7 @@ void PairSNAPQEq::settings(int narg, char **arg)
   }
   for (auto &slot : history)
     for (auto &h : slot) h.clear();
+  history_step[0] = history_step[1] = -1;
 }
 
 /* ----------------------------------------------------------------------
@@ -612,7 +614,8 @@ void PairSNAPQEq::load_neighbors(int a, snapqeq::SNA *w)
 /* ----------------------------------------------------------------------
    after a neighbour-list build: the owned atoms of the charge equilibration, their
    bispectrum candidates (within the bispectrum cutoff + skin) and, for periodic cells,
-   the Ewald real-space pairs (within the Ewald cutoff + skin) from the full list.  Every
+   the Ewald real-space pairs (within the Ewald cutoff + skin; QEq indices and the image
+   as whole cell vectors) from the full list.  Every
    unordered pair (every image) must enter the Ewald sum once over all ranks: a pair is
    kept by the atom with the smaller QEq index, and an atom's pair with its own image by
    the image with lexicographically positive displacement (the full list has both).
@@ -646,9 +649,9 @@ void PairSNAPQEq::update_candidates()
     }
     cand_offset.push_back((int) cand_snap.size());
   }
-  pair_li.clear();
-  pair_lj.clear();
-  global_index.clear();
+  pair_gi.clear();
+  pair_gj.clear();
+  pair_shift.clear();
   if (!periodic) return;
 
   // QEq index of every local and ghost atom: owned blocks in rank order, ghosts by atom ID
@@ -667,10 +670,24 @@ void PairSNAPQEq::update_candidates()
   std::vector<int> by_tag(tmax + 1, -1);
   for (int k = 0; k < n; ++k) by_tag[tags[k]] = k;
   const int nall = atom->nlocal + atom->nghost;
-  global_index.assign(nall, -1);
+  std::vector<int> global_index(nall, -1);
   tagint *tag = atom->tag;
   for (int i = 0; i < nall; ++i)
     if (type_elem[type[i]] >= 0 && tag[i] <= tmax) global_index[i] = by_tag[tag[i]];
+
+  // positions of all atoms (QEq order): a ghost is its atom shifted by whole cell vectors
+  std::vector<double> xo(3 * (size_t) nown), xall(3 * (size_t) n);
+  for (int a = 0; a < nown; ++a)
+    for (int k = 0; k < 3; ++k) xo[3 * a + k] = x[owned[a]][k];
+  std::vector<int> cnt3(nprocs), dsp3(nprocs);
+  for (int r = 0; r < nprocs; ++r) {
+    cnt3[r] = 3 * cnt[r];
+    dsp3[r] = 3 * dsp[r];
+  }
+  MPI_Allgatherv(xo.data(), 3 * nown, MPI_DOUBLE, xall.data(), cnt3.data(), dsp3.data(),
+                 MPI_DOUBLE, world);
+  // rows of the cell: (xprd, 0, 0), (xy, yprd, 0), (xz, yz, zprd); h = xprd yprd zprd yz xz xy
+  const double *h = domain->h;
 
   const double reach = ewald.real_cutoff + skin;
   const double reach2 = reach * reach;
@@ -685,8 +702,19 @@ void PairSNAPQEq::update_candidates()
       if (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] > reach2) continue;
       if (gj == gi && !(d[0] > 0.0 || (d[0] == 0.0 && (d[1] > 0.0 || (d[1] == 0.0 && d[2] > 0.0)))))
         continue;
-      pair_li.push_back(i);
-      pair_lj.push_back(j);
+      // image of j's atom as whole cell vectors (lower-triangular cell: z, then y, then x)
+      const double *xa = &xall[3 * (size_t) gj];
+      const double e[3] = {x[j][0] - xa[0], x[j][1] - xa[1], x[j][2] - xa[2]};
+      const double s2 = std::round(e[2] / h[2]);
+      const double s1 = std::round((e[1] - s2 * h[3]) / h[1]);
+      const double s0 = std::round((e[0] - s1 * h[5] - s2 * h[4]) / h[0]);
+      if (std::fabs(s0) > 127 || std::fabs(s1) > 127 || std::fabs(s2) > 127)
+        error->one(FLERR, "snapqeq: Ewald real-space cutoff spans more than 127 cells");
+      pair_gi.push_back(gi);
+      pair_gj.push_back(gj);
+      pair_shift.push_back((signed char) s0);
+      pair_shift.push_back((signed char) s1);
+      pair_shift.push_back((signed char) s2);
     }
   }
 }
@@ -772,8 +800,7 @@ void PairSNAPQEq::compute_descriptors()
 }
 
 /* ----------------------------------------------------------------------
-   chi, widths, hardnesses and atom IDs of all atoms on every rank (rank order), and
-   the positions too for free boundaries
+   positions, chi, widths, hardnesses and atom IDs of all atoms on every rank (rank order)
 ------------------------------------------------------------------------- */
 
 void PairSNAPQEq::gather_system()
@@ -802,18 +829,14 @@ void PairSNAPQEq::gather_system()
                  world);
   MPI_Allgatherv(to.data(), nown, MPI_LMP_TAGINT, tag_all.data(), counts.data(), displs.data(),
                  MPI_LMP_TAGINT, world);
-  if (!periodic) {
-    std::vector<int> counts3(nprocs), displs3(nprocs);
-    for (int r = 0; r < nprocs; ++r) {
-      counts3[r] = 3 * counts[r];
-      displs3[r] = 3 * displs[r];
-    }
-    x_all.resize(3 * (size_t) n);
-    MPI_Allgatherv(x_owned.data(), 3 * nown, MPI_DOUBLE, x_all.data(), counts3.data(),
-                   displs3.data(), MPI_DOUBLE, world);
-  } else {
-    x_all.clear();
+  std::vector<int> counts3(nprocs), displs3(nprocs);
+  for (int r = 0; r < nprocs; ++r) {
+    counts3[r] = 3 * counts[r];
+    displs3[r] = 3 * displs[r];
   }
+  x_all.resize(3 * (size_t) n);
+  MPI_Allgatherv(x_owned.data(), 3 * nown, MPI_DOUBLE, x_all.data(), counts3.data(),
+                 displs3.data(), MPI_DOUBLE, world);
   alpha_all.resize(n);
   hardness_all.resize(n);
   for (int i = 0; i < n; ++i) {
@@ -823,10 +846,9 @@ void PairSNAPQEq::gather_system()
 }
 
 /* ----------------------------------------------------------------------
-   geometry of the electrostatics kernel.  Periodic cells: the Ewald pairs of
-   update_candidates() as local/ghost slots (their forces go to those slots; ghost forces
-   come back by reverse communication), with the slot -> QEq index map and the current
-   (image) positions of the slots
+   geometry of the electrostatics kernel: the positions of all atoms and, for periodic
+   cells, the Ewald pairs of update_candidates() as QEq indices with cell shifts (the
+   kernel puts their forces on the owned atoms, summed over the ranks)
 ------------------------------------------------------------------------- */
 
 void PairSNAPQEq::setup_electrostatics()
@@ -841,11 +863,10 @@ void PairSNAPQEq::setup_electrostatics()
     }
     // the candidate pairs of the last build; the kernel drops those beyond the cutoff
     snapqeq::PairList pairs;
-    pairs.size = (long) pair_li.size();
-    pairs.i = pair_li.data();
-    pairs.j = pair_lj.data();
-    pairs.global = global_index.data();
-    pairs.x_slot = atom->nlocal + atom->nghost > 0 ? &atom->x[0][0] : nullptr;
+    pairs.size = (long) pair_gi.size();
+    pairs.i = pair_gi.data();
+    pairs.j = pair_gj.data();
+    pairs.shift = pair_shift.data();
     pairs.half = true;
     double amax = 0.0;
     for (double a : alpha_all) amax = std::max(amax, a);
@@ -853,7 +874,7 @@ void PairSNAPQEq::setup_electrostatics()
     const double cell[9] = {h[0], 0.0, 0.0, h[5], h[1], 0.0, h[4], h[3], h[2]};
     const auto params = snapqeq::ewald_parameters(n, domain->xprd * domain->yprd * domain->zprd,
                                                   amax, ewald_accuracy, ewald.real_cutoff);
-    electrostatics->setup_periodic(n, first, nown, x_owned.data(), alpha_all.data(), cell,
+    electrostatics->setup_periodic(n, first, nown, x_all.data(), alpha_all.data(), cell,
                                    params, pairs, owned.data());
   } catch (const std::exception &e) {
     error->all(FLERR, "snapqeq electrostatics: {}", e.what());
@@ -881,11 +902,15 @@ snapqeq::SolveStats PairSNAPQEq::solve(int slot, const double *c, double total, 
   auto &h = history[slot];
   if ((tagint) h[0].size() < tmax + 1)
     for (auto &v : h) v.resize(tmax + 1, std::numeric_limits<double>::quiet_NaN());
-  // binomial coefficients of the extrapolating polynomial through the m latest points
+  // binomial coefficients of the extrapolating polynomial through the m latest points; a
+  // second evaluation of the same step (the set-up of the next run) starts from the last
+  // solution and replaces it, so that the history keeps one point per step
+  const bool repeat = update->ntimestep == history_step[slot];
   for (int i = 0; i < n; ++i) {
     const tagint t = tag_all[i];
     int m = 0;
     while (m < kHistory && !std::isnan(h[m][t])) ++m;
+    if (repeat) m = std::min(m, 1);
     if (m == 0) {
       x[i] = -c[i] / (hardness_all[i] + diag[i]);
       continue;
@@ -901,9 +926,11 @@ snapqeq::SolveStats PairSNAPQEq::solve(int slot, const double *c, double total, 
                                                 x, tol, maxiter, potential);
   for (int i = 0; i < n; ++i) {
     const tagint t = tag_all[i];
-    for (int j = kHistory - 1; j > 0; --j) h[j][t] = h[j - 1][t];
+    if (!repeat)
+      for (int j = kHistory - 1; j > 0; --j) h[j][t] = h[j - 1][t];
     h[0][t] = x[i];
   }
+  history_step[slot] = update->ntimestep;
   if (!stats.converged && comm->me == 0 && warned_unconverged < kMaxWarnings) {
     ++warned_unconverged;
     error->warning(FLERR, "snapqeq {} solve not converged after {} iterations (residual {:.3g}, "
@@ -1131,7 +1158,7 @@ double PairSNAPQEq::memory_usage()
       sizeof(double);
   const double n = chi_all.size();
   bytes += 12.0 * n * sizeof(double);
-  bytes += 4.0 * (pair_li.capacity() + pair_lj.capacity() + global_index.capacity());
+  bytes += 4.0 * (pair_gi.capacity() + pair_gj.capacity()) + pair_shift.capacity();
   if (electrostatics) bytes += electrostatics->memory_bytes();
   if (sna) {
     const auto &o = sna->options();

@@ -92,14 +92,14 @@ class PairSNAPQEq : public Pair {
   // this step: all atoms of the charge equilibration (identical on every rank)
   std::vector<int> counts, displs, elem_all;
   std::vector<tagint> tag_all;
-  std::vector<double> x_all, chi_all, alpha_all, hardness_all;    // x_all: free boundaries
+  std::vector<double> x_all, chi_all, alpha_all, hardness_all;
 
   // since the last neighbour-list build: candidates trimmed from the full list (pair
   // cutoff + skin) to the bispectrum cutoff + skin, per owned atom (CSR), and for periodic
   // cells the Ewald real-space pairs within cutoff + skin, each pair once over all ranks
   std::vector<int> cand_offset, cand_snap;
-  std::vector<int> global_index;       // local/ghost atom -> QEq index
-  std::vector<int> pair_li, pair_lj;   // the two atoms as local/ghost indices
+  std::vector<int> pair_gi, pair_gj;      // the two atoms as QEq indices
+  std::vector<signed char> pair_shift;    // image of j: 3 whole cell vectors per pair
   bigint cand_ncalls, cand_lastcall;   // neighbour build they belong to
   bool cand_dirty;
   std::vector<double> q_all, phi_all;               // charges, electrostatic potentials
@@ -109,6 +109,7 @@ class PairSNAPQEq : public Pair {
   // adjoint); extrapolated they are the solver's initial guess (see solve())
   static constexpr int kHistory = 5;
   std::vector<double> history[2][kHistory];
+  bigint history_step[2];    // timestep of the latest solution in history
   int last_iterations, warned_unconverged;
   bool logged_setup;
 

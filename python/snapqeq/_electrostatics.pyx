@@ -84,8 +84,7 @@ cdef extern from "electrostatics.h" namespace "snapqeq" nogil:
         const int* i
         const int* j
         const double* d
-        const int* slot_i
-        const int* slot_j
+        const signed char* shift
         cbool half
 
     cdef cppclass Electrostatics:
@@ -148,7 +147,7 @@ cdef class GaussianElectrostatics:
     cdef readonly bint periodic
     cdef readonly double volume
     # borrowed by the kernel: kept alive here
-    cdef object _x, _cell, _w, _i, _j, _d
+    cdef object _x, _cell, _w, _i, _j, _d, _s
 
     def __cinit__(self):
         self.es = new Electrostatics()
@@ -174,6 +173,7 @@ cdef class GaussianElectrostatics:
         cdef const double[:, ::1] cv
         cdef const int[::1] iv, jv
         cdef const double[:, ::1] dv
+        cdef const signed char[:, ::1] sv
         if cell is None:
             self.periodic = False
             self.volume = np.inf
@@ -192,32 +192,43 @@ cdef class GaussianElectrostatics:
             from snapqeq.neighbors import build_pairs
 
             pairs = build_pairs(x, c, True, p.real_cutoff * (1.0 + 1e-9))
-            i, j, vectors, full_list = pairs.i, pairs.j, pairs.rij, True
+            i, j, vectors, shifts, full_list = pairs.i, pairs.j, None, pairs.shift, True
         ia = np.ascontiguousarray(i, dtype=np.int64).reshape(-1)
         ja = np.ascontiguousarray(j, dtype=np.int64).reshape(-1)
         if ia.shape != ja.shape:
             raise ValueError("i and j must have the same length")
         if ia.size and (ia.min() < 0 or ja.min() < 0 or ia.max() >= n or ja.max() >= n):
             raise ValueError(f"pair indices must lie in 0..{n - 1}")
-        if vectors is None:
-            if shifts is None:
-                raise ValueError("give the pair displacements (vectors) or the cell shifts")
-            s = np.asarray(shifts, dtype=np.float64).reshape(-1, 3)
-            vectors = x[ja] + s @ c - x[ia]
-        d = np.ascontiguousarray(vectors, dtype=np.float64).reshape(-1, 3)
-        if d.shape[0] != ia.size or not np.all(np.isfinite(d)):
-            raise ValueError("vectors must be a finite (P, 3) array, one row per pair")
         i32 = ia.astype(np.int32)
         j32 = ja.astype(np.int32)
-        self._i, self._j, self._d = i32, j32, d
+        self._i, self._j = i32, j32
         pl.size = ia.size
+        if vectors is not None:
+            d = np.ascontiguousarray(vectors, dtype=np.float64).reshape(-1, 3)
+            if d.shape[0] != ia.size or not np.all(np.isfinite(d)):
+                raise ValueError("vectors must be a finite (P, 3) array, one row per pair")
+            self._d = d
+            if ia.size:
+                dv = d
+                pl.d = &dv[0, 0]
+        elif shifts is not None:
+            sh = np.asarray(shifts).reshape(-1, 3)
+            if sh.shape[0] != ia.size:
+                raise ValueError("shifts must be a (P, 3) array, one row per pair")
+            if sh.size and (np.abs(sh).max() > 127 or np.any(sh != np.round(sh))):
+                raise ValueError("shifts must be integers in -127..127")
+            s8 = np.ascontiguousarray(sh, dtype=np.int8)
+            self._s = s8
+            if ia.size:
+                sv = s8
+                pl.shift = &sv[0, 0]
+        else:
+            raise ValueError("give the pair displacements (vectors) or the cell shifts")
         if ia.size:
             iv = i32
             jv = j32
-            dv = d
             pl.i = &iv[0]
             pl.j = &jv[0]
-            pl.d = &dv[0, 0]
         pl.half = not full_list
         cv = c
         self.es.setup_periodic(n, 0, n, xp, wp, &cv[0, 0], p, pl, NULL)
