@@ -83,7 +83,8 @@ PROTOCOLS = {
                     *DEFAULT_RATIOS), False, 100, ("Na4Cl4", "Na4Cl4+", "Na8Cl8"), 5,
         1000, 1000, True,
         "reduced CENT protocol: all sizes 8-80 and charges 0, +1, +2 with 8/1/3 "
-        "structures per (size, charge) in train/validation/test"),
+        "structures per (size, charge) in train/validation/test; up to 100 epochs, as "
+        "many updates as the full protocol's 40"),
     "full": Protocol(
         "full", (), False, None, ("Na4Cl4", "Na4Cl4+", "Na8Cl8", "Na8Cl8+", "Na16Cl16"),
         10, 5000, 5000, False,
@@ -288,14 +289,15 @@ def downstream_stages(pipe: Pipeline, results: dict, model: Path, work: Path, ro
         outputs=(root / "minima_hopping.png",))
     results["nve"] = pipe.run(
         "nve", "ASE: NVE molecular dynamics (VelocityVerlet)",
-        {"model": model_digest, "steps": protocol.nve_steps, "version": 2},
-        lambda: stages.nve_run(model, protocol.nve_steps, root / "nve_ase.png"),
+        {"model": model_digest, "steps": protocol.nve_steps, "version": 3},
+        lambda: stages.nve_run(model, protocol.nve_steps, root / "nve_ase.png",
+                               work / "nve_final.extxyz"),
         outputs=(root / "nve_ase.png",))
     decks = {n: file_digest(HERE / "lammps" / n) for n in stages.LAMMPS_DECK_FILES}
     results["lammps"] = pipe.run(
         "lammps", "LAMMPS: pair_style snapqeq plugin, serial and mpirun -np 2",
         {"model": model_digest, "steps": protocol.lammps_steps, "decks": decks,
-         "check": fingerprint({"positions": check.positions.tolist()}), "version": 2},
+         "check": fingerprint({"positions": check.positions.tolist()}), "version": 3},
         lambda: stages.lammps_stage(model, check, protocol.lammps_steps, work / "lammps",
                                     root / "lammps_energy.png"),
         outputs=(root / "lammps_energy.png",))

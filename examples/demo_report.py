@@ -203,7 +203,12 @@ def ase_section(results: dict) -> str:
         f"{n['duration_ps']:.2f} ps in {n['timestep_fs']:g} fs steps: total-energy drift "
         f"**{n['drift_meV_per_atom_ps']:+.1e} meV/atom/ps** (linear fit), largest excursion "
         f"{n['max_excursion_meV_per_atom']:.1e} meV/atom, {n['ms_per_step']:.1f} ms per "
-        "step.\n\n![NVE energies](nve_ase.png)\n")
+        "step. Potential energy of the last frame relative to the first: "
+        f"{n['model_energy_change_meV_per_atom']:+.1f} meV/atom with the model, "
+        f"{n['xtb_energy_change_meV_per_atom']:+.1f} meV/atom with GFN2-xTB (a large "
+        "difference means the MD went where the model is not trusted; a mean temperature "
+        "far above the start means the cluster left the cube).\n\n"
+        "![NVE energies](nve_ase.png)\n")
 
 
 def lammps_section(results: dict) -> str:
@@ -241,13 +246,16 @@ def lammps_section(results: dict) -> str:
 def mpi_agreement(lam: dict) -> str:
     """How the serial and MPI energies agree (thermo output has 8 significant digits)."""
     every = lam["thermo_interval_steps"]
-    if lam["serial_vs_mpi_max_eV"] == 0.0:
-        return ("Serial and MPI potential energies are identical in every printed "
-                f"digit (thermo output every {every} steps, 8 significant digits).")
-    return (f"Serial and MPI potential energies differ by {lam['serial_vs_mpi_initial_eV']:.1e}"
-            f" eV at step 0 and at most {lam['serial_vs_mpi_max_eV']:.1e} eV over the run "
-            f"(thermo output every {every} steps, 8 significant digits; MD trajectories "
-            "diverge slowly from round-off differences).")
+    until = lam["serial_vs_mpi_identical_until_step"]
+    last = max(r["steps"] for r in lam["md"])
+    if until >= last:
+        return ("Serial and MPI potential energies are identical in every printed digit "
+                f"over the whole run (thermo output every {every} steps, 8 significant "
+                "digits).")
+    return (f"Serial and MPI potential energies are identical in every printed digit up to "
+            f"step {until} (thermo output every {every} steps, 8 significant digits); after "
+            "that the trajectories separate, as MD trajectories do from round-off "
+            f"differences (largest difference {lam['serial_vs_mpi_max_eV']:.1e} eV).")
 
 
 def olcao_section(results: dict) -> str:

@@ -38,6 +38,7 @@ from snapqeq.export import load_model
 from snapqeq.lammps_plugin import load_plugin, plugin_path
 from snapqeq.lammps_runtime import lammps_environment, open_lammps
 from snapqeq.olcao import read_scfv
+from snapqeq.xtb import xtb_singlepoint
 
 EXAMPLES = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.prefix) / "bin"
@@ -202,13 +203,14 @@ def minima_table(entry: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------ 4b. NVE
-def nve_run(model: Path, steps: int, plot: Path, temperature: float = 300.0,
+def nve_run(model: Path, steps: int, plot: Path, final: Path, temperature: float = 300.0,
             timestep_fs: float = 1.0, every: int = 10, seed: int = 7) -> dict:
     """NVE MD (ASE VelocityVerlet) of the 64-atom rock-salt cube from ``temperature`` (K).
 
     Returns the drift of the total energy (linear fit, meV/atom/ps), its largest excursion
-    from the start (meV/atom), the mean temperature (K) and the speed (ms per step); plots
-    the energies per atom relative to the initial total energy to ``plot``.
+    from the start (meV/atom), the mean temperature (K), the speed (ms per step), and the
+    potential-energy change from the first to the last frame (meV/atom) with the model and
+    with GFN2-xTB; plots the energies to ``plot`` and writes the last frame to ``final``.
     """
     atoms = nacl_cube(4)
     atoms.info["charge"] = 0.0
@@ -216,6 +218,7 @@ def nve_run(model: Path, steps: int, plot: Path, temperature: float = 300.0,
     thermalize_momenta(atoms, temperature, rng=np.random.default_rng(seed))
     Stationary(atoms)
     ZeroRotation(atoms)
+    start_frame = atoms.copy()
     dyn = VelocityVerlet(atoms, timestep=timestep_fs * units.fs)
     rows = [(0.0, atoms.get_potential_energy(), atoms.get_kinetic_energy())]
     start = time.perf_counter()
@@ -226,6 +229,7 @@ def nve_run(model: Path, steps: int, plot: Path, temperature: float = 300.0,
                          atoms.get_kinetic_energy()))
             bar.update(every)
     seconds_per_step = (time.perf_counter() - start) / max(steps, 1)
+    write(final, atoms)
     t, epot, ekin = np.array(rows).T
     n = len(atoms)
     etot = (epot + ekin) / n * 1e3  # meV/atom
@@ -234,12 +238,15 @@ def nve_run(model: Path, steps: int, plot: Path, temperature: float = 300.0,
                    {"ASE VelocityVerlet": etot - etot[0]}, plot,
                    f"NVE, {n}-atom NaCl cluster, {timestep_fs:g} fs steps (ASE)",
                    "eV/atom (potential: E - E_total(0))")
+    xtb = [xtb_singlepoint(frame, 0).energy for frame in (start_frame, atoms)]
     return {"atoms": n, "steps": steps, "timestep_fs": timestep_fs,
             "duration_ps": float(t[-1]), "start_temperature_K": temperature,
             "mean_temperature_K": float(np.mean(2 * ekin / (dof * units.kB))),
             "drift_meV_per_atom_ps": float(np.polyfit(t, etot, 1)[0]),
             "max_excursion_meV_per_atom": float(np.max(np.abs(etot - etot[0]))),
-            "ms_per_step": 1e3 * seconds_per_step}
+            "ms_per_step": 1e3 * seconds_per_step,
+            "model_energy_change_meV_per_atom": float(1e3 * (epot[-1] - epot[0]) / n),
+            "xtb_energy_change_meV_per_atom": float(1e3 * (xtb[1] - xtb[0]) / n)}
 
 
 # ---------------------------------------------------------------------------- 5. LAMMPS
@@ -395,6 +402,15 @@ def md_energy_plot(t: np.ndarray, energies: dict[str, np.ndarray],
     return Path(path)
 
 
+def identical_until(runs: list[dict]) -> int:
+    """Last thermo step up to which all runs print the same potential energy."""
+    steps = runs[0]["thermo"]["Step"]
+    values = np.array([r["thermo"]["PotEng"][:len(steps)] for r in runs])
+    differs = np.flatnonzero(np.ptp(values, axis=0) > 0)
+    last = len(steps) - 1 if len(differs) == 0 else differs[0] - 1
+    return int(steps[max(last, 0)])
+
+
 def lammps_stage(model: Path, structure: Atoms, steps: int, workdir: Path,
                  plot: Path) -> dict:
     """Build the plugin, compare LAMMPS with ASE on ``structure``, run the cluster deck
@@ -412,6 +428,7 @@ def lammps_stage(model: Path, structure: Atoms, steps: int, workdir: Path,
             "md": [md_summary(r, n_atoms) for r in runs],
             "serial_vs_mpi_initial_eV": float(abs(serial[0] - mpi[0])),
             "serial_vs_mpi_max_eV": float(np.abs(serial[:m] - mpi[:m]).max()),
+            "serial_vs_mpi_identical_until_step": identical_until(runs),
             "thermo_interval_steps": int(runs[0]["thermo"]["Step"][1]
                                          - runs[0]["thermo"]["Step"][0])}
 
