@@ -35,9 +35,10 @@ constexpr double kErfSaturation = 6.0;
 // Preconditioner: reciprocal vectors whose long-wave stiffness, the eigenvalue
 // 8 pi k_e coef_k / V * n / 2 of their cos/sin rank-2 term, is at least kLowThreshold times
 // the mean diagonal, at most kMaxLow of them.  Measured on rattled NaCl (256 - 2k atoms):
-// 30 -> 13 CG iterations; more vectors barely help and cost O(n kMaxLow^2) per step.
-constexpr double kLowThreshold = 0.2;
-constexpr int kMaxLow = 48;
+// cold solves 30 -> 13 CG iterations; in MD (2k atoms, warm start) 7 iterations per step
+// with the threshold 0.2, 5-6 with 0.05, no fewer below; the set-up costs O(n kMaxLow^2).
+constexpr double kLowThreshold = 0.05;
+constexpr int kMaxLow = 96;
 
 // g(r) = [erfc(beta r) - erfc(gamma r)]/r and its first two derivatives (beta = 0: free
 // boundaries, erf(gamma r)/r).  Near r = 0 the difference cancels, so the even power series
@@ -290,24 +291,59 @@ SNAPQEQ_SIMD void force_run(int c, int nrun, int m0, const double* cb, const dou
   }
 }
 
-// Kernel values of the kept pairs from the tabulated quintics (all tables share the grid
-// spacing 1/hinv): on entry dval holds r^2, tab the offset of each pair's table in coef;
-// on exit val = k_e g(r), dval = k_e g'(r)/r.  A separate pass, so that sqrt, division
-// and the table reads vectorize (with gathers).
-SNAPQEQ_SIMD void tabulated_pairs(long n, const int* tab, const double* coef, double hinv,
-                                  double* val, double* dval) {
-#pragma omp simd
-  for (long p = 0; p < n; ++p) {
-    const double r2 = dval[p];
+// Kernel values of all pairs from the tabulated quintics (all tables share the grid
+// spacing 1/hinv and the last interval kmax): val = k_e g(r), dval = k_e g'(r)/r inside the
+// cutoff (and not the atom itself), zero elsewhere; returns the pairs inside.  The
+// displacement is d, or r_j - r_i plus the image offsets off (see shift_table()).  One
+// branch-free loop, so that sqrt, division and the table reads vectorize (gathers).
+SNAPQEQ_SIMD long tabulated_pairs(long np, const int* pi, const int* pj, const double* d,
+                                  const signed char* sh, const double* x, const double* off,
+                                  const int* wcl, const int* toff, int nc, const double* coef,
+                                  double hinv, int kmax, double rc2, double* val,
+                                  double* dval) {
+  long inside = 0;
+#pragma omp simd reduction(+ : inside)
+  for (long p = 0; p < np; ++p) {
+    const int i = pi[p], j = pj[p];
+    double dx, dy, dz;
+    if (d) {
+      dx = d[3 * p];
+      dy = d[3 * p + 1];
+      dz = d[3 * p + 2];
+    } else {
+      const double* o0 = off + 3 * (128 + sh[3 * p]);
+      const double* o1 = off + 3 * (384 + sh[3 * p + 1]);
+      const double* o2 = off + 3 * (640 + sh[3 * p + 2]);
+      dx = x[3 * size_t(j)] - x[3 * size_t(i)] + (o0[0] + o1[0] + o2[0]);
+      dy = x[3 * size_t(j) + 1] - x[3 * size_t(i) + 1] + (o0[1] + o1[1] + o2[1]);
+      dz = x[3 * size_t(j) + 2] - x[3 * size_t(i) + 2] + (o0[2] + o1[2] + o2[2]);
+    }
+    const double r2 = dx * dx + dy * dy + dz * dz;
     const double r = std::sqrt(r2);
-    const double x = r * hinv;
-    const int k = int(x);
-    const double t = x - k;
-    const double* c = coef + tab[p] + 6 * k;
+    const double xs = r * hinv;
+    const int k = std::min(int(xs), kmax);
+    const double t = xs - k;
+    const double* c = coef + toff[wcl[i] * nc + wcl[j]] + 6 * k;
     const double g = c[0] + t * (c[1] + t * (c[2] + t * (c[3] + t * (c[4] + t * c[5]))));
     const double dg = c[1] + t * (2.0 * c[2] + t * (3.0 * c[3] + t * (4.0 * c[4] + t * 5.0 * c[5])));
-    val[p] = kCoulomb * g;
-    dval[p] = r2 > 0.0 ? kCoulomb * dg * hinv / r : 0.0;
+    const bool in = r2 <= rc2 && (r2 > 0.0 || i != j);
+    val[p] = in ? kCoulomb * g : 0.0;
+    dval[p] = (in && r2 > 0.0) ? kCoulomb * dg * hinv / r : 0.0;
+    inside += in ? 1 : 0;
+  }
+  return inside;
+}
+
+// g (lower triangle of m x m) += sum_i w_i e_i e_i^T, rows e_i of length m
+SNAPQEQ_SIMD void weighted_gram(int c, int m, const double* e, const double* w, double* g) {
+  for (int i = 0; i < c; ++i) {
+    const double* ei = e + size_t(i) * m;
+    for (int p = 0; p < m; ++p) {
+      const double we = w[i] * ei[p];
+      double* row = g + size_t(p) * m;
+#pragma omp simd
+      for (int q = 0; q <= p; ++q) row[q] += we * ei[q];
+    }
   }
 }
 
@@ -394,7 +430,7 @@ Electrostatics::~Electrostatics() = default;
 double Electrostatics::memory_bytes() const {
   double b = 0.0;
   b += 8.0 * (fval_.capacity() + fdval_.capacity() + pval_.capacity() + pdval_.capacity());
-  b += 4.0 * (row_i_.capacity() + row_start_.capacity() + pj_.capacity() + psrc_.capacity());
+  b += 4.0 * (row_i_.capacity() + row_start_.capacity());
   for (int d = 0; d < 3; ++d) b += 8.0 * (ph_re_[d].capacity() + ph_im_[d].capacity());
   b += 8.0 * (kvec_.capacity() + kcoef_.capacity() + lowe_.capacity() + lowchol_.capacity());
   for (const Table& t : tables_) b += 8.0 * t.c.capacity();
@@ -481,6 +517,8 @@ void Electrostatics::build_tables(double beta, double rmax, bool free) {
     table_coef_.insert(table_coef_.end(), tables_[t].c.begin(), tables_[t].c.end());
   }
   table_hinv_ = tables_[0].hinv;
+  table_kmax_ = int(tables_[0].c.size() / 6) - 1;
+  for (const Table& t : tables_) table_kmax_ = std::min(table_kmax_, int(t.c.size() / 6) - 1);
   table_widths_ = cwidth_;
   table_beta_ = beta;
   table_rmax_ = rmax;
@@ -523,6 +561,8 @@ void Electrostatics::setup_free(int n, int first, int count, const double* x,
   row_i_.clear();
   row_start_.assign(1, 0);
   nkept_ = 0;
+  pval_.clear();
+  pdval_.clear();
   kgroups_.clear();
   kvec_.clear();
   kcoef_.clear();
@@ -597,89 +637,63 @@ void Electrostatics::setup_periodic(int n, int first, int count, const double* x
   const double rc = params.real_cutoff;
   build_tables(params.beta, rc * (1.0 + 1e-9) + 0.1, false);
 
-  // real space: keep the pairs inside the cutoff with their kernel values, in rows
+  // real space: the kernel values of every pair of the list, zero beyond the cutoff (a
+  // neighbour list with a skin has ~25% such pairs; carrying them is cheaper than
+  // compacting the list with unpredictable branches every step)
   pairs_ = pairs;
   if (pairs.size > 0 && !pairs.d && !pairs.shift)
     throw std::invalid_argument("Electrostatics: pairs need displacements or cell shifts");
-  row_i_.clear();
-  row_start_.assign(1, 0);
-  nkept_ = 0;
-  // grow only: the arrays are rewritten every step, and value-initializing them would cost
-  // a pass over memory each time
-  if (long(pj_.size()) < pairs.size) {
-    pj_.resize(pairs.size);
-    psrc_.resize(pairs.size);
+  if (long(pval_.size()) < pairs.size) {  // grow only: rewritten every step
     pval_.resize(pairs.size);
     pdval_.resize(pairs.size);
-    ptab_.resize(pairs.size);
   }
-  std::vector<double> d(n, 0.0);  // this rank's share of the diagonal
-  std::vector<long> images;       // kept pairs of an atom with its own image
-  // First pass: which pairs are inside the cutoff (r^2 into pdval_, table into ptab_).
-  // Locals for everything the loop touches: stores into the output arrays could alias
-  // members, which would make the compiler reload them for every pair.
+  // rows (runs of one atom i), index checks, pairs of an atom with its own image
+  row_i_.clear();
+  row_start_.assign(1, 0);
+  std::vector<long> images;
+  {
+    const int* pis = pairs.i;
+    const int* pjs = pairs.j;
+    int last_row = -1;
+    for (long p = 0; p < pairs.size; ++p) {
+      const int i = pis[p], j = pjs[p];
+      if (i >= n || j >= n || i < 0 || j < 0)
+        throw std::invalid_argument("Electrostatics: pair index outside 0..n-1");
+      if (i != last_row) {
+        if (last_row >= 0) row_start_.push_back(int(p));
+        row_i_.push_back(i);
+        last_row = i;
+      }
+      if (i == j) images.push_back(p);
+    }
+    if (!row_i_.empty()) row_start_.push_back(int(pairs.size));
+  }
   const double rc2 = rc * rc;
-  const int* pis = pairs.i;
-  const int* pjs = pairs.j;
-  const double* pd = pairs.d;
-  const signed char* sh = pairs.shift;
-  const double a0x = cell_[0][0], a0y = cell_[0][1], a0z = cell_[0][2];
-  const double a1x = cell_[1][0], a1y = cell_[1][1], a1z = cell_[1][2];
-  const double a2x = cell_[2][0], a2y = cell_[2][1], a2z = cell_[2][2];
   const int nc = int(cwidth_.size());
-  const int* wcl = wclass_.data();
-  const int* toff = table_offset_.data();
-  int* out_j = pj_.data();
-  int* out_src = psrc_.data();
-  int* out_tab = ptab_.data();
-  double* out_r2 = pdval_.data();
-  long kept = 0;
-  int last_row = -1;
-  for (long p = 0; p < pairs.size; ++p) {
-    const int i = pis[p], j = pjs[p];
-    if (i >= n || j >= n || i < 0 || j < 0)
-      throw std::invalid_argument("Electrostatics: pair index outside 0..n-1");
-    double dx, dy, dz;
-    if (pd) {
-      dx = pd[3 * p];
-      dy = pd[3 * p + 1];
-      dz = pd[3 * p + 2];
-    } else {
-      const double s0 = sh[3 * p], s1 = sh[3 * p + 1], s2 = sh[3 * p + 2];
-      dx = x[3 * size_t(j)] - x[3 * size_t(i)] + s0 * a0x + s1 * a1x + s2 * a2x;
-      dy = x[3 * size_t(j) + 1] - x[3 * size_t(i) + 1] + s0 * a0y + s1 * a1y + s2 * a2y;
-      dz = x[3 * size_t(j) + 2] - x[3 * size_t(i) + 2] + s0 * a0z + s1 * a1z + s2 * a2z;
-    }
-    const double r2 = dx * dx + dy * dy + dz * dz;
-    if (r2 > rc2) continue;
-    if (r2 == 0.0 && i == j) continue;  // the atom itself, not an image
-    if (i != last_row) {
-      if (last_row >= 0) row_start_.push_back(int(kept));
-      row_i_.push_back(i);
-      last_row = i;
-    }
-    out_j[kept] = j;
-    out_src[kept] = int(p);
-    if (nc > 0) {
-      out_r2[kept] = r2;
-      out_tab[kept] = toff[size_t(wcl[i]) * nc + wcl[j]];
-    } else {  // many different widths: direct evaluation
+  if (nc > 0) {
+    nkept_ = tabulated_pairs(pairs.size, pairs.i, pairs.j, pairs.d, pairs.shift, x,
+                             shift_table(), wclass_.data(), table_offset_.data(), nc,
+                             table_coef_.data(), table_hinv_, table_kmax_, rc2, pval_.data(),
+                             pdval_.data());
+  } else {  // many different widths: direct evaluation
+    nkept_ = 0;
+    for (long p = 0; p < pairs.size; ++p) {
+      double dv[3];
+      pair_d(int(p), dv);
+      const int i = pairs.i[p], j = pairs.j[p];
+      const double r2 = dv[0] * dv[0] + dv[1] * dv[1] + dv[2] * dv[2];
+      pval_[p] = pdval_[p] = 0.0;
+      if (r2 > rc2 || (r2 == 0.0 && i == j)) continue;
       const double r = std::sqrt(r2);
       double g, dg;
       kernel(i, j, r, g, dg);
-      pval_[kept] = g;
-      out_r2[kept] = r > 0.0 ? dg / r : 0.0;
+      pval_[p] = g;
+      pdval_[p] = r > 0.0 ? dg / r : 0.0;
+      ++nkept_;
     }
-    if (i == j) images.push_back(kept);
-    ++kept;
   }
-  // second pass: the kernel values
-  if (nc > 0)
-    tabulated_pairs(kept, ptab_.data(), table_coef_.data(), table_hinv_, pval_.data(),
-                    pdval_.data());
-  for (long p : images) d[pj_[p]] += pairs.half ? 2.0 * pval_[p] : pval_[p];  // atom and image
-  nkept_ = kept;
-  if (!row_i_.empty()) row_start_.push_back(int(kept));
+  std::vector<double> d(n, 0.0);  // this rank's share of the diagonal
+  for (long p : images) d[pairs.i[p]] += pairs.half ? 2.0 * pval_[p] : pval_[p];
 
   // diagonal terms of the owned atoms: Gaussian self energy minus the beta part, the
   // reciprocal sum of the atom with itself (position independent), the background
@@ -708,6 +722,16 @@ void Electrostatics::pair_d(int src, double out[3]) const {
   const double* xj = x_ + 3 * size_t(pairs_.j[src]);
   for (int k = 0; k < 3; ++k)
     out[k] = xj[k] - xi[k] + s[0] * cell_[0][k] + s[1] * cell_[1][k] + s[2] * cell_[2][k];
+}
+
+// s a_d for every shift s in -128..127 of each cell vector d: [d][s + 128][xyz].  Looking
+// the image offset up beats converting three small integers to double per pair.
+const double* Electrostatics::shift_table() {
+  if (shift_table_.size() != 3 * 256 * 3) shift_table_.resize(3 * 256 * 3);
+  for (int d = 0; d < 3; ++d)
+    for (int s = -128; s < 128; ++s)
+      for (int k = 0; k < 3; ++k) shift_table_[(size_t(d) * 256 + s + 128) * 3 + k] = s * cell_[d][k];
+  return shift_table_.data();
 }
 
 void Electrostatics::setup_reciprocal(const double* cell) {
@@ -875,7 +899,7 @@ void Electrostatics::apply(const double* v, double* y) {
     // row by row, so that y_i collects in a register: updating y_i in memory for every
     // pair chains the additions through store-to-load forwarding
     const int nrows = int(row_i_.size());
-    const int* pj = pj_.data();
+    const int* pj = pairs_.j;
     const double* val = pval_.data();
     const bool half = pairs_.half;
     for (int r = 0; r < nrows; ++r) {
@@ -969,15 +993,12 @@ void Electrostatics::forces(const double* a, const double* b, double* f, double*
     const int nrows = int(row_i_.size());
     const int* rows = row_i_.data();
     const int* starts = row_start_.data();
-    const int* pj = pj_.data();
-    const int* src = psrc_.data();
+    const int* pj = pairs_.j;
     const double* dval = pdval_.data();
     const double* pd = pairs_.d;
     const signed char* sh = pairs_.shift;
     const double* xp = x_;
-    const double a0x = cell_[0][0], a0y = cell_[0][1], a0z = cell_[0][2];
-    const double a1x = cell_[1][0], a1y = cell_[1][1], a1z = cell_[1][2];
-    const double a2x = cell_[2][0], a2y = cell_[2][1], a2z = cell_[2][2];
+    const double* off = sh ? shift_table() : nullptr;
     double* fgp = fg.data();
     double w0 = 0.0, w1 = 0.0, w2 = 0.0, w3 = 0.0, w4 = 0.0, w5 = 0.0;
     for (int r = 0; r < nrows; ++r) {
@@ -986,17 +1007,19 @@ void Electrostatics::forces(const double* a, const double* b, double* f, double*
       double fx = 0.0, fy = 0.0, fz = 0.0;
       for (int p = starts[r]; p < starts[r + 1]; ++p) {
         const int j = pj[p];
-        const int q = src[p];
+        const long q = p;
         double dx, dy, dz;
         if (pd) {
           dx = pd[3 * size_t(q)];
           dy = pd[3 * size_t(q) + 1];
           dz = pd[3 * size_t(q) + 2];
         } else {
-          const double s0 = sh[3 * size_t(q)], s1 = sh[3 * size_t(q) + 1], s2 = sh[3 * size_t(q) + 2];
-          dx = xp[3 * size_t(j)] - xp[3 * size_t(i)] + s0 * a0x + s1 * a1x + s2 * a2x;
-          dy = xp[3 * size_t(j) + 1] - xp[3 * size_t(i) + 1] + s0 * a0y + s1 * a1y + s2 * a2y;
-          dz = xp[3 * size_t(j) + 2] - xp[3 * size_t(i) + 2] + s0 * a0z + s1 * a1z + s2 * a2z;
+          const double* o0 = off + 3 * (128 + sh[3 * size_t(q)]);
+          const double* o1 = off + 3 * (384 + sh[3 * size_t(q) + 1]);
+          const double* o2 = off + 3 * (640 + sh[3 * size_t(q) + 2]);
+          dx = xp[3 * size_t(j)] - xp[3 * size_t(i)] + (o0[0] + o1[0] + o2[0]);
+          dy = xp[3 * size_t(j) + 1] - xp[3 * size_t(i) + 1] + (o0[1] + o1[1] + o2[1]);
+          dz = xp[3 * size_t(j) + 2] - xp[3 * size_t(i) + 2] + (o0[2] + o1[2] + o2[2]);
         }
         const double fac = 0.5 * (ai * b[j] + a[j] * bi) * dval[p];
         fx += fac * dx;
@@ -1033,10 +1056,10 @@ void Electrostatics::forces(const double* a, const double* b, double* f, double*
       for (int r = 0; r < nrows; ++r) {
         const int i = row_i_[r];
         for (int p = row_start_[r]; p < row_start_[r + 1]; ++p) {
-          const int j = pj_[p];
+          const int j = pairs_.j[p];
           const double c = 0.5 * (a[i] * b[j] + a[j] * b[i]);
           double dv[3];
-          pair_d(psrc_[p], dv);
+          pair_d(p, dv);
           pair(i, j, dv, c * pdval_[p], half, half ? 1.0 : 0.5);
         }
       }
@@ -1227,16 +1250,7 @@ void Electrostatics::prepare_preconditioner(const double* hardness) {
   }
   // C^-1 + E^T D^-1 E (symmetric m x m), summed over the ranks
   std::vector<double> g(size_t(m) * m, 0.0);
-  for (int i = 0; i < c; ++i) {
-    const double w = dinv_[first_ + i];
-    const double* e = &own[size_t(i) * m];
-    for (int p = 0; p < m; ++p) {
-      const double we = w * e[p];
-      double* row = &g[size_t(p) * m];
-#pragma omp simd
-      for (int q = 0; q <= p; ++q) row[q] += we * e[q];
-    }
-  }
+  weighted_gram(c, m, own.data(), dinv_.data() + first_, g.data());
   comm_->allreduce_sum(g.data(), m * m);
   lowe_.assign(size_t(n_) * m, 0.0);
   {

@@ -192,6 +192,7 @@ class Electrostatics {
   std::vector<double> table_coef_;     // all tables' coefficients, one after the other
   std::vector<int> table_offset_;      // [ca * nclass + cb]: offset in table_coef_
   double table_hinv_ = 0.0;
+  int table_kmax_ = 0;                 // last interval common to all tables
   std::vector<double> table_widths_;
   double table_beta_ = -1.0, table_rmax_ = -1.0;
   bool table_free_ = false;
@@ -203,14 +204,15 @@ class Electrostatics {
   bool stored_free_ = false;
   std::vector<double> fval_, fdval_;
 
-  // periodic real space: kept pairs in rows of one atom i (consecutive pairs with the
-  // same i), with the global index of j, the kernel values and the pair's index in pairs_
+  // periodic real space: the pairs in rows of one atom i (consecutive pairs with the same
+  // i) and their kernel values (zero beyond the cutoff)
   PairList pairs_;
   std::vector<int> row_i_, row_start_;  // row_start_ has one more entry
-  std::vector<int> pj_, psrc_, ptab_;  // ptab_: offset of the pair's table (setup only)
-  std::vector<double> pval_, pdval_;   // k_e g(r), k_e g'(r)/r
-  long nkept_ = 0;                     // pairs in use (the arrays only grow)
+  std::vector<double> pval_, pdval_;    // k_e g(r), k_e g'(r)/r (arrays only grow)
+  long nkept_ = 0;                      // pairs inside the cutoff
   void pair_d(int src, double out[3]) const;  // displacement of pair src of pairs_
+  const double* shift_table();                 // see the definition
+  std::vector<double> shift_table_;
 
   // reciprocal space
   const double* x_owned_ = nullptr;  // x + 3 first

@@ -616,9 +616,9 @@ void PairSNAPQEq::load_neighbors(int a, snapqeq::SNA *w)
    bispectrum candidates (within the bispectrum cutoff + skin) and, for periodic cells,
    the Ewald real-space pairs (within the Ewald cutoff + skin; QEq indices and the image
    as whole cell vectors) from the full list.  Every
-   unordered pair (every image) must enter the Ewald sum once over all ranks: a pair is
-   kept by the atom with the smaller QEq index, and an atom's pair with its own image by
-   the image with lexicographically positive displacement (the full list has both).
+   unordered pair (every image) must enter the Ewald sum once over all ranks (see the
+   rule below), and an atom's pair with its own image by the image with lexicographically
+   positive displacement (the full list has both).
    Between builds local and ghost indices, ownership and these lists stay valid.
 ------------------------------------------------------------------------- */
 
@@ -697,7 +697,11 @@ void PairSNAPQEq::update_candidates()
     for (int jj = 0; jj < numneigh[i]; ++jj) {
       const int j = jlist[jj] & NEIGHMASK;
       const int gj = global_index[j];
-      if (gj < gi) continue;    // also skips atoms outside the charge equilibration (-1)
+      if (gj < 0) continue;    // outside the charge equilibration
+      // one of (gi, gj) and (gj, gi): the smaller index first when the sum is even, the
+      // larger first when it is odd, which spreads the pairs between two ranks' atoms
+      // evenly over both (smaller-first alone would give them all to the lower rank)
+      if (gj != gi && ((gi < gj) != (((gi + gj) & 1) == 0))) continue;
       const double d[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
       if (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] > reach2) continue;
       if (gj == gi && !(d[0] > 0.0 || (d[0] == 0.0 && (d[1] > 0.0 || (d[1] == 0.0 && d[2] > 0.0)))))
