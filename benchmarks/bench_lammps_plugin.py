@@ -235,11 +235,12 @@ def main(argv: list[str] | None = None) -> str:
             f"{statistics.median(iters[v]):.1f}" if iters[v] else "-" for v in variants) + " |")
     speedups = []
     for (name, nprocs, times, _) in rows:
-        if nprocs == 2:
-            one = next(t for n, p, t, _ in rows if n == name and p == 1)
-            speedups.append(f"{name}: snapqeq np=1 / np=2 = "
-                            f"{statistics.median(one['snapqeq']) / statistics.median(times['snapqeq']):.2f}"
-                            f", pair snap {statistics.median(one['snap']) / statistics.median(times['snap']):.2f}")
+        one = next((t for n, p, t, _ in rows if n == name and p == 1), None)
+        if nprocs == 2 and one is not None:
+            def gain(style: str, one=one, two=times) -> float:
+                return statistics.median(one[style]) / statistics.median(two[style])
+            speedups.append(f"{name}: snapqeq np=1 / np=2 = {gain('snapqeq'):.2f}, "
+                            f"pair snap {gain('snap'):.2f}")
     if speedups:
         lines += ["", "Two ranks against one (median times): " + "; ".join(speedups) + "."]
     text = "\n".join(lines) + "\n"
