@@ -146,9 +146,11 @@ class Electrostatics {
   // (hardness: n values, eV/e^2): Jacobi, plus for periodic cells the long-wavelength
   // reciprocal vectors exactly (M = D + sum_{small k} A_rec,k, inverted with the Woodbury
   // identity), which remove the Coulomb stiffness of long charge waves that makes Jacobi
-  // alone slow.  Collective; cheap to call again with the same hardness.
+  // alone slow (30 -> 13 iterations for a cold 2k-atom NaCl solve).  Collective; cheap to
+  // call again with the same hardness.
   void prepare_preconditioner(const double* hardness);
-  // z = M^-1 r (n values each, every rank).  Collective.
+  // z = M^-1 r (n values each, every rank).  Needs no communication: every rank holds
+  // the whole (small) preconditioner.
   void precondition(const double* r, double* z);
 
  private:
@@ -182,7 +184,7 @@ class Electrostatics {
   bool periodic_ = false;
   EwaldParameters params_;
   std::vector<double> diag_;
-  std::vector<double> self_;  // owned: diagonal terms applied directly (self, bg, k sum)
+  std::vector<double> self_;  // owned: Gaussian self term (minus the beta part if periodic)
 
   // kernel g(r) per pair of width classes, tabulated (or evaluated directly when the
   // widths take too many different values)
@@ -226,7 +228,7 @@ class Electrostatics {
   // phase tables exp(2 pi i m s) of the owned atoms along cell axis axis_[d], [m][atom]:
   // m = 0..M1 (d = 0), -M2..M2 (d = 1), -M3..M3 (d = 2)
   std::vector<double> ph_re_[3], ph_im_[3];
-  mutable std::vector<double> work_;  // scratch, 8 x count
+  mutable std::vector<double> work_;  // scratch, 2 x count
 
   // preconditioner
   std::vector<double> pc_hardness_, dinv_;

@@ -80,7 +80,8 @@ class PairSNAPQEq : public Pair {
 
   std::vector<int> type_elem;    // atom type -> model element, -1 for NULL
 
-  // this step: atoms of the charge equilibration owned by this rank and their neighbours
+  // atoms of the charge equilibration owned by this rank (fixed between neighbour-list
+  // builds), their positions and, this step, their bispectrum neighbours
   std::vector<int> owned;                                   // local indices
   std::vector<double> x_owned;                              // their positions
   std::vector<int> nbr_offset, nbr_index, nbr_elem;         // CSR over owned atoms
@@ -93,6 +94,8 @@ class PairSNAPQEq : public Pair {
   std::vector<int> counts, displs, elem_all;
   std::vector<tagint> tag_all;
   std::vector<double> x_all, chi_all, alpha_all, hardness_all;
+  std::vector<double> q_all, phi_all;               // charges, electrostatic potentials
+  double chemical_potential;                        // Lagrange multiplier of sum q = Q
 
   // since the last neighbour-list build: candidates trimmed from the full list (pair
   // cutoff + skin) to the bispectrum cutoff + skin, per owned atom (CSR), and for periodic
@@ -101,9 +104,7 @@ class PairSNAPQEq : public Pair {
   std::vector<int> pair_gi, pair_gj;      // the two atoms as QEq indices
   std::vector<signed char> pair_shift;    // image of j: 3 whole cell vectors per pair
   bigint cand_ncalls, cand_lastcall;   // neighbour build they belong to
-  bool cand_dirty;
-  std::vector<double> q_all, phi_all;               // charges, electrostatic potentials
-  double chemical_potential;                        // Lagrange multiplier of sum q = Q
+  bool cand_dirty;                     // set by init_style (a new run may re-sort atoms)
 
   // solutions of the last kHistory steps by atom ID (slot 0: charges, 1: short-range
   // adjoint); extrapolated they are the solver's initial guess (see solve())
