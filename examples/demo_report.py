@@ -205,10 +205,28 @@ def ase_section(results: dict) -> str:
         f"{n['max_excursion_meV_per_atom']:.1e} meV/atom, {n['ms_per_step']:.1f} ms per "
         "step. Potential energy of the last frame relative to the first: "
         f"{n['model_energy_change_meV_per_atom']:+.1f} meV/atom with the model, "
-        f"{n['xtb_energy_change_meV_per_atom']:+.1f} meV/atom with GFN2-xTB (a large "
-        "difference means the MD went where the model is not trusted; a mean temperature "
-        "far above the start means the cluster left the cube).\n\n"
-        "![NVE energies](nve_ase.png)\n")
+        f"{n['xtb_energy_change_meV_per_atom']:+.1f} meV/atom with GFN2-xTB"
+        f"{nve_verdict(results)}\n\n![NVE energies](nve_ase.png)\n")
+
+
+def nve_verdict(results: dict) -> str:
+    """The model's error on the NVE run's last frame beside its neutral test RMSE."""
+    n = results["nve"]
+    error = abs(n["model_energy_change_meV_per_atom"] - n["xtb_energy_change_meV_per_atom"])
+    chosen = results.get("chosen_model")
+    rmse = results["evaluation"]["models"].get(chosen, {}).get("test neutral")
+    if rmse is None:
+        return "."
+    ratio = error / (rmse * HARTREE)
+    text = (f": an error of {error:.0f} meV/atom, {ratio:.1f} times the model's neutral test "
+            f"RMSE ({rmse * HARTREE:.1f} meV/atom)")
+    if ratio > 5:
+        text += (". **The MD left the region the model describes**; more or broader training "
+                 "data (e.g. MD frames and minima labelled with GFN2-xTB) is the remedy")
+    if n["mean_temperature_K"] > 1.5 * n["start_temperature_K"]:
+        text += (". The cluster left the cube: the model turned potential into kinetic "
+                 "energy, and the temperature rose far above the start")
+    return text + "."
 
 
 def lammps_section(results: dict) -> str:
