@@ -69,8 +69,8 @@ def header(results: dict) -> str:
         "# snapqeq demo: NaCl clusters from GFN2-xTB to CENT, ASE, LAMMPS and OLCAO\n\n"
         f"Mode **{results['mode']}**: {p['description']}. Run "
         f"{time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} ({os.cpu_count()} cores, "
-        f"load average {load:.1f} at the end), commit {git_commit()}: "
-        f"{results['total_seconds']:.0f} s in total.")
+        f"load average {load:.1f} at the end), commit {git_commit()}; this run took "
+        f"{results['total_seconds']:.0f} s.")
 
 
 def timings(results: dict) -> str:
