@@ -77,3 +77,20 @@ def test_minima_hopping_example(tmp_path):
         assert atoms.arrays["ref_charges"].sum() == pytest.approx(atoms.info["charge"], abs=1e-6)
     with pytest.raises(SystemExit):  # never overwrites
         example.main(["--out", str(tmp_path / "again"), "--collect", str(collected)])
+
+
+@pytest.mark.slow
+def test_hop_that_leaves_the_model_domain_is_rejected_not_fatal(tmp_path, monkeypatch):
+    """With the distance floor at 1.02 x the training minimum, hot MD trips the
+    calculator's check; the search logs a rejected hop and carries on."""
+    example = load_example()
+    atoms, _ = example.start_structure("Na4Cl4", seed=0)
+    atoms.calc = SnapQEqCalculator(example.DEFAULT_MODEL, min_distance_factor=1.02)
+    monkeypatch.chdir(tmp_path)
+    with example.tqdm(disable=True) as bar:
+        search = example.ClusterMinimaHopping(atoms, bar, rng=np.random.RandomState(0),
+                                              **dict(example.SETTINGS, T0=3000.0))
+        search(totalsteps=3)
+    log = (tmp_path / "hop.log").read_text()
+    assert "hop rejected" in log
+    assert log.count("ene:") >= 3  # every step still ends in a relaxed structure

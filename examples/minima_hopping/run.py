@@ -124,6 +124,17 @@ class ClusterMinimaHopping(MinimaHopping):
                       default=np.inf)
         return closest >= self._minima_threshold, closest
 
+    def _molecular_dynamics(self, resume=None):
+        # a hot MD run can leave the model's domain (the calculator then refuses atoms
+        # closer than its training data allows): reject that hop and go on from the last
+        # minimum, as for any other rejected hop, instead of ending the search
+        try:
+            super()._molecular_dynamics(resume)
+        except ValueError as err:
+            self._log("msg", f"MD left the model's domain ({err}); hop rejected")
+            self._atoms.positions = self._previous_optimum.positions
+            self._atoms.calc.reset()
+
     def _check_results(self):
         super()._check_results()
         self._bar.update(1)
