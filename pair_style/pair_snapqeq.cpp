@@ -652,28 +652,47 @@ void PairSNAPQEq::update_candidates()
   pair_gi.clear();
   pair_gj.clear();
   pair_shift.clear();
-  if (!periodic) return;
 
-  // QEq index of every local and ghost atom: owned blocks in rank order, ghosts by atom ID
+  // the atoms of the charge equilibration in QEq order (owned blocks in rank order): what
+  // does not change between builds is gathered here, once per build
   const int nprocs = comm->nprocs;
   const int nown = owned.size();
-  std::vector<int> cnt(nprocs), dsp(nprocs, 0);
-  MPI_Allgather(&nown, 1, MPI_INT, cnt.data(), 1, MPI_INT, world);
-  for (int r = 1; r < nprocs; ++r) dsp[r] = dsp[r - 1] + cnt[r - 1];
-  const int n = dsp[nprocs - 1] + cnt[nprocs - 1];
-  std::vector<tagint> to(nown), tags(n);
-  for (int a = 0; a < nown; ++a) to[a] = atom->tag[owned[a]];
-  MPI_Allgatherv(to.data(), nown, MPI_LMP_TAGINT, tags.data(), cnt.data(), dsp.data(),
+  counts.assign(nprocs, 0);
+  displs.assign(nprocs, 0);
+  MPI_Allgather(&nown, 1, MPI_INT, counts.data(), 1, MPI_INT, world);
+  for (int r = 1; r < nprocs; ++r) displs[r] = displs[r - 1] + counts[r - 1];
+  const int n = displs[nprocs - 1] + counts[nprocs - 1];
+  std::vector<tagint> to(nown);
+  std::vector<int> eo(nown);
+  for (int a = 0; a < nown; ++a) {
+    to[a] = atom->tag[owned[a]];
+    eo[a] = type_elem[type[owned[a]]];
+  }
+  tag_all.resize(n);
+  elem_all.resize(n);
+  MPI_Allgatherv(to.data(), nown, MPI_LMP_TAGINT, tag_all.data(), counts.data(), displs.data(),
                  MPI_LMP_TAGINT, world);
+  MPI_Allgatherv(eo.data(), nown, MPI_INT, elem_all.data(), counts.data(), displs.data(),
+                 MPI_INT, world);
+  alpha_all.resize(n);
+  hardness_all.resize(n);
+  for (int k = 0; k < n; ++k) {
+    alpha_all[k] = width[elem_all[k]];
+    hardness_all[k] = hardness[elem_all[k]];
+  }
+  if (!periodic) return;
+
+  // QEq index of every local and ghost atom (ghosts by atom ID)
   tagint tmax = 0;
-  for (int k = 0; k < n; ++k) tmax = std::max(tmax, tags[k]);
+  for (int k = 0; k < n; ++k) tmax = std::max(tmax, tag_all[k]);
   std::vector<int> by_tag(tmax + 1, -1);
-  for (int k = 0; k < n; ++k) by_tag[tags[k]] = k;
+  for (int k = 0; k < n; ++k) by_tag[tag_all[k]] = k;
   const int nall = atom->nlocal + atom->nghost;
   std::vector<int> global_index(nall, -1);
   tagint *tag = atom->tag;
   for (int i = 0; i < nall; ++i)
     if (type_elem[type[i]] >= 0 && tag[i] <= tmax) global_index[i] = by_tag[tag[i]];
+  const std::vector<int> &cnt = counts, &dsp = displs;
 
   // positions of all atoms (QEq order): a ghost is its atom shifted by whole cell vectors
   std::vector<double> xo(3 * (size_t) nown), xall(3 * (size_t) n);
@@ -804,48 +823,33 @@ void PairSNAPQEq::compute_descriptors()
 }
 
 /* ----------------------------------------------------------------------
-   positions, chi, widths, hardnesses and atom IDs of all atoms on every rank (rank order)
+   positions and chi of all atoms on every rank (QEq order)
 ------------------------------------------------------------------------- */
 
 void PairSNAPQEq::gather_system()
 {
+  // positions and chi of the owned atoms in one message (what changes only with the
+  // neighbour lists: update_candidates())
   const int nprocs = comm->nprocs;
   const int nown = owned.size();
-  counts.assign(nprocs, 0);
-  displs.assign(nprocs, 0);
-  MPI_Allgather(&nown, 1, MPI_INT, counts.data(), 1, MPI_INT, world);
-  for (int r = 1; r < nprocs; ++r) displs[r] = displs[r - 1] + counts[r - 1];
   const int n = displs[nprocs - 1] + counts[nprocs - 1];
-
-  std::vector<int> eo(nown);
-  std::vector<tagint> to(nown);
+  std::vector<double> send(4 * (size_t) nown), recv(4 * (size_t) n);
   for (int a = 0; a < nown; ++a) {
-    const int i = owned[a];
-    eo[a] = type_elem[atom->type[i]];
-    to[a] = atom->tag[i];
+    for (int k = 0; k < 3; ++k) send[4 * a + k] = x_owned[3 * a + k];
+    send[4 * a + 3] = chi_own[a];
   }
-  chi_all.resize(n);
-  elem_all.resize(n);
-  tag_all.resize(n);
-  MPI_Allgatherv(chi_own.data(), nown, MPI_DOUBLE, chi_all.data(), counts.data(), displs.data(),
-                 MPI_DOUBLE, world);
-  MPI_Allgatherv(eo.data(), nown, MPI_INT, elem_all.data(), counts.data(), displs.data(), MPI_INT,
-                 world);
-  MPI_Allgatherv(to.data(), nown, MPI_LMP_TAGINT, tag_all.data(), counts.data(), displs.data(),
-                 MPI_LMP_TAGINT, world);
-  std::vector<int> counts3(nprocs), displs3(nprocs);
+  std::vector<int> counts4(nprocs), displs4(nprocs);
   for (int r = 0; r < nprocs; ++r) {
-    counts3[r] = 3 * counts[r];
-    displs3[r] = 3 * displs[r];
+    counts4[r] = 4 * counts[r];
+    displs4[r] = 4 * displs[r];
   }
+  MPI_Allgatherv(send.data(), 4 * nown, MPI_DOUBLE, recv.data(), counts4.data(), displs4.data(),
+                 MPI_DOUBLE, world);
   x_all.resize(3 * (size_t) n);
-  MPI_Allgatherv(x_owned.data(), 3 * nown, MPI_DOUBLE, x_all.data(), counts3.data(),
-                 displs3.data(), MPI_DOUBLE, world);
-  alpha_all.resize(n);
-  hardness_all.resize(n);
+  chi_all.resize(n);
   for (int i = 0; i < n; ++i) {
-    alpha_all[i] = width[elem_all[i]];
-    hardness_all[i] = hardness[elem_all[i]];
+    for (int k = 0; k < 3; ++k) x_all[3 * i + k] = recv[4 * i + k];
+    chi_all[i] = recv[4 * i + 3];
   }
 }
 
