@@ -134,13 +134,13 @@ thermo_style custom step pe etotal f_iters
 # Fixed notes of the section (figures from a separate measurement, see the text)
 NOTES = """\
 Where the time goes (periodic cell, defaults, one rank; per-phase CPU timers added to the
-plugin for one measurement, 20 MD steps after 30, 2026-11-21): bispectrum 40% (descriptors
+plugin for one measurement, 20 MD steps after 30, 2026-11-21): bispectrum 38% (descriptors
 with U and Z kept per atom, then Y and the adjoint forces from the kept workspaces: about
-0.8x the cost of a whole pair snap step), Ewald real-space kernel values 19%, conjugate-
-gradient solve 30%, electrostatic forces 10%, network and its gradient 1%. At the default
-accuracy 1e-12 the real-space cutoff is 26.4 A (beta balanced against the reciprocal work,
-`kernel/electrostatics.cpp`), i.e. ~1700 pairs per atom inside it (2200 with the neighbour
-skin) and 3565 reciprocal vectors; each step costs ~9 matrix products in steady MD
+0.8x the cost of a whole pair snap step), Ewald real-space kernel values 13%, conjugate-
+gradient solve 40%, electrostatic forces 9%, network and its gradient 1%. At the default
+accuracy 1e-12 the real-space cutoff is 23 A (beta balanced against the reciprocal work,
+`kernel/electrostatics.cpp`), i.e. ~1130 pairs per atom inside it (1450 with the neighbour
+skin) and 5400 reciprocal vectors; each step costs ~9 matrix products in steady MD
 (projected CG with a Jacobi + long-wave Ewald preconditioner, warm-started by extrapolating
 the last five solutions), two allreduce each. The old implementation (dense O(N^2) real
 space over all atoms and images, U and Z computed twice) took 9x pair snap on this cell.

@@ -58,6 +58,22 @@ shifts=None, accuracy=1e-12, cutoff=None, full_list=True)``
     converged when the projected residual is below ``tol`` times that of uniform charges.
     Returns ``(charges, multiplier, iterations, converged)``; the multiplier is the
     equalized electronegativity (chemical potential, eV/e) dU/dq_i.
+
+Example (an ASE ``atoms`` with per-atom ``widths``, ``hardness`` and ``chi``)::
+
+    from snapqeq._electrostatics import GaussianElectrostatics, solve_qeq
+    cell = atoms.cell.array if atoms.pbc.all() else None
+    es = GaussianElectrostatics(atoms.positions, cell, widths)   # builds its pair list
+    q, mu, iterations, converged = solve_qeq(es, hardness, chi, total_charge=0.0)
+    energy = chi @ q + 0.5 * hardness @ q**2 + es.energy(q)      # U(q), eV
+    forces, virial = es.forces(q)      # at fixed charges (+ the chi term of the model)
+    w = -virial / atoms.get_volume()   # ASE stress: [w00, w11, w22, w12, w02, w01]
+
+Notes: the object keeps references to its input arrays (the kernel borrows them); a new
+geometry needs a new object.  ``accuracy`` here bounds exp(-s^2) of both sums (default
+1e-12, as in the LAMMPS plugin); snapqeq.ewald's ``accuracy`` is defined differently
+(erfc(beta r_c) = accuracy / 10), so equal numbers do not mean equal cutoffs.  Shifts must
+lie in -127..127 cell vectors.
 """
 
 import numpy as np
