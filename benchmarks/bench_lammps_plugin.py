@@ -146,12 +146,12 @@ the last five solutions), two allreduce each. The old implementation (dense O(N^
 space over all atoms and images, U and Z computed twice) took 9x pair snap on this cell.
 
 Targets of issue 6: snapqeq within 1.5x of pair snap is met only with looser
-electrostatics (`ewald_accuracy 1e-6 tol 1e-6`); at the defaults snapqeq stays near 2x,
-because an Ewald sum converged to 1e-12 over 2048 atoms costs about as much as the
-bispectrum work itself. Two ranks beat one when both cores are free (speed-up ~2 on a load
-of ~1.5); on an oversubscribed machine the ~20 collectives per step wait for descheduled
-partners and two ranks can be slower than one, while pair snap, which only exchanges
-ghost atoms, still gains.
+electrostatics (`ewald_accuracy 1e-6 tol 1e-6`: 1.3x for the cell); at the defaults
+snapqeq costs 2-2.5x pair snap, because an Ewald sum converged to 1e-12 over 2048 atoms
+(and a solve to 1e-10) costs about as much as the bispectrum work itself. Two ranks beat
+one when both cores are free (speed-up ~1.9 at a load of ~1.5); on an oversubscribed
+machine the ~20 collectives per step wait for descheduled partners and the gain shrinks
+or vanishes, while pair snap, which only exchanges ghost atoms, still gains.
 """
 
 LOOP = re.compile(r"Loop time of ([0-9.eE+-]+) on (\d+) procs for (\d+) steps with (\d+) atoms")
