@@ -460,16 +460,11 @@ DATA_KEYS = ("data", "validation", "test")
 
 
 def _read_images(spec) -> list[Atoms]:
-    from ase.io import read
+    """All frames of one file or of a list of files."""
+    from snapqeq.data import read_structures
 
     paths = [spec] if isinstance(spec, (str, Path)) else list(spec)
-    images = []
-    for p in paths:
-        if not Path(p).is_file():
-            raise ValueError(f"data file not found: {p}")
-        got = read(p, index=":")
-        images += got if isinstance(got, list) else [got]
-    return images
+    return [atoms for p in paths for atoms in read_structures(p)]
 
 
 def train_olcao_run(raw: Mapping, out: str | Path, energy_model=None) -> OLCAOModel:

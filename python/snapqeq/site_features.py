@@ -53,10 +53,6 @@ __all__ = [
 CHI_SOURCES = ("fixed", "energy_model")
 """Where the electronegativities of the long-range block come from."""
 
-def _bispectrum(params: Mapping) -> Bispectrum:
-    return Bispectrum.from_dict(dict(params))
-
-
 @dataclass(frozen=True)
 class FeatureRecipe:
     """How to compute the site features; stored in the OLCAO model file.
@@ -92,11 +88,11 @@ class FeatureRecipe:
     _sizes: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        local = _bispectrum(self.local)
+        local = Bispectrum.from_dict(self.local)
         elements = tuple(local.elements)
         n_medium = 0
         if self.medium is not None:
-            medium = _bispectrum(self.medium)
+            medium = Bispectrum.from_dict(self.medium)
             if tuple(medium.elements) != elements:
                 raise ValueError(f"medium-range descriptor elements {list(medium.elements)} "
                                  f"differ from the local ones {list(elements)}")
@@ -280,8 +276,8 @@ class SiteFeaturizer:
 
     def __init__(self, recipe: FeatureRecipe, energy_model=None):
         self.recipe = recipe
-        self.local = _bispectrum(recipe.local)
-        self.medium = _bispectrum(recipe.medium) if recipe.medium is not None else None
+        self.local = Bispectrum.from_dict(recipe.local)
+        self.medium = Bispectrum.from_dict(recipe.medium) if recipe.medium is not None else None
         self._energy = None
         self.energy_fingerprint: str | None = None
         if recipe.long_range and recipe.chi_source == "energy_model":
