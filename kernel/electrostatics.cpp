@@ -32,6 +32,8 @@ constexpr double kMaxStoredBytes = 1024.0 * 1024.0 * 1024.0;
 constexpr int kMaxWidthClasses = 8;
 // erf(x) = 1 to double precision beyond x = 6 (erfc(6) = 2e-17)
 constexpr double kErfSaturation = 6.0;
+// Ewald truncations aim at this fraction of the requested accuracy (see ewald_parameters)
+constexpr double kTruncationSafety = 0.1;
 // Preconditioner: reciprocal vectors whose long-wave stiffness, the eigenvalue
 // 8 pi k_e coef_k / V * n / 2 of their cos/sin rank-2 term, is at least kLowThreshold times
 // the mean diagonal, at most kMaxLow of them.  Measured on rattled NaCl (256 - 2k atoms):
@@ -39,6 +41,11 @@ constexpr double kErfSaturation = 6.0;
 // with the threshold 0.2, 5-6 with 0.05, no fewer below; the set-up costs O(n kMaxLow^2).
 constexpr double kLowThreshold = 0.05;
 constexpr int kMaxLow = 96;
+// Free boundaries: a coarse space of spatial blocks of about kAtomsPerBlock atoms (at
+// most kMaxBlocks), used from kMinCoarseAtoms atoms on.
+constexpr int kAtomsPerBlock = 16;
+constexpr int kMaxBlocks = 256;
+constexpr int kMinCoarseAtoms = 64;
 
 // g(r) = [erfc(beta r) - erfc(gamma r)]/r and its first two derivatives (beta = 0: free
 // boundaries, erf(gamma r)/r).  Near r = 0 the difference cancels, so the even power series
@@ -334,6 +341,81 @@ SNAPQEQ_SIMD long tabulated_pairs(long np, const int* pi, const int* pj, const d
   return inside;
 }
 
+// Free-boundary kernel values of atom i (position xi) with the m atoms at x (3 per atom,
+// width classes wc): k_e g(r) and k_e g'(r)/r, from the tables below r_sat and exactly
+// 1/r beyond (erf saturated); coincident atoms get the finite Gaussian value and no
+// derivative.  tab: table offsets of the row of i's class.  Branch-free, so it vectorizes.
+SNAPQEQ_SIMD void free_pairs(int m, const double* xi, const double* x, const int* wc,
+                             const int* tab, const double* coef, double hinv, int kmax,
+                             double rsat, double* val, double* dval) {
+#pragma omp simd
+  for (int p = 0; p < m; ++p) {
+    const double dx = x[3 * p] - xi[0], dy = x[3 * p + 1] - xi[1], dz = x[3 * p + 2] - xi[2];
+    const double r2 = dx * dx + dy * dy + dz * dz;
+    const double r = std::sqrt(r2);
+    const double xs = r * hinv;
+    const int k = std::min(int(xs), kmax);
+    const double t = xs - k;
+    const double* c = coef + tab[wc[p]] + 6 * k;
+    const double gt = c[0] + t * (c[1] + t * (c[2] + t * (c[3] + t * (c[4] + t * c[5]))));
+    const double dgt =
+        (c[1] + t * (2.0 * c[2] + t * (3.0 * c[3] + t * (4.0 * c[4] + t * 5.0 * c[5])))) * hinv;
+    const bool near = r < rsat;
+    const double inv = 1.0 / r;  // inf for coincident atoms, which take the table
+    val[p] = kCoulomb * (near ? gt : inv);
+    dval[p] = r2 > 0.0 ? kCoulomb * (near ? dgt : -inv * inv) * inv : 0.0;
+  }
+}
+
+// y[p] += a[p] vi for p < m; returns sum_p a[p] v[p] (one row segment of a symmetric
+// product)
+SNAPQEQ_SIMD double row_product(int m, const double* a, const double* __restrict v,
+                                double* __restrict y, double vi) {
+  double acc = 0.0;
+#pragma omp simd reduction(+ : acc)
+  for (int p = 0; p < m; ++p) {
+    acc += a[p] * v[p];
+    y[p] += a[p] * vi;
+  }
+  return acc;
+}
+
+// Forces of a free-boundary row segment: atom i (xi, ai, bi) with the m atoms at x
+// (a, b, dval per atom): fac = (ai b_j + a_j bi)/2 dval; fi += fac d, fg_j -= fac d,
+// w -= fac d (x) d (xx yy zz xy xz yz), d = x_j - x_i
+SNAPQEQ_SIMD void row_forces(int m, const double* xi, double ai, double bi, const double* x,
+                             const double* a, const double* b, const double* dval,
+                             double* __restrict fg, double* fi, double* w) {
+  double fx = 0.0, fy = 0.0, fz = 0.0, w0 = 0.0, w1 = 0.0, w2 = 0.0, w3 = 0.0, w4 = 0.0,
+         w5 = 0.0;
+#pragma omp simd reduction(+ : fx, fy, fz, w0, w1, w2, w3, w4, w5)
+  for (int p = 0; p < m; ++p) {
+    const double dx = x[3 * p] - xi[0], dy = x[3 * p + 1] - xi[1], dz = x[3 * p + 2] - xi[2];
+    const double fac = 0.5 * (ai * b[p] + a[p] * bi) * dval[p];
+    fx += fac * dx;
+    fy += fac * dy;
+    fz += fac * dz;
+    fg[3 * p] -= fac * dx;
+    fg[3 * p + 1] -= fac * dy;
+    fg[3 * p + 2] -= fac * dz;
+    w0 -= fac * dx * dx;
+    w1 -= fac * dy * dy;
+    w2 -= fac * dz * dz;
+    w3 -= fac * dx * dy;
+    w4 -= fac * dx * dz;
+    w5 -= fac * dy * dz;
+  }
+  fi[0] += fx;
+  fi[1] += fy;
+  fi[2] += fz;
+  w[0] += w0;
+  w[1] += w1;
+  w[2] += w2;
+  w[3] += w3;
+  w[4] += w4;
+  w[5] += w5;
+}
+
 // g (lower triangle of m x m) += sum_i w_i e_i e_i^T, rows e_i of length m
 SNAPQEQ_SIMD void weighted_gram(int c, int m, const double* e, const double* w, double* g) {
   for (int i = 0; i < c; ++i) {
@@ -397,6 +479,19 @@ struct Electrostatics::Table {
   }
 };
 
+// x with erfc(x) = y, 0 < y < 1, by Newton's method on ln erfc (quadratic convergence
+// from the asymptote x ~ sqrt(-ln y); a few steps reach double precision)
+static double erfc_inverse(double y) {
+  double x = std::sqrt(std::max(-std::log(y), 0.0));
+  for (int it = 0; it < 50; ++it) {
+    const double e = std::erfc(x);
+    const double step = (std::log(e) - std::log(y)) / (-kTwoOverSqrtPi * std::exp(-x * x) / e);
+    x -= step;
+    if (std::fabs(step) <= 1e-15 * std::max(1.0, std::fabs(x))) break;
+  }
+  return x;
+}
+
 EwaldParameters ewald_parameters(double natoms, double volume, double max_width,
                                  double accuracy, double cutoff) {
   if (!(accuracy > 0.0 && accuracy < 1.0))
@@ -404,7 +499,12 @@ EwaldParameters ewald_parameters(double natoms, double volume, double max_width,
   if (!(volume > 0.0)) throw std::invalid_argument("Ewald sums need a cell of positive volume");
   if (!(max_width > 0.0)) throw std::invalid_argument("Gaussian widths must be positive");
   const double gamma_min = 1.0 / (kSqrt2 * max_width);
-  const double s = std::sqrt(-std::log(accuracy));
+  // each truncation aims at accuracy/10 because the errors of the many terms near a
+  // cutoff add up (the rule of snapqeq.ewald.ewald_parameters, so that an accuracy means
+  // the same cutoffs in Python and in LAMMPS for the same beta)
+  const double target = kTruncationSafety * accuracy;
+  const double s = erfc_inverse(target);      // erfc(beta r_c) = target
+  const double t = std::sqrt(-std::log(target));  // exp(-k_c^2 / 4 beta^2) = target
   EwaldParameters p;
   p.accuracy = accuracy;
   if (cutoff > 0.0) {
@@ -419,7 +519,7 @@ EwaldParameters ewald_parameters(double natoms, double volume, double max_width,
                       kBetaScale * std::pow(std::max(natoms, 1.0) / (volume * volume), 1.0 / 6.0));
   }
   p.real_cutoff = s / p.beta;
-  p.kcut = 2.0 * s * p.beta;
+  p.kcut = 2.0 * t * p.beta;
   return p;
 }
 
@@ -434,7 +534,7 @@ double Electrostatics::memory_bytes() const {
   for (int d = 0; d < 3; ++d) b += 8.0 * (ph_re_[d].capacity() + ph_im_[d].capacity());
   b += 8.0 * (kvec_.capacity() + kcoef_.capacity() + lowe_.capacity() + lowchol_.capacity());
   for (const Table& t : tables_) b += 8.0 * t.c.capacity();
-  b += 8.0 * (diag_.capacity() + dinv_.capacity() + work_.capacity());
+  b += 8.0 * (diag_.capacity() + dinv_.capacity() + work_.capacity() + hp_.capacity());
   return b;
 }
 
@@ -501,12 +601,17 @@ void Electrostatics::build_tables(double beta, double rmax, bool free) {
   double gamma_max = 0.0;
   for (double a : cwidth_) gamma_max = std::max(gamma_max, 1.0 / (kSqrt2 * a));
   const double spacing = 0.02 / std::max(1.0, gamma_max);
+  // free boundaries: all tables reach the saturation of the widest pair (beyond its own
+  // saturation a table holds 1/r), so that one range test serves every pair
+  double gamma_min = gamma_max;
+  for (double a : cwidth_) gamma_min = std::min(gamma_min, 1.0 / (kSqrt2 * a));
+  table_rsat_scale_ = 1.0 / gamma_min;
   tables_.assign(size_t(nc) * nc, Table());
   for (int a = 0; a < nc; ++a)
     for (int b = a; b < nc; ++b) {
       const double gamma = 1.0 / std::sqrt(cwidth_[a] * cwidth_[a] + cwidth_[b] * cwidth_[b]);
       Table& t = tables_[size_t(a) * nc + b];
-      t.build(beta, gamma, free ? kErfSaturation / gamma : rmax, spacing);
+      t.build(beta, gamma, free ? kErfSaturation / gamma_min : rmax, spacing);
       if (b != a) tables_[size_t(b) * nc + a] = t;
     }
   // all coefficients in one array for the vectorized evaluation (tabulated_pairs)
@@ -548,8 +653,9 @@ void Electrostatics::kernel(int i, int j, double r, double& g, double& dg) const
 /* ------------------------------------------------------------------ free boundaries */
 
 // Pairs of the free-boundary sum: owned atom i with j = (i + t) % n, t = 1 .. n/2, except
-// t = n/2 for i >= n/2 when n is even; this visits every pair once and gives every row the
-// same work, so the ranks are balanced.
+// t = n/2 for i >= n/2 when n is even (its value is stored as zero); this visits every
+// pair once and gives every row the same work, so the ranks are balanced.  In memory a
+// row is two runs of consecutive j: i+1 .. and, past n-1, 0 .. (see free_segments()).
 void Electrostatics::setup_free(int n, int first, int count, const double* x,
                                 const double* alpha, const int* owned_slot) {
   reset(n, first, count, alpha, owned_slot);
@@ -574,14 +680,8 @@ void Electrostatics::setup_free(int n, int first, int count, const double* x,
   fval_.assign(stored_free_ ? size_t(count) * half_ : 0, 0.0);
   fdval_.assign(stored_free_ ? size_t(count) * half_ : 0, 0.0);
   if (stored_free_)
-    for (int li = 0; li < count; ++li) {
-      const int i = first + li;
-      for (int t = 1; t <= half_; ++t) {
-        if (2 * t == n && i >= half_) continue;
-        const int j = (i + t) % n;
-        free_pair(i, j, fval_[size_t(li) * half_ + t - 1], fdval_[size_t(li) * half_ + t - 1]);
-      }
-    }
+    for (int li = 0; li < count; ++li)
+      free_row(li, &fval_[size_t(li) * half_], &fdval_[size_t(li) * half_]);
 
   self_.assign(count, 0.0);
   std::vector<double> d(n, 0.0);
@@ -592,6 +692,31 @@ void Electrostatics::setup_free(int n, int first, int count, const double* x,
   }
   reduce_replicated(d.data());
   diag_ = std::move(d);
+}
+
+int Electrostatics::free_segments(int i, int start[2], int len[2]) const {
+  start[0] = i + 1;
+  len[0] = std::min(half_, n_ - 1 - i);
+  start[1] = 0;
+  len[1] = half_ - len[0];
+  return len[1] > 0 ? 2 : 1;
+}
+
+void Electrostatics::free_row(int li, double* val, double* dval) const {
+  const int i = first_ + li;
+  int start[2], len[2];
+  const int nseg = free_segments(i, start, len);
+  for (int s = 0, at = 0; s < nseg; at += len[s], ++s) {
+    if (!tables_.empty()) {
+      const int nc = int(cwidth_.size());
+      free_pairs(len[s], x_ + 3 * size_t(i), x_ + 3 * size_t(start[s]), &wclass_[start[s]],
+                 &table_offset_[size_t(wclass_[i]) * nc], table_coef_.data(), table_hinv_,
+                 table_kmax_, kErfSaturation * table_rsat_scale_, val + at, dval + at);
+    } else {
+      for (int p = 0; p < len[s]; ++p) free_pair(i, start[s] + p, val[at + p], dval[at + p]);
+    }
+  }
+  if (2 * half_ == n_ && i >= half_) val[half_ - 1] = dval[half_ - 1] = 0.0;  // counted by i - n/2
 }
 
 void Electrostatics::free_pair(int i, int j, double& v, double& dv) const {
@@ -918,21 +1043,20 @@ void Electrostatics::apply(const double* v, double* y) {
       y[i] += acc;
     }
   } else {
+    std::vector<double> rv, rd;
+    if (!stored_free_) rv.resize(half_), rd.resize(half_);
     for (int li = 0; li < count_; ++li) {
       const int i = first_ + li;
-      const double vi = v[i];
+      const double* a = rv.data();
+      if (stored_free_)
+        a = &fval_[size_t(li) * half_];
+      else
+        free_row(li, rv.data(), rd.data());
+      int start[2], len[2];
+      const int nseg = free_segments(i, start, len);
       double yi = 0.0;
-      for (int t = 1; t <= half_; ++t) {
-        if (2 * t == n_ && i >= half_) continue;
-        const int j = (i + t) % n_;
-        double a, da;
-        if (stored_free_)
-          a = fval_[size_t(li) * half_ + t - 1];
-        else
-          free_pair(i, j, a, da);
-        yi += a * v[j];
-        y[j] += a * vi;
-      }
+      for (int sg = 0, at = 0; sg < nseg; at += len[sg], ++sg)
+        yi += row_product(len[sg], a + at, v + start[sg], y + start[sg], v[i]);
       y[i] += yi;
     }
   }
@@ -968,21 +1092,30 @@ void Electrostatics::forces(const double* a, const double* b, double* f, double*
     }
   };
   if (!periodic_) {
+    std::vector<double> rv, rd;
+    if (!stored_free_) rv.resize(half_), rd.resize(half_);
     for (int li = 0; li < count_; ++li) {
       const int i = first_ + li;
-      for (int t = 1; t <= half_; ++t) {
-        if (2 * t == n_ && i >= half_) continue;
-        const int j = (i + t) % n_;
-        const double c = 0.5 * (a[i] * b[j] + a[j] * b[i]);
-        if (c == 0.0) continue;
-        double v, dv;
-        if (stored_free_)
-          dv = fdval_[size_t(li) * half_ + t - 1];
-        else
-          free_pair(i, j, v, dv);
-        const double d[3] = {x_[3 * j] - x_[3 * i], x_[3 * j + 1] - x_[3 * i + 1],
-                             x_[3 * j + 2] - x_[3 * i + 2]};
-        pair(i, j, d, c * dv, true, 1.0);
+      const double* dv = rd.data();
+      if (stored_free_)
+        dv = &fdval_[size_t(li) * half_];
+      else
+        free_row(li, rv.data(), rd.data());
+      int start[2], len[2];
+      const int nseg = free_segments(i, start, len);
+      for (int sg = 0, at = 0; sg < nseg; at += len[sg], ++sg) {
+        if (!vatom) {
+          const size_t j0 = size_t(start[sg]);
+          row_forces(len[sg], x_ + 3 * size_t(i), a[i], b[i], x_ + 3 * j0, a + j0, b + j0,
+                     dv + at, fg.data() + 3 * j0, &fg[3 * size_t(i)], vir);
+          continue;
+        }
+        for (int p = 0; p < len[sg]; ++p) {
+          const int j = start[sg] + p;
+          const double d[3] = {x_[3 * j] - x_[3 * i], x_[3 * j + 1] - x_[3 * i + 1],
+                               x_[3 * j + 2] - x_[3 * i + 2]};
+          pair(i, j, d, 0.5 * (a[i] * b[j] + a[j] * b[i]) * dv[at + p], true, 1.0);
+        }
       }
     }
   } else if (!vatom) {
@@ -1212,7 +1345,12 @@ void Electrostatics::prepare_preconditioner(const double* hardness) {
   nlow_ = 0;
   lowe_.clear();
   lowchol_.clear();
-  if (!periodic_ || kcoef_.empty() || n_ < 2) return;
+  nblocks_ = 0;
+  if (!periodic_) {
+    if (n_ >= kMinCoarseAtoms) prepare_coarse(hardness);
+    return;
+  }
+  if (kcoef_.empty() || n_ < 2) return;
   dmean /= n_;
 
   // the reciprocal vectors with the stiffest long waves (largest coefficients)
@@ -1274,9 +1412,107 @@ void Electrostatics::prepare_preconditioner(const double* hardness) {
   nlow_ = nlow;
 }
 
+// Free boundaries: a two-level "balancing" preconditioner
+//   M^-1 = Q + (I - Q H) D^-1 (I - H Q),  Q = P H_c^-1 P^T,  H = J + A_es,  H_c = P^T H P,
+// with P the indicator of spatial blocks (a grid over the bounding box).  Jacobi alone
+// leaves the stiff long charge waves across a cluster to the iteration (largest eigenvalue
+// of D^-1 H ~ 24 for a 2k-atom NaCl cluster, condition number 42); the coarse level solves
+// them exactly (condition 4.4 with 16 atoms per block).  H P (n x m) is kept, so that
+// applying M^-1 costs O(n m) and no communication.  Every rank builds the same blocks from
+// the replicated positions; H P is summed over the ranks.
+void Electrostatics::prepare_coarse(const double* hardness) {
+  double lo[3], hi[3];
+  for (int k = 0; k < 3; ++k) lo[k] = hi[k] = x_[k];
+  for (int i = 1; i < n_; ++i)
+    for (int k = 0; k < 3; ++k) {
+      lo[k] = std::min(lo[k], x_[3 * size_t(i) + k]);
+      hi[k] = std::max(hi[k], x_[3 * size_t(i) + k]);
+    }
+  const int want = std::min(kMaxBlocks, std::max(1, n_ / kAtomsPerBlock));
+  double ext[3], vol = 1.0;
+  for (int k = 0; k < 3; ++k) {
+    ext[k] = std::max(hi[k] - lo[k], 1e-3);
+    vol *= ext[k];
+  }
+  const double edge = std::cbrt(vol / want);
+  int dims[3];
+  for (int k = 0; k < 3; ++k) dims[k] = std::max(1, int(std::lround(ext[k] / edge)));
+  // grid cells -> consecutive block numbers of the occupied cells
+  std::vector<int> number(size_t(dims[0]) * dims[1] * dims[2], -1);
+  int m = 0;
+  block_.assign(n_, 0);
+  for (int i = 0; i < n_; ++i) {
+    int c[3];
+    for (int k = 0; k < 3; ++k)
+      c[k] = std::min(dims[k] - 1, int((x_[3 * size_t(i) + k] - lo[k]) / ext[k] * dims[k]));
+    int& id = number[(size_t(c[0]) * dims[1] + c[1]) * dims[2] + c[2]];
+    if (id < 0) id = m++;
+    block_[i] = id;
+  }
+  if (m < 2) return;
+
+  // H P: row i holds sum over the atoms j of block b of H_ij
+  hp_.assign(size_t(n_) * m, 0.0);
+  std::vector<double> rv, rd;
+  if (!stored_free_) rv.resize(half_), rd.resize(half_);
+  for (int li = 0; li < count_; ++li) {
+    const int i = first_ + li;
+    const int bi = block_[i];
+    double* row = &hp_[size_t(i) * m];
+    row[bi] += hardness[i] + diag_[i];
+    const double* a = rv.data();
+    if (stored_free_)
+      a = &fval_[size_t(li) * half_];
+    else
+      free_row(li, rv.data(), rd.data());
+    int start[2], len[2];
+    const int nseg = free_segments(i, start, len);
+    for (int sg = 0, at = 0; sg < nseg; at += len[sg], ++sg)
+      for (int p = 0; p < len[sg]; ++p) {
+        const int j = start[sg] + p;
+        row[block_[j]] += a[at + p];
+        hp_[size_t(j) * m + bi] += a[at + p];
+      }
+  }
+  comm_->allreduce_sum(hp_.data(), n_ * m);
+  std::vector<double> hc(size_t(m) * m, 0.0);  // H_c = P^T (H P)
+  for (int i = 0; i < n_; ++i) {
+    double* out = &hc[size_t(block_[i]) * m];
+    const double* row = &hp_[size_t(i) * m];
+    for (int b = 0; b < m; ++b) out[b] += row[b];
+  }
+  if (!cholesky(hc, m)) {  // cannot happen for a positive definite H
+    hp_.clear();
+    return;
+  }
+  lowchol_ = std::move(hc);
+  nblocks_ = m;
+}
+
+// z = M^-1 r of the balancing preconditioner above
+void Electrostatics::precondition_coarse(const double* r, double* z) const {
+  const int m = nblocks_;
+  std::vector<double> t(m, 0.0), s(m, 0.0);
+  for (int i = 0; i < n_; ++i) t[block_[i]] += r[i];
+  cholesky_solve(lowchol_, m, t.data());  // t = H_c^-1 P^T r
+  for (int i = 0; i < n_; ++i) {          // z = D^-1 (r - H P t), s = (H P)^T z
+    const double* row = &hp_[size_t(i) * m];
+    double u = 0.0;
+#pragma omp simd reduction(+ : u)
+    for (int b = 0; b < m; ++b) u += row[b] * t[b];
+    const double zi = dinv_[i] * (r[i] - u);
+    z[i] = zi;
+#pragma omp simd
+    for (int b = 0; b < m; ++b) s[b] += row[b] * zi;
+  }
+  cholesky_solve(lowchol_, m, s.data());
+  for (int i = 0; i < n_; ++i) z[i] += t[block_[i]] - s[block_[i]];
+}
+
 // M^-1 r = D^-1 r - D^-1 E (C^-1 + E^T D^-1 E)^-1 E^T D^-1 r (Woodbury), on every rank
 // for all atoms (O(n nlow), no communication)
 void Electrostatics::precondition(const double* r, double* z) {
+  if (nblocks_ > 0) return precondition_coarse(r, z);
   for (int i = 0; i < n_; ++i) z[i] = dinv_[i] * r[i];
   if (nlow_ == 0) return;
   const int m = 2 * nlow_;

@@ -52,9 +52,11 @@ class Communicator {
   }
 };
 
-// Ewald parameters of a periodic cell.  With s = sqrt(-ln accuracy): real-space cutoff
-// real_cutoff = s/beta (erfc(beta r_c) ~ accuracy/(s sqrt(pi))), reciprocal cutoff
-// kcut = 2 s beta (exp(-k^2/4beta^2) = accuracy).
+// Ewald parameters of a periodic cell, by the rule of snapqeq.ewald.ewald_parameters: each
+// sum is truncated where its terms fall below eps' = accuracy/10, i.e. the real-space
+// cutoff real_cutoff = erfcinv(eps')/beta and the reciprocal cutoff
+// kcut = 2 beta sqrt(-ln eps'); the relative error of energies and potentials is then
+// below accuracy.
 struct EwaldParameters {
   double beta = 0.0;         // splitting parameter, 1/Angstrom
   double real_cutoff = 0.0;  // Angstrom
@@ -174,6 +176,12 @@ class Electrostatics {
   void reciprocal_forces(const double* a, const double* b, double* fo, double* virial,
                          double* vo);
   void free_pair(int i, int j, double& v, double& dv) const;  // k_e g, k_e g'/r
+  // the runs of consecutive partners j of row i: [start[s], start[s] + len[s]), s < return
+  int free_segments(int i, int start[2], int len[2]) const;
+  // values (k_e g) and derivatives (k_e g'/r) of the half_ pairs of owned row li
+  void free_row(int li, double* val, double* dval) const;
+  void prepare_coarse(const double* hardness);  // see prepare_preconditioner()
+  void precondition_coarse(const double* r, double* z) const;
 
   Communicator* comm_;
   Communicator serial_;
@@ -197,6 +205,7 @@ class Electrostatics {
   int table_kmax_ = 0;                 // last interval common to all tables
   std::vector<double> table_widths_;
   double table_beta_ = -1.0, table_rmax_ = -1.0;
+  double table_rsat_scale_ = 0.0;  // free boundaries: 1/min gamma, the tables' reach / 6
   bool table_free_ = false;
 
   // all positions; free boundaries: owned row li pairs with j = (first + li + t) % n,
@@ -234,7 +243,10 @@ class Electrostatics {
   std::vector<double> pc_hardness_, dinv_;
   int nlow_ = 0;                       // reciprocal vectors in the preconditioner
   std::vector<double> lowe_;           // n x 2 nlow: cos, sin of every atom
-  std::vector<double> lowchol_;        // Cholesky factor of C^-1 + E^T D^-1 E
+  std::vector<double> lowchol_;        // Cholesky factor of C^-1 + E^T D^-1 E, or of A_c
+  int nblocks_ = 0;                    // free boundaries: blocks of the coarse level
+  std::vector<int> block_;             // block of every atom
+  std::vector<double> hp_;             // n x nblocks_: (J + A_es) P
   int pc_setup_ = -1, setup_id_ = 0;
 };
 

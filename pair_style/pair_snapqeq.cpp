@@ -200,7 +200,7 @@ PairSNAPQEq::PairSNAPQEq(LAMMPS *lmp) : Pair(lmp), ncached(0), mpi(world)
 
   total_charge = 0.0;
   tol = 1.0e-10;
-  ewald_accuracy = 1.0e-12;
+  ewald_accuracy = 1.0e-6;
   maxiter = 1000;
   rcutfac = 0.0;
   periodic = false;
@@ -265,7 +265,7 @@ void PairSNAPQEq::settings(int narg, char **arg)
   // keywords not given take their defaults (also when pair_style is re-issued)
   total_charge = 0.0;
   tol = 1.0e-10;
-  ewald_accuracy = 1.0e-12;
+  ewald_accuracy = 1.0e-6;
   maxiter = 1000;
 
   int iarg = 1;

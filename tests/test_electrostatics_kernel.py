@@ -18,6 +18,7 @@ from ase.build import bulk
 from conftest import assert_close
 
 from snapqeq._electrostatics import GaussianElectrostatics, ewald_parameters, solve_qeq
+from snapqeq import ewald
 from snapqeq.ewald import Electrostatics
 from snapqeq.neighbors import build_pairs
 from snapqeq.qeq import equilibrate
@@ -249,10 +250,11 @@ def test_parameters_and_bad_input():
     atoms = orthorhombic()
     cell, w = atoms.cell.array, widths_of(atoms)
     p = ewald_parameters(len(atoms), cell, w, 1e-10)
-    s = np.sqrt(-np.log(1e-10))
     assert p["beta"] <= 1.0 / (np.sqrt(2.0) * w.max()) * (1 + 1e-12)
-    assert p["cutoff"] == pytest.approx(s / p["beta"])
-    assert p["kcut"] == pytest.approx(2 * s * p["beta"])
+    # the same truncation rule as the torch implementation (for the same beta)
+    py = ewald.ewald_parameters(cell, w, len(atoms), 1e-10, kspace="ewald", beta=p["beta"])
+    assert p["cutoff"] == pytest.approx(py.cutoff, rel=1e-13)
+    assert p["kcut"] == pytest.approx(py.kcut, rel=1e-13)
     fixed = ewald_parameters(len(atoms), cell, w, 1e-10, cutoff=20.0)
     assert fixed["cutoff"] == pytest.approx(20.0)
     with pytest.raises(ValueError, match="too short"):

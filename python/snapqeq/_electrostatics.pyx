@@ -15,19 +15,20 @@ electrostatic energy is E_es = 1/2 q^T A q with
   self energy, and a uniform background for net-charged cells, so the result does not
   depend on the splitting parameter beta <= min g_ij).  The real space runs over a pair
   list inside the real-space cutoff, the reciprocal space over the Ewald k vectors with
-  |k| <= kcut.  ``accuracy`` is the relative truncation error of both sums; with
-  s = sqrt(-ln accuracy): cutoff = s / beta, kcut = 2 s beta.
+  |k| <= kcut.  ``accuracy`` bounds the relative truncation error of both sums, by the
+  rule of :func:`snapqeq.ewald.ewald_parameters`: with eps' = accuracy / 10,
+  cutoff = erfcinv(eps') / beta and kcut = 2 beta sqrt(-ln eps').
 
 API
 ---
-``ewald_parameters(n_atoms, cell, widths, accuracy=1e-12, cutoff=None)``
+``ewald_parameters(n_atoms, cell, widths, accuracy=1e-6, cutoff=None)``
     dict with ``beta`` (1/Angstrom), ``cutoff`` (Angstrom), ``kcut`` (1/Angstrom) and
     ``accuracy``: the values the class below uses.  Without ``cutoff`` beta balances the
     real-space against the reciprocal-space work, beta ~ (N/V^2)^(1/6); with a cutoff,
-    beta = s / cutoff (which must not exceed min g).
+    beta = erfcinv(accuracy / 10) / cutoff (which must not exceed min g).
 
 ``GaussianElectrostatics(positions, cell, widths, i=None, j=None, vectors=None, *,
-shifts=None, accuracy=1e-12, cutoff=None, full_list=True)``
+shifts=None, accuracy=1e-6, cutoff=None, full_list=True)``
     One geometry.  positions (N, 3); cell (3, 3) lattice vectors as rows (any
     orientation) or None for free boundaries; widths (N,) > 0.  Periodic cells need the
     real-space pairs within ``self.cutoff``: ``i``, ``j`` (P,) atom indices and either
@@ -70,9 +71,8 @@ Example (an ASE ``atoms`` with per-atom ``widths``, ``hardness`` and ``chi``)::
     w = -virial / atoms.get_volume()   # ASE stress: [w00, w11, w22, w12, w02, w01]
 
 Notes: the object keeps references to its input arrays (the kernel borrows them); a new
-geometry needs a new object.  ``accuracy`` here bounds exp(-s^2) of both sums (default
-1e-12, as in the LAMMPS plugin); snapqeq.ewald's ``accuracy`` is defined differently
-(erfc(beta r_c) = accuracy / 10), so equal numbers do not mean equal cutoffs.  Shifts must
+geometry needs a new object.  ``accuracy`` (default 1e-6, as in snapqeq.ewald and the
+LAMMPS plugin) means the same cutoffs as in snapqeq.ewald for the same beta.  Shifts must
 lie in -127..127 cell vectors.
 """
 
@@ -142,7 +142,7 @@ def _widths(widths, n):
     return w
 
 
-def ewald_parameters(n_atoms, cell, widths, accuracy=1e-12, cutoff=None):
+def ewald_parameters(n_atoms, cell, widths, accuracy=1e-6, cutoff=None):
     """Ewald parameters (beta, cutoff, kcut, accuracy) for a periodic cell; see the module
     docstring."""
     c = _cell_array(cell)
@@ -172,7 +172,7 @@ cdef class GaussianElectrostatics:
         del self.es
 
     def __init__(self, positions, cell, widths, i=None, j=None, vectors=None, *, shifts=None,
-                 accuracy=1e-12, cutoff=None, full_list=True):
+                 accuracy=1e-6, cutoff=None, full_list=True):
         x = np.ascontiguousarray(positions, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != 3 or not np.all(np.isfinite(x)):
             raise ValueError("positions must be a finite (N, 3) array")
