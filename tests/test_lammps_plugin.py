@@ -50,7 +50,7 @@ def _n_components(desc: dict) -> int:
     return Bispectrum(**{k: v for k, v in desc.items() if v is not None}).n_components
 
 
-def make_model(path: Path, desc: dict, short: bool = False, seed: int = 0) -> Path:
+def random_cent(desc: dict, short: bool = False, seed: int = 0) -> CENT:
     """A small CENT with random weights (chi varies visibly with the environment)."""
     torch.manual_seed(seed)
     model = CENT(2, _n_components(desc), [6, 6], [0.53, 1.06], [5.4, 2.7], [-1.3, -2.1],
@@ -59,7 +59,12 @@ def make_model(path: Path, desc: dict, short: bool = False, seed: int = 0) -> Pa
         model.chi0.copy_(torch.tensor([-1.0, 1.5], dtype=torch.float64))
         for p in model.chi_net.parameters():
             p.mul_(2.0)
-    return export_model(model, ELEMENTS, desc, path, overwrite=True)
+    return model
+
+
+def make_model(path: Path, desc: dict, short: bool = False, seed: int = 0) -> Path:
+    """:func:`random_cent` exported to ``path``."""
+    return export_model(random_cent(desc, short, seed), ELEMENTS, desc, path, overwrite=True)
 
 
 @pytest.fixture(scope="session")
@@ -141,12 +146,14 @@ def write_data(path: Path, atoms: Atoms, elements=ELEMENTS, margin: float = 6.0)
 
 def setup_commands(data: Path, model: Path, boundary: str, total_charge: float = 0.0,
                    tol: float | None = 1e-13, accuracy: float | None = 1e-13,
-                   elements=ELEMENTS) -> list[str]:
+                   elements=ELEMENTS, options: str = "") -> list[str]:
     """Input lines up to pair_coeff.  The solver tolerance and Ewald accuracy lie far below
-    the tolerances of the comparisons; None leaves the style's default (1e-10, 1e-6)."""
+    the tolerances of the comparisons; None leaves the style's default (1e-10, 1e-6).
+    ``options``: further pair_style keywords."""
     keywords = f"total_charge {total_charge}"
     keywords += "" if tol is None else f" tol {tol}"
     keywords += "" if accuracy is None else f" ewald_accuracy {accuracy}"
+    keywords += f" {options}" if options else ""
     return ["units metal", "atom_style charge", "atom_modify map array sort 0 0.0",
             f"boundary {boundary}", f"read_data {data}",
             f"pair_style snapqeq {model} {keywords}",

@@ -1,0 +1,209 @@
+"""Per-atom OLCAO potential coefficients from ``pair_style snapqeq``.
+
+A model file with an OLCAO head gives, through ``fix pair ... olcao 1 olcao_std 1``, the
+mean and standard deviation of every atom's potential coefficients (Hartree; NaN beyond an
+element's exponent series).  They are compared with the ASE calculator's
+``potential_coefficients`` / ``potential_coefficients_std`` (same model file, its own
+bispectra and charge equilibration), serially through the LAMMPS Python module and with
+``mpirun -np 2 lmp``.  The heads have random weights (no training: this checks the plumbing,
+not the learning), with input scaling from sample structures so that every feature block
+(bispectrum, medium-range bispectrum, q, phi) moves the outputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_close
+from test_lammps_plugin import (
+    ELEMENTS,
+    _descriptor,
+    _run_lmp,
+    boundary_of,
+    make_model,
+    nacl_cell,
+    nacl_cluster,
+    random_cent,
+    setup_commands,
+    write_data,
+)
+
+from snapqeq.calculator import SnapQEqCalculator
+from snapqeq.export import build_metadata, export_model
+from snapqeq.lammps_plugin import build_plugin, load_plugin
+from snapqeq.lammps_runtime import open_lammps
+from snapqeq.olcao_model import OLCAOModel
+from snapqeq.site_features import FeatureRecipe, SiteFeaturizer, energy_model_fingerprint
+
+RTOL = 1e-8  # plugin vs calculator
+TOL = 1e-13  # charge equilibration residual, plugin (tol) and calculator (tol)
+ACCURACY = 1e-13  # Ewald truncation, plugin (ewald_accuracy) and calculator (accuracy)
+PAIR_OPTIONS = f"ewald_accuracy {ACCURACY}"
+TRIGGERED = "olcao 1 olcao_std 1"
+
+
+def make_olcao_model(path: Path, desc: dict, medium: dict | None, seed: int) -> Path:
+    """A random CENT with a random OLCAO head on [B | medium B | q phi]."""
+    cent = random_cent(desc, seed=seed)
+    recipe = FeatureRecipe(local=desc, medium=medium, chi_source="energy_model")
+    fingerprint = energy_model_fingerprint(build_metadata(cent, ELEMENTS, desc))
+    torch.manual_seed(seed)
+    head = OLCAOModel(recipe, hidden=[8], n_components=2, energy_fingerprint=fingerprint)
+    featurizer = SiteFeaturizer(recipe.without_long_range())
+    x = np.concatenate([featurizer(a).matrix(long_range=False)
+                        for a in (nacl_cluster(), nacl_cell())])
+    mean = np.append(x.mean(0), [0.0, 0.0])
+    scale = np.append(np.maximum(x.std(0), 1e-2 * (np.abs(x.mean(0)) + 1.0)), [0.3, 3.0])
+    with torch.no_grad():
+        head.head.in_mean.copy_(torch.as_tensor(mean).expand_as(head.head.in_mean))
+        head.head.in_std.copy_(torch.as_tensor(scale).expand_as(head.head.in_std))
+    return export_model(cent, ELEMENTS, desc, path, overwrite=True, olcao=head)
+
+
+@pytest.fixture(scope="session")
+def plugin() -> Path:
+    return build_plugin(jobs=2)
+
+
+@pytest.fixture(scope="session")
+def olcao_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("olcao_models")
+    return {
+        # medium-range block with its own cutoff, radii, weights, twojmax, quadratic terms
+        "medium": make_olcao_model(
+            root / "medium.pt", _descriptor(),
+            _descriptor(twojmax=2, rcutfac=1.6, radii={"Na": 2.7, "Cl": 3.0},
+                        weights={"Na": 0.8, "Cl": 1.0}, quadraticflag=True), seed=3),
+        # the model's quadratic chem descriptor only (+ q, phi)
+        "local": make_olcao_model(
+            root / "local.pt", _descriptor(twojmax=2, quadraticflag=True, chemflag=True,
+                                           bzeroflag=False), None, seed=4),
+        "no-head": make_model(root / "no_head.pt", _descriptor(twojmax=2), seed=5),
+    }
+
+
+def calculator_coefficients(atoms, model: Path, total_charge: float):
+    calc = SnapQEqCalculator(str(model), total_charge=total_charge, method="dense", tol=TOL,
+                             accuracy=ACCURACY)
+    mean = calc.get_property("potential_coefficients", atoms)
+    return mean, calc.results["potential_coefficients_std"]
+
+
+def lammps_coefficients(atoms, model: Path, plugin: Path, tmp_path: Path,
+                        total_charge: float, fields: str = TRIGGERED, options: str = ""):
+    """run 0 with ``fix pair 1 snapqeq <fields>``; its columns in atom order."""
+    data = write_data(tmp_path / "in.data", atoms)
+    lmp = open_lammps()
+    try:
+        load_plugin(lmp, plugin)
+        lmp.commands_list(
+            setup_commands(data, model, boundary_of(atoms), total_charge, tol=TOL,
+                           options=f"{PAIR_OPTIONS} {options}")
+            + [f"fix olcao all pair 1 snapqeq {fields}", "run 0"])
+        n = lmp.extract_global("nlocal")
+        return lmp.numpy.extract_fix("olcao", 1, 2)[:n].copy()
+    finally:
+        lmp.close()
+
+
+def assert_coefficients_close(got, ref, rtol: float, what: str) -> float:
+    """Same NaN pattern, then the finite entries within rtol (per-column scale)."""
+    nan = np.isnan(ref)
+    assert nan.any() and not nan.all()  # both elements' series lengths are exercised
+    assert np.array_equal(np.isnan(got), nan), f"{what}: NaN positions differ"
+    return assert_close(np.where(nan, 0.0, got), np.where(nan, 0.0, ref), rtol=rtol,
+                        what=what)
+
+
+STRUCTURES = {"cluster": (nacl_cluster, 1.0), "periodic": (nacl_cell, 0.0)}
+
+
+@pytest.mark.parametrize("model_name", ["medium", "local"])
+@pytest.mark.parametrize("structure", sorted(STRUCTURES))
+def test_coefficients_match_calculator(plugin, olcao_models, tmp_path, model_name, structure):
+    make, total_charge = STRUCTURES[structure]
+    atoms = make()
+    model = olcao_models[model_name]
+    got = lammps_coefficients(atoms, model, plugin, tmp_path, total_charge)
+    mean, std = calculator_coefficients(atoms, model, total_charge)
+    d = mean.shape[1]
+    assert got.shape == (len(atoms), 2 * d)
+    assert_coefficients_close(got[:, :d], mean, RTOL, "olcao")
+    assert_coefficients_close(got[:, d:], std, RTOL, "olcao_std")
+    assert np.nanmin(std) > 0
+
+
+def test_keyword_every_step_with_untriggered_fix(plugin, olcao_models, tmp_path):
+    """pair_style ... olcao yes serves fix pair without trigger (with other fields)."""
+    atoms, model = nacl_cluster(), olcao_models["medium"]
+    got = lammps_coefficients(atoms, model, plugin, tmp_path, 1.0,
+                              fields="q 0 olcao 0 olcao_std 0", options="olcao yes")
+    mean, std = calculator_coefficients(atoms, model, 1.0)
+    d = mean.shape[1]
+    assert abs(got[:, 0].sum() - 1.0) < 1e-10  # the charges come first
+    assert_coefficients_close(got[:, 1:1 + d], mean, RTOL, "olcao")
+    assert_coefficients_close(got[:, 1 + d:], std, RTOL, "olcao_std")
+
+
+def _expect_error(commands: list[str], pattern: str, plugin: Path):
+    lmp = open_lammps()
+    try:
+        load_plugin(lmp, plugin)
+        with pytest.raises(Exception, match=pattern) as info:
+            lmp.commands_list(commands)
+        assert "ERROR" in str(info.value)
+    finally:
+        lmp.close()
+
+
+@pytest.mark.parametrize("case", ["no-head", "no-head-keyword", "untriggered"])
+def test_clear_errors(plugin, olcao_models, tmp_path, case):
+    data = write_data(tmp_path / "c.data", nacl_cluster())
+    model = olcao_models["medium" if case == "untriggered" else "no-head"]
+    keyword = "olcao yes" if case == "no-head-keyword" else ""
+    fields = "olcao 0 olcao_std 0" if case == "untriggered" else TRIGGERED
+    pattern = {"no-head": r"cannot provide per-atom olcao: model file .* has no OLCAO head",
+               "no-head-keyword": r"olcao yes: model file .* has no OLCAO head",
+               "untriggered": r"did not compute the per-atom olcao of step 0: use the trigger"
+               }[case]
+    commands = setup_commands(data, model, "f f f", tol=TOL,
+                              options=f"{PAIR_OPTIONS} {keyword}") + [
+        f"fix olcao all pair 1 snapqeq {fields}", "run 0"]
+    _expect_error(commands, pattern, plugin)
+
+
+MPI_DECK = """\
+plugin load {plugin}
+{setup}
+fix olcao all pair 1 snapqeq olcao 1 olcao_std 1
+dump coefficients all custom 1 olcao.dump id f_olcao[*]
+dump_modify coefficients sort id format float %.17g
+run 0
+"""
+
+
+@pytest.mark.parametrize("structure", sorted(STRUCTURES))
+def test_mpi_np1_np2_agree(plugin, olcao_models, tmp_path, structure):
+    """The medium-range neighbours (9 A, beyond the model's cutoff) reach across ranks."""
+    make, total_charge = STRUCTURES[structure]
+    atoms = make(repeat=(2, 2, 2))
+    model = olcao_models["medium"]
+    data = write_data(tmp_path / "mpi.data", atoms)
+    setup = "\n".join(setup_commands(data, model, boundary_of(atoms), total_charge, tol=TOL,
+                                     options=PAIR_OPTIONS))
+    dumps = {}
+    for nprocs in (1, 2):
+        run_dir = tmp_path / f"np{nprocs}"
+        run_dir.mkdir()
+        (run_dir / "in.lmp").write_text(MPI_DECK.format(plugin=plugin, setup=setup))
+        out = _run_lmp(["-in", "in.lmp", "-log", "none"], run_dir, nprocs=nprocs)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert f"on {nprocs} procs" in out.stdout
+        dumps[nprocs] = np.loadtxt(run_dir / "olcao.dump", skiprows=9)[:, 1:]
+    assert_coefficients_close(dumps[2], dumps[1], 1e-10, "np 2 vs np 1")
+    mean, std = calculator_coefficients(atoms, model, total_charge)
+    assert_coefficients_close(dumps[1], np.concatenate([mean, std], axis=1), RTOL,
+                              "np 1 vs calculator")
