@@ -86,6 +86,13 @@ double workspace_bytes(int twojmax, int nelements, int nnbr)
   return 16.0 * (idxu * (nnbr + 2.0 * ne + 3.0) + idxz * ne * ne) + 8.0 * nnbr + 512.0;
 }
 
+// the message of an exception, without the C++ backtrace libtorch appends to its own
+std::string message_of(const std::exception &e)
+{
+  if (const auto *c = dynamic_cast<const c10::Error *>(&e)) return c->what_without_backtrace();
+  return e.what();
+}
+
 std::string join(const std::vector<std::string> &v)
 {
   std::string s;
@@ -549,12 +556,9 @@ void PairSNAPQEq::load_model(const std::string &file)
       m->short_range({0.0}, es);
     }
     m->blin = m->bfull = m->species = m->chi = m->qt = m->eshort = torch::Tensor();
-  } catch (const c10::Error &e) {
-    error->all(FLERR, "snapqeq model file {}: the network does not accept {} descriptor components: {}",
-               file, ncoeff, e.what_without_backtrace());
   } catch (const std::exception &e) {
     error->all(FLERR, "snapqeq model file {}: the network does not accept {} descriptor components: {}",
-               file, ncoeff, e.what());
+               file, ncoeff, message_of(e));
   }
   if (has_olcao) {    // the same for the head and its site features
     const int km = olcao_ncoeff_linear;
@@ -568,12 +572,9 @@ void PairSNAPQEq::load_model(const std::string &file)
       m->potential_coefficients(1, b.data(), ncoeff_linear, bm.data(), olcao_ncoeff_linear,
                                 olcao_long_range ? &zero : nullptr, &zero, &e, olcao_ncol,
                                 mean.data(), std.data());
-    } catch (const c10::Error &e) {
-      error->all(FLERR, "snapqeq model file {}: the OLCAO head does not accept {} site features: {}",
-                 file, nfeat, e.what_without_backtrace());
     } catch (const std::exception &e) {
       error->all(FLERR, "snapqeq model file {}: the OLCAO head does not accept {} site features: {}",
-                 file, nfeat, e.what());
+                 file, nfeat, message_of(e));
     }
   }
   model = std::move(m);

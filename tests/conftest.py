@@ -15,6 +15,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from pathlib import Path
 
 import numpy as np
+import pytest
 from ase import Atoms
 from ase.build import bulk
 
@@ -24,6 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lammps_oracle import preload_mpi  # noqa: E402
 
 preload_mpi()
+
+
+@pytest.fixture(scope="session")
+def plugin() -> Path:
+    """Build (or bring up to date) plugin/build/snapqeqplugin.so of this checkout, once per
+    session, for the LAMMPS plugin tests; failures fail the tests."""
+    from snapqeq.lammps_plugin import build_plugin
+
+    return build_plugin(jobs=2)
 
 # ----------------------------------------------------------------------------------------
 # Shared helpers of the LAMMPS comparison tests (imported as ``from conftest import ...``)

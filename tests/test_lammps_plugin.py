@@ -68,12 +68,6 @@ def make_model(path: Path, desc: dict, short: bool = False, seed: int = 0) -> Pa
 
 
 @pytest.fixture(scope="session")
-def plugin() -> Path:
-    """Build (or bring up to date) plugin/build/snapqeqplugin.so; failures fail the tests."""
-    return build_plugin(jobs=2)
-
-
-@pytest.fixture(scope="session")
 def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
     return {

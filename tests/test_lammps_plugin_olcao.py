@@ -12,6 +12,9 @@ not the learning), with input scaling from sample structures so that every featu
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,9 @@ import torch
 from conftest import assert_close
 from test_lammps_plugin import (
     ELEMENTS,
+    EXAMPLES,
     _descriptor,
+    _expect_error,
     _run_lmp,
     boundary_of,
     make_model,
@@ -33,7 +38,7 @@ from test_lammps_plugin import (
 
 from snapqeq.calculator import SnapQEqCalculator
 from snapqeq.export import build_metadata, export_model
-from snapqeq.lammps_plugin import build_plugin, load_plugin
+from snapqeq.lammps_plugin import load_plugin
 from snapqeq.lammps_runtime import open_lammps
 from snapqeq.olcao_model import OLCAOModel
 from snapqeq.site_features import FeatureRecipe, SiteFeaturizer, energy_model_fingerprint
@@ -61,11 +66,6 @@ def make_olcao_model(path: Path, desc: dict, medium: dict | None, seed: int) -> 
         head.head.in_mean.copy_(torch.as_tensor(mean).expand_as(head.head.in_mean))
         head.head.in_std.copy_(torch.as_tensor(scale).expand_as(head.head.in_std))
     return export_model(cent, ELEMENTS, desc, path, overwrite=True, olcao=head)
-
-
-@pytest.fixture(scope="session")
-def plugin() -> Path:
-    return build_plugin(jobs=2)
 
 
 @pytest.fixture(scope="session")
@@ -148,17 +148,6 @@ def test_keyword_every_step_with_untriggered_fix(plugin, olcao_models, tmp_path)
     assert_coefficients_close(got[:, 1 + d:], std, RTOL, "olcao_std")
 
 
-def _expect_error(commands: list[str], pattern: str, plugin: Path):
-    lmp = open_lammps()
-    try:
-        load_plugin(lmp, plugin)
-        with pytest.raises(Exception, match=pattern) as info:
-            lmp.commands_list(commands)
-        assert "ERROR" in str(info.value)
-    finally:
-        lmp.close()
-
-
 @pytest.mark.parametrize("case", ["no-head", "no-head-keyword", "untriggered"])
 def test_clear_errors(plugin, olcao_models, tmp_path, case):
     data = write_data(tmp_path / "c.data", nacl_cluster())
@@ -207,3 +196,48 @@ def test_mpi_np1_np2_agree(plugin, olcao_models, tmp_path, structure):
     mean, std = calculator_coefficients(atoms, model, total_charge)
     assert_coefficients_close(dumps[1], np.concatenate([mean, std], axis=1), RTOL,
                               "np 1 vs calculator")
+
+
+def test_triggered_every_n_steps_in_md(plugin, olcao_models, tmp_path):
+    """fix pair 2 triggers the head on even steps only; after 4 MD steps its values are
+    those of the final positions."""
+    atoms, model = nacl_cluster(seed=11), olcao_models["medium"]
+    data = write_data(tmp_path / "md.data", atoms)
+    lmp = open_lammps()
+    try:
+        load_plugin(lmp, plugin)
+        lmp.commands_list(
+            setup_commands(data, model, "f f f", 1.0, tol=TOL, options=PAIR_OPTIONS)
+            + ["mass * 30.0", "velocity all create 600 12345 mom yes rot yes",
+               "fix nve all nve", "timestep 0.002",
+               f"fix olcao all pair 2 snapqeq {TRIGGERED}", "run 4"])
+        n = lmp.extract_global("nlocal")
+        got = lmp.numpy.extract_fix("olcao", 1, 2)[:n].copy()
+        moved = atoms.copy()
+        moved.positions = lmp.numpy.extract_atom("x")[:n].copy()
+    finally:
+        lmp.close()
+    assert np.abs(moved.positions - atoms.positions).max() > 1e-3
+    mean, std = calculator_coefficients(moved, model, 1.0)
+    assert_coefficients_close(got, np.concatenate([mean, std], axis=1), RTOL, "step 4")
+
+
+def test_example_deck_dumps_coefficients(plugin, tmp_path):
+    """examples/lammps/in.nacl_olcao with the head of make_example_model.py --olcao, np 2."""
+    for f in EXAMPLES.iterdir():
+        if f.is_file() and (f.name.startswith("in.") or f.suffix in (".lmp", ".py")):
+            shutil.copy(f, tmp_path)
+    made = subprocess.run([sys.executable, "make_example_model.py", "--twojmax", "4",
+                           "--olcao"], cwd=tmp_path, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    out = _run_lmp(["-in", "in.nacl_olcao", "-log", "none", "-var", "steps", "50",
+                    "-var", "plugin", str(plugin)], tmp_path, nprocs=2)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    lines = (tmp_path / "output" / "olcao_coefficients.dump").read_text().splitlines()
+    header = lines[8].split()[2:]
+    rows = [line.split() for line in lines[9:] if len(line.split()) == len(header)]
+    assert len(rows) == 2 * 64  # steps 0 and 50
+    values = np.array(rows, dtype=float)
+    coefficients = values[:, header.index("f_olcao[1]"):]
+    assert coefficients.shape[1] % 2 == 0 and np.isnan(coefficients).any()
+    assert np.isfinite(values[:, header.index("q")]).all()
