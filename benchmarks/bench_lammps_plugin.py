@@ -12,8 +12,8 @@ and ratios are medians of the per-trial ratios (the machine is shared, so absolu
 drift more than ratios).  ``pair_style snap`` is a linear SNAP potential with small
 random coefficients; snapqeq a CENT model with random weights (3-3 hidden layers, as in
 the CENT paper), timed with its defaults (Ewald accuracy 1e-6, solver tol 1e-10), with a
-looser solver and with a tighter Ewald sum.  The mean conjugate-gradient iterations per step come from
-``compute pair snapqeq``.
+looser solver and with a tighter Ewald sum.  The mean conjugate-gradient iterations per
+step come from ``compute pair snapqeq``.
 
 ``--write`` replaces (or appends) the section "LAMMPS pair style snapqeq" of BENCHMARKS.md.
 """

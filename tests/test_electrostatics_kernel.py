@@ -17,8 +17,8 @@ from ase import Atoms
 from ase.build import bulk
 from conftest import assert_close
 
-from snapqeq._electrostatics import GaussianElectrostatics, ewald_parameters, solve_qeq
 from snapqeq import ewald
+from snapqeq._electrostatics import GaussianElectrostatics, ewald_parameters, solve_qeq
 from snapqeq.ewald import Electrostatics
 from snapqeq.neighbors import build_pairs
 from snapqeq.qeq import equilibrate
