@@ -49,7 +49,7 @@ WEIGHTS = {"Na": 1.0, "Cl": 0.8}
 RCUTFAC, RFAC0 = 1.0, 0.99363
 VENV_BIN = Path(sys.prefix) / "bin"
 # snapqeq settings timed besides the defaults (pair_style keywords)
-VARIANTS = {"snapqeq": "", "snapqeq tol 1e-6": "tol 1e-6",
+VARIANTS = {"snapqeq": "", "snapqeq tol 1e-8": "tol 1e-8", "snapqeq tol 1e-6": "tol 1e-6",
             "snapqeq acc 1e-12": "ewald_accuracy 1e-12"}
 
 

@@ -532,7 +532,7 @@ double Electrostatics::memory_bytes() const {
   b += 8.0 * (fval_.capacity() + fdval_.capacity() + pval_.capacity() + pdval_.capacity());
   b += 4.0 * (row_i_.capacity() + row_start_.capacity());
   for (int d = 0; d < 3; ++d) b += 8.0 * (ph_re_[d].capacity() + ph_im_[d].capacity());
-  b += 8.0 * (kvec_.capacity() + kcoef_.capacity() + lowe_.capacity() + lowchol_.capacity());
+  b += 8.0 * (kvec_.capacity() + kcoef_.capacity() + lowchol_.capacity()) + 4.0 * lowe_.capacity();
   for (const Table& t : tables_) b += 8.0 * t.c.capacity();
   b += 8.0 * (diag_.capacity() + dinv_.capacity() + work_.capacity() + hp_.capacity());
   return b;
@@ -1327,11 +1327,14 @@ void Electrostatics::reciprocal_forces(const double* a, const double* b, double*
 /* ------------------------------------------------------------------ preconditioner */
 
 void Electrostatics::prepare_preconditioner(const double* hardness) {
-  if (pc_setup_ == setup_id_ && int(pc_hardness_.size()) == n_ &&
-      std::equal(pc_hardness_.begin(), pc_hardness_.end(), hardness))
-    return;
+  const bool same = int(pc_hardness_.size()) == n_ && pc_periodic_ == periodic_ &&
+                    std::equal(pc_hardness_.begin(), pc_hardness_.end(), hardness) &&
+                    (!periodic_ || std::equal(&cell_[0][0], &cell_[0][0] + 9, pc_cell_));
+  if (same && setup_id_ - pc_setup_ <= std::max(pc_max_age_, 0)) return;
   pc_hardness_.assign(hardness, hardness + n_);
   pc_setup_ = setup_id_;
+  pc_periodic_ = periodic_;
+  std::copy(&cell_[0][0], &cell_[0][0] + 9, pc_cell_);
   dinv_.assign(n_, 0.0);
   double dmean = 0.0;
   for (int i = 0; i < n_; ++i) {
@@ -1382,22 +1385,25 @@ void Electrostatics::prepare_preconditioner(const double* hardness) {
     for (int i = 0; i < c; ++i) {
       const double er = ar[i] * br[i] - ai[i] * bi[i];
       const double ei = ar[i] * bi[i] + ai[i] * br[i];
-      own[size_t(i) * m + q] = er * pr[i] - ei * pim[i];
-      own[size_t(i) * m + nlow + q] = er * pim[i] + ei * pr[i];
+      // rounded to float, the precision of lowe_: the Woodbury factor below is computed
+      // from the same numbers, so M stays exactly symmetric positive definite
+      own[size_t(i) * m + q] = float(er * pr[i] - ei * pim[i]);
+      own[size_t(i) * m + nlow + q] = float(er * pim[i] + ei * pr[i]);
     }
   }
   // C^-1 + E^T D^-1 E (symmetric m x m), summed over the ranks
   std::vector<double> g(size_t(m) * m, 0.0);
   weighted_gram(c, m, own.data(), dinv_.data() + first_, g.data());
   comm_->allreduce_sum(g.data(), m * m);
-  lowe_.assign(size_t(n_) * m, 0.0);
   {
     std::vector<int> cm(counts_.size()), dm(displs_.size());
     for (size_t r = 0; r < counts_.size(); ++r) {
       cm[r] = counts_[r] * m;
       dm[r] = displs_[r] * m;
     }
-    comm_->allgatherv(own.data(), c * m, lowe_.data(), cm.data(), dm.data());
+    std::vector<double> all(size_t(n_) * m, 0.0);
+    comm_->allgatherv(own.data(), c * m, all.data(), cm.data(), dm.data());
+    lowe_.assign(all.begin(), all.end());
   }
   for (int q = 0; q < nlow; ++q) {
     const double cinv = 1.0 / (pref * kcoef_[order[q]]);
@@ -1519,13 +1525,13 @@ void Electrostatics::precondition(const double* r, double* z) {
   std::vector<double> t(m, 0.0);
   for (int i = 0; i < n_; ++i) {
     const double zi = z[i];
-    const double* e = &lowe_[size_t(i) * m];
+    const float* e = &lowe_[size_t(i) * m];
 #pragma omp simd
     for (int p = 0; p < m; ++p) t[p] += e[p] * zi;
   }
   cholesky_solve(lowchol_, m, t.data());
   for (int i = 0; i < n_; ++i) {
-    const double* e = &lowe_[size_t(i) * m];
+    const float* e = &lowe_[size_t(i) * m];
     double s = 0.0;
 #pragma omp simd reduction(+ : s)
     for (int p = 0; p < m; ++p) s += e[p] * t[p];

@@ -151,6 +151,13 @@ class Electrostatics {
   // alone slow (30 -> 13 iterations for a cold 2k-atom NaCl solve).  Collective; cheap to
   // call again with the same hardness.
   void prepare_preconditioner(const double* hardness);
+  // Let prepare_preconditioner() keep a preconditioner built up to max_age setups ago
+  // (default 0: rebuilt for every geometry) for the same hardness and cell.  The caller
+  // promises that the atoms kept their global indices since (in LAMMPS: no reneighbouring).
+  // A preconditioner of a slightly older geometry is still a fixed symmetric positive
+  // definite operator: the solve converges to the same charges, in about as many
+  // iterations, and its set-up (O(n m^2), a few % of an MD step) is skipped.
+  void allow_preconditioner_reuse(int max_age) { pc_max_age_ = max_age; }
   // z = M^-1 r (n values each, every rank).  Needs no communication: every rank holds
   // the whole (small) preconditioner.
   void precondition(const double* r, double* z);
@@ -242,12 +249,15 @@ class Electrostatics {
   // preconditioner
   std::vector<double> pc_hardness_, dinv_;
   int nlow_ = 0;                       // reciprocal vectors in the preconditioner
-  std::vector<double> lowe_;           // n x 2 nlow: cos, sin of every atom
+  std::vector<float> lowe_;            // n x 2 nlow: cos, sin of every atom (float: the
+                                       // preconditioner needs no more, and it stays in L2)
   std::vector<double> lowchol_;        // Cholesky factor of C^-1 + E^T D^-1 E, or of A_c
   int nblocks_ = 0;                    // free boundaries: blocks of the coarse level
   std::vector<int> block_;             // block of every atom
   std::vector<double> hp_;             // n x nblocks_: (J + A_es) P
-  int pc_setup_ = -1, setup_id_ = 0;
+  int pc_setup_ = -1, setup_id_ = 0, pc_max_age_ = 0;
+  bool pc_periodic_ = false;
+  double pc_cell_[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
 };
 
 struct SolveStats {

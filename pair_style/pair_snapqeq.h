@@ -123,6 +123,8 @@ class PairSNAPQEq : public Pair {
 
   // atoms of the charge equilibration owned by this rank (fixed between neighbour-list
   // builds), their positions and, this step, their bispectrum neighbours
+  bool qeq_order_changed;    // since the last set-up of the electrostatics
+  static constexpr int kPreconditionerAge = 10;    // set-ups a preconditioner may serve
   std::vector<int> owned;                                   // local indices
   std::vector<double> x_owned;                              // their positions
   Neighbors nbr;                                            // of the model's descriptor
