@@ -133,25 +133,28 @@ thermo_style custom step pe etotal f_iters
 
 # Fixed notes of the section (figures from a separate measurement, see the text)
 NOTES = """\
-Where the time goes (periodic cell, defaults, one rank; per-phase CPU timers added to the
-plugin for one measurement, 20 MD steps after 30, 2026-11-21): bispectrum 38% (descriptors
-with U and Z kept per atom, then Y and the adjoint forces from the kept workspaces: about
-0.8x the cost of a whole pair snap step), Ewald real-space kernel values 13%, conjugate-
-gradient solve 40%, electrostatic forces 9%, network and its gradient 1%. At the default
-accuracy 1e-12 the real-space cutoff is 23 A (beta balanced against the reciprocal work,
-`kernel/electrostatics.cpp`), i.e. ~1130 pairs per atom inside it (1450 with the neighbour
-skin) and 5400 reciprocal vectors; each step costs ~9 matrix products in steady MD
-(projected CG with a Jacobi + long-wave Ewald preconditioner, warm-started by extrapolating
-the last five solutions), two allreduce each. The old implementation (dense O(N^2) real
-space over all atoms and images, U and Z computed twice) took 9x pair snap on this cell.
+Where the time goes (periodic cell, defaults, one rank; `perf record` of 30 + 20 MD steps,
+2026-11-22): bispectrum 51% (U 9%, Z 14%, Y 2%, dU/dr and forces 26%: the same kernel
+work as pair snap plus the Z list that the network's B needs), Ewald reciprocal sums of the
+solver's matrix products 16%, real-space kernel values 7% and products 5%, electrostatic
+forces 5%, preconditioner 3%, network and its gradient ~1%. At the default accuracy 1e-6
+(each sum cut at 1e-7, the rule of the ASE calculator) the real-space cutoff is 16.5 A
+(~590 candidate pairs per atom with the neighbour skin) and 2442 reciprocal vectors; each
+step costs ~9 matrix products (projected CG with a Jacobi + long-wave Ewald
+preconditioner, rebuilt at neighbour-list builds only, warm-started by extrapolating the
+last five solutions). Clusters: all pairs with stored kernel values (vectorized), and a
+two-level preconditioner over spatial blocks of 16 atoms (~12 products per step).
 
-Targets of issue 6: snapqeq within 1.5x of pair snap is met only with looser
-electrostatics (`ewald_accuracy 1e-6 tol 1e-6`: 1.3x for the cell); at the defaults
-snapqeq costs 2-2.5x pair snap, because an Ewald sum converged to 1e-12 over 2048 atoms
-(and a solve to 1e-10) costs about as much as the bispectrum work itself. Two ranks beat
-one when both cores are free (speed-up ~1.9 at a load of ~1.5); on an oversubscribed
-machine the ~20 collectives per step wait for descheduled partners and the gain shrinks
-or vanishes, while pair snap, which only exchanges ghost atoms, still gains.
+The solver tolerance hardly matters for energy conservation: NVE of a 512-atom cell with
+the benchmark model (hot, ~800 K; 1 fs, 1.5 ps; `examples`-style deck, 2026-11-22) drifts
+by -0.071, -0.077 and -0.080 meV/atom/ps with `tol` 1e-10, 1e-8 and 1e-6 (19, 14 and 9
+products per step for this fast-changing random model); `tol 1e-6` is a safe 15% gain for
+production MD.
+
+History: the first plugin (dense O(N^2) real space over all atoms and images) took 9x
+pair snap on the periodic cell; the shared kernel with Ewald accuracy 1e-12 as the default
+2.2-2.5x (now `ewald_accuracy 1e-12`, column above); the cluster took 2.1-2.3x before the
+vectorized free-boundary products and the block preconditioner.
 """
 
 LOOP = re.compile(r"Loop time of ([0-9.eE+-]+) on (\d+) procs for (\d+) steps with (\d+) atoms")

@@ -719,6 +719,22 @@ void Electrostatics::free_row(int li, double* val, double* dval) const {
   if (2 * half_ == n_ && i >= half_) val[half_ - 1] = dval[half_ - 1] = 0.0;  // counted by i - n/2
 }
 
+template <class Body>
+void Electrostatics::for_free_rows(Body&& body) const {
+  std::vector<double> rv, rd;  // a row's values when they are not stored
+  if (!stored_free_) rv.resize(half_), rd.resize(half_);
+  for (int li = 0; li < count_; ++li) {
+    const double *val = rv.data(), *dval = rd.data();
+    if (stored_free_) {
+      val = &fval_[size_t(li) * half_];
+      dval = &fdval_[size_t(li) * half_];
+    } else {
+      free_row(li, rv.data(), rd.data());
+    }
+    body(first_ + li, val, dval);
+  }
+}
+
 void Electrostatics::free_pair(int i, int j, double& v, double& dv) const {
   const double d[3] = {x_[3 * j] - x_[3 * i], x_[3 * j + 1] - x_[3 * i + 1],
                        x_[3 * j + 2] - x_[3 * i + 2]};
@@ -1043,22 +1059,14 @@ void Electrostatics::apply(const double* v, double* y) {
       y[i] += acc;
     }
   } else {
-    std::vector<double> rv, rd;
-    if (!stored_free_) rv.resize(half_), rd.resize(half_);
-    for (int li = 0; li < count_; ++li) {
-      const int i = first_ + li;
-      const double* a = rv.data();
-      if (stored_free_)
-        a = &fval_[size_t(li) * half_];
-      else
-        free_row(li, rv.data(), rd.data());
+    for_free_rows([&](int i, const double* a, const double*) {
       int start[2], len[2];
       const int nseg = free_segments(i, start, len);
       double yi = 0.0;
       for (int sg = 0, at = 0; sg < nseg; at += len[sg], ++sg)
         yi += row_product(len[sg], a + at, v + start[sg], y + start[sg], v[i]);
       y[i] += yi;
-    }
+    });
   }
   reduce_replicated(y);
 }
@@ -1092,15 +1100,7 @@ void Electrostatics::forces(const double* a, const double* b, double* f, double*
     }
   };
   if (!periodic_) {
-    std::vector<double> rv, rd;
-    if (!stored_free_) rv.resize(half_), rd.resize(half_);
-    for (int li = 0; li < count_; ++li) {
-      const int i = first_ + li;
-      const double* dv = rd.data();
-      if (stored_free_)
-        dv = &fdval_[size_t(li) * half_];
-      else
-        free_row(li, rv.data(), rd.data());
+    for_free_rows([&](int i, const double*, const double* dv) {
       int start[2], len[2];
       const int nseg = free_segments(i, start, len);
       for (int sg = 0, at = 0; sg < nseg; at += len[sg], ++sg) {
@@ -1117,7 +1117,7 @@ void Electrostatics::forces(const double* a, const double* b, double* f, double*
           pair(i, j, d, 0.5 * (a[i] * b[j] + a[j] * b[i]) * dv[at + p], true, 1.0);
         }
       }
-    }
+    });
   } else if (!vatom) {
     // the common case, written out: F_i collects in registers along a row, and all
     // arrays are locals (no reloads of members after the stores into fg)
@@ -1459,18 +1459,10 @@ void Electrostatics::prepare_coarse(const double* hardness) {
 
   // H P: row i holds sum over the atoms j of block b of H_ij
   hp_.assign(size_t(n_) * m, 0.0);
-  std::vector<double> rv, rd;
-  if (!stored_free_) rv.resize(half_), rd.resize(half_);
-  for (int li = 0; li < count_; ++li) {
-    const int i = first_ + li;
+  for_free_rows([&](int i, const double* a, const double*) {
     const int bi = block_[i];
     double* row = &hp_[size_t(i) * m];
     row[bi] += hardness[i] + diag_[i];
-    const double* a = rv.data();
-    if (stored_free_)
-      a = &fval_[size_t(li) * half_];
-    else
-      free_row(li, rv.data(), rd.data());
     int start[2], len[2];
     const int nseg = free_segments(i, start, len);
     for (int sg = 0, at = 0; sg < nseg; at += len[sg], ++sg)
@@ -1479,7 +1471,7 @@ void Electrostatics::prepare_coarse(const double* hardness) {
         row[block_[j]] += a[at + p];
         hp_[size_t(j) * m + bi] += a[at + p];
       }
-  }
+  });
   comm_->allreduce_sum(hp_.data(), n_ * m);
   std::vector<double> hc(size_t(m) * m, 0.0);  // H_c = P^T (H P)
   for (int i = 0; i < n_; ++i) {

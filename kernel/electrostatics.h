@@ -187,6 +187,9 @@ class Electrostatics {
   int free_segments(int i, int start[2], int len[2]) const;
   // values (k_e g) and derivatives (k_e g'/r) of the half_ pairs of owned row li
   void free_row(int li, double* val, double* dval) const;
+  // body(i, values, derivatives) for every owned row i (stored or computed values)
+  template <class Body>
+  void for_free_rows(Body&& body) const;
   void prepare_coarse(const double* hardness);  // see prepare_preconditioner()
   void precondition_coarse(const double* r, double* z) const;
 

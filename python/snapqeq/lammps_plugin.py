@@ -23,6 +23,7 @@ fits both.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import re
 import shutil
@@ -154,7 +155,9 @@ def build_plugin(build_dir: str | os.PathLike | None = None, jobs: int = 2,
     """Configure and build ``snapqeqplugin.so``; returns its path.
 
     Idempotent: an existing build folder is reused and only out-of-date files are
-    recompiled (a no-op build takes well under a second).
+    recompiled (a no-op build takes well under a second).  Concurrent calls for the same
+    folder (parallel test runs, a demo next to the tests) take turns through a lock file,
+    so that two CMake runs never write the same build tree.
 
     Parameters
     ----------
@@ -174,12 +177,15 @@ def build_plugin(build_dir: str | os.PathLike | None = None, jobs: int = 2,
     """
     build = Path(build_dir) if build_dir is not None else default_build_dir()
     build.mkdir(parents=True, exist_ok=True)
-    log = build / "build.log"
-    log.write_text("")
-    args = cmake_arguments(build)
-    if not _cache_matches(build / "CMakeCache.txt", args):
-        _run(args, log, verbose)
-    _run([args[0], "--build", str(build), "--parallel", str(max(1, int(jobs)))], log, verbose)
+    with open(build / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        log = build / "build.log"
+        log.write_text("")
+        args = cmake_arguments(build)
+        if not _cache_matches(build / "CMakeCache.txt", args):
+            _run(args, log, verbose)
+        _run([args[0], "--build", str(build), "--parallel", str(max(1, int(jobs)))], log,
+             verbose)
     out = build / PLUGIN_FILE
     if not out.is_file():
         raise RuntimeError(f"the build finished but {out} is missing; see {log}")
