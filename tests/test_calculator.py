@@ -82,7 +82,7 @@ def test_matches_training_path(model_file):
     atoms.info["charge"] = 2.0
     atoms.calc = SnapQEqCalculator(path)
     out = predict(model, make_sample(atoms, bs))
-    assert atoms.get_potential_energy() == pytest.approx(float(out["energy"]), rel=1e-12)
+    assert atoms.get_potential_energy() == pytest.approx(float(out["energy"].detach()), rel=1e-12)
     assert np.allclose(atoms.get_forces(), out["forces"].detach().numpy(), atol=1e-10)
     assert np.allclose(atoms.get_charges(), out["charges"].detach().numpy(), atol=1e-10)
 
