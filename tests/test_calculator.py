@@ -144,6 +144,34 @@ def test_large_cell_uses_iterative_solver_and_agrees(model_file):
     assert np.allclose(a1.get_forces(), a2.get_forces(), atol=1e-7)
 
 
+def test_large_cluster_uses_the_kernel_solver_and_agrees(model_file):
+    """Above DENSE_MAX_ATOMS["free"] a cluster's charges, electrostatic forces and (4G)
+    adjoint term come from the C++ kernel: the same numbers as the dense path, forces
+    still the derivative of the energy."""
+    path, *_ = model_file
+    atoms = nacl(True).repeat((4, 4, 3))  # 384 atoms
+    atoms.pbc, atoms.cell = False, np.zeros((3, 3))
+    atoms.info["charge"] = 1.0
+    kernel = SnapQEqCalculator(path, tol=1e-12)
+    dense = SnapQEqCalculator(path, method="dense")
+    a1, a2 = atoms.copy(), atoms.copy()
+    a1.calc, a2.calc = dense, kernel
+    assert a2.get_potential_energy() == pytest.approx(a1.get_potential_energy(), rel=1e-11)
+    assert np.allclose(a1.get_forces(), a2.get_forces(), atol=1e-8)
+    assert np.allclose(a1.get_charges(), a2.get_charges(), atol=1e-10)
+    some = [0, 77, 200]
+    fd = np.array([[(_energy_at(a2, i, k, 1e-5) - _energy_at(a2, i, k, -1e-5)) / -2e-5
+                    for k in range(3)] for i in some])
+    assert np.abs(a2.get_forces()[some] - fd).max() < 1e-6
+
+
+def _energy_at(atoms: Atoms, i: int, k: int, h: float) -> float:
+    moved = atoms.copy()
+    moved.positions[i, k] += h
+    moved.calc = atoms.calc
+    return moved.get_potential_energy()
+
+
 def test_bad_input_gives_clear_errors(model_file, tmp_path):
     path, *_ = model_file
     calc = SnapQEqCalculator(path)

@@ -14,6 +14,7 @@ from ase.build import bulk
 
 from snapqeq.ewald import COULOMB, Electrostatics
 from snapqeq.qeq import (
+    DENSE_MAX_ATOMS,
     ConstrainedSolver,
     QEqConvergenceError,
     QEqResult,
@@ -95,6 +96,41 @@ def test_dense_and_cg_agree(case, total):
     assert cg.energy == pytest.approx(dense.energy, abs=1e-8)
     np.testing.assert_allclose(cg.forces, dense.forces, atol=1e-8)
     assert cg.iterations > 0 and dense.iterations == 0
+
+
+@pytest.mark.parametrize("total", [0.0, 1.0, -2.0])
+def test_kernel_solver_agrees_with_dense(total):
+    """The C++ kernel's solver (method "kernel", the LAMMPS plugin's) gives the dense
+    solution: charges, energy, potentials, forces, chemical potential; "auto" picks it for
+    clusters above DENSE_MAX_ATOMS["free"] and not below."""
+    atoms = cluster(reps=(4, 4, 3))  # 384 atoms
+    assert len(atoms) > DENSE_MAX_ATOMS["free"]
+    chi = electronegativity(atoms)
+    dense = equilibrate(atoms, chi, HARDNESS, WIDTHS, total, method="dense")
+    kernel = equilibrate(atoms, chi, HARDNESS, WIDTHS, total, method="kernel")
+    assert kernel.method == "kernel" and kernel.iterations > 0
+    assert kernel.residual <= 1e-10
+    np.testing.assert_allclose(kernel.charges, dense.charges, atol=1e-9)
+    assert kernel.energy == pytest.approx(dense.energy, rel=1e-11)
+    np.testing.assert_allclose(kernel.potential, dense.potential, atol=1e-8)
+    np.testing.assert_allclose(kernel.forces, dense.forces, atol=1e-8)
+    assert kernel.chemical_potential == pytest.approx(dense.chemical_potential, abs=1e-8)
+    assert equilibrate(atoms, chi, HARDNESS, WIDTHS, total).method == "kernel"
+    small = cluster()
+    assert equilibrate(small, electronegativity(small), HARDNESS, WIDTHS).method == "dense"
+
+
+def test_kernel_solver_errors():
+    with pytest.raises(ValueError, match="clusters"):
+        equilibrate(rocksalt(), electronegativity(rocksalt()), HARDNESS, WIDTHS,
+                    method="kernel")
+    atoms = cluster(reps=(4, 4, 3))
+    with pytest.raises(QEqConvergenceError, match="C\\+\\+ kernel"):
+        equilibrate(atoms, electronegativity(atoms), HARDNESS, WIDTHS, method="kernel",
+                    max_iter=2)
+    atoms.positions[5] = atoms.positions[7]
+    with pytest.raises(ValueError, match="overlap"):
+        equilibrate(atoms, electronegativity(atoms), HARDNESS, WIDTHS, method="kernel")
 
 
 @pytest.mark.parametrize("case", ["cluster", "periodic"])

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, CalculatorSetupError, all_changes
 
+from snapqeq._electrostatics import GaussianElectrostatics
 from snapqeq._sna import accumulate_pair_forces
 from snapqeq.bispectrum import VOIGT, Bispectrum
 from snapqeq.ewald import Electrostatics
 from snapqeq.export import LoadedModel, load_model
-from snapqeq.qeq import equilibrate, total_charge_of
+from snapqeq.qeq import DENSE_MAX_ATOMS, equilibrate, total_charge_of
 from snapqeq.site_features import FeatureRecipe, SiteFeaturizer
 
 
@@ -214,6 +215,12 @@ class SnapQEqCalculator(Calculator):
     def _mu_dphi(atoms, widths, q, mu, accuracy=None):
         """Forces and stress of -mu . phi(q): the electrostatic part of the adjoint term."""
         periodic = bool(np.all(atoms.pbc))
+        if not periodic and len(atoms) > DENSE_MAX_ATOMS["free"]:
+            # the C++ kernel (as in equilibrate): forces of 1/2 mu.A.q, twice
+            es = GaussianElectrostatics(np.ascontiguousarray(atoms.positions, dtype=float),
+                                        None, widths)
+            forces, _ = es.forces(np.asarray(mu, dtype=float), np.asarray(q, dtype=float))
+            return 2.0 * forces, np.zeros(6)
         kwargs = {} if accuracy is None else {"accuracy": accuracy}
         es = Electrostatics(atoms.positions, atoms.cell.array, periodic, widths, **kwargs)
         with torch.enable_grad():

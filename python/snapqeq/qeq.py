@@ -20,6 +20,10 @@ Two solvers share one operator:
   removed in Fourier space, which keeps the iteration count flat with system size
   (:class:`_ScreeningPreconditioner`); clusters use Jacobi.
 
+For clusters above :data:`DENSE_MAX_ATOMS`, :func:`equilibrate` uses the conjugate
+gradients of the C++ electrostatics kernel instead (``"kernel"``: the solver of the LAMMPS
+plugin, the same physics with a two-level preconditioner over spatial blocks).
+
 :func:`equilibrate` is the user-facing entry point (numpy in, :class:`QEqResult` out).
 :func:`qeq_energy` is the same physics for the model: it returns U(q*) and q* as torch tensors
 that are differentiable with respect to chi, positions, cell, hardness and widths.
@@ -94,7 +98,7 @@ class QEqResult:
     chemical_potential : float
         mu = dU/dq_i (eV/e), equal on all atoms at the solution (= -lambda).
     method : str
-        ``"dense"`` or ``"cg"``.
+        ``"dense"``, ``"cg"`` or ``"kernel"``.
     """
 
     charges: np.ndarray
@@ -461,8 +465,13 @@ def equilibrate(atoms, chi, hardness, widths, total_charge: float = 0.0,
         Gaussian widths alpha (Angstrom), > 0.
     total_charge : float
         Total charge Q (e); a net-charged periodic cell gets a uniform background.
-    method : {"auto", "dense", "cg"}
-        Solver; ``"auto"`` is dense up to :data:`DENSE_MAX_ATOMS`.
+    method : {"auto", "dense", "cg", "kernel"}
+        Solver: ``"dense"``, ``"cg"`` (torch, the operator of :mod:`snapqeq.ewald`), or
+        ``"kernel"``: conjugate gradients of the C++ electrostatics kernel that the LAMMPS
+        plugin runs (:mod:`snapqeq._electrostatics`; clusters only, with a two-level
+        preconditioner; 15-40x faster than ``"cg"`` for 1000-2000 atoms).  ``"auto"`` is
+        dense up to :data:`DENSE_MAX_ATOMS`, above that ``"kernel"`` for clusters and
+        ``"cg"`` (PME) for periodic cells.
     tol : float
         Relative residual tolerance (see :class:`QEqResult`).
     initial_charges : (N,) array, optional
@@ -491,7 +500,12 @@ def equilibrate(atoms, chi, hardness, widths, total_charge: float = 0.0,
     x0 = None
     if initial_charges is not None:
         x0 = torch.from_numpy(per_atom(initial_charges, symbols, "initial_charges", "e"))
-    method = _resolve_method(method, n, bool(np.any(atoms.pbc)))
+    periodic = bool(np.any(atoms.pbc))
+    if method == "kernel" or (method == "auto" and not periodic
+                              and n > DENSE_MAX_ATOMS["free"]):
+        return _equilibrate_kernel(atoms, chi_np, j_np, w_np, total, x0, tol, max_iter,
+                                   compute_forces)
+    method = _resolve_method(method, n, periodic)
     if n == 0:
         if total != 0.0:
             raise ValueError(f"total_charge {total} on a structure without atoms")
@@ -515,6 +529,44 @@ def equilibrate(atoms, chi, hardness, widths, total_charge: float = 0.0,
     return QEqResult(charges=q.numpy(), energy=energy, potential=phi.numpy(), forces=forces,
                      stress=stress, iterations=sol.iterations, residual=sol.residual,
                      chemical_potential=float(sol.mu), method=method)
+
+
+def _equilibrate_kernel(atoms, chi: np.ndarray, hardness: np.ndarray, widths: np.ndarray,
+                        total: float, initial: Tensor | None, tol: float,
+                        max_iter: int | None, compute_forces: bool) -> QEqResult:
+    """:func:`equilibrate` of a cluster with the C++ kernel (method ``"kernel"``)."""
+    from snapqeq._electrostatics import GaussianElectrostatics, solve_qeq
+
+    if np.any(atoms.pbc):
+        raise ValueError("method 'kernel' solves clusters (pbc all False) only; periodic "
+                         "cells use 'dense' or 'cg'")
+    n = len(atoms)
+    # the checks of the torch path (finite positions, no overlapping atoms), which then
+    # hold for the kernel's input as well
+    Electrostatics(atoms.positions, None, False, widths)
+    positions = np.ascontiguousarray(atoms.positions, dtype=np.float64)
+    es = GaussianElectrostatics(positions, None, widths)
+    maxiter = int(max_iter) if max_iter is not None else max(1000, int(10 * n**0.5))
+    q, mu, iterations, converged = solve_qeq(
+        es, hardness, chi, total, None if initial is None else initial.numpy(), tol, maxiter)
+    phi = es.apply(q)
+
+    def spread(v: np.ndarray) -> float:  # norm without the part the constraint absorbs
+        return float(np.linalg.norm(v - v.mean()))
+
+    uniform = np.full(n, total / n)
+    scale = spread(es.apply(uniform) + hardness * uniform + chi) or 1.0
+    residual = spread(phi + hardness * q + chi) / scale
+    if not converged:
+        raise QEqConvergenceError(
+            f"QEq conjugate gradients (C++ kernel) did not converge: relative residual "
+            f"{residual:.3g} after {iterations} iterations (tol {tol:g}); raise max_iter or "
+            f"tol, or check the input (hardness, widths, geometry)")
+    forces = es.forces(q)[0] if compute_forces else None
+    energy = float(chi @ q + 0.5 * hardness @ (q * q) + 0.5 * q @ phi)
+    return QEqResult(charges=q, energy=energy, potential=phi, forces=forces, stress=None,
+                     iterations=int(iterations), residual=residual,
+                     chemical_potential=float(mu), method="kernel")
 
 
 def qeq_energy(chi: Tensor, positions: Tensor, cell: Tensor | None, pbc, hardness: Tensor,
