@@ -148,8 +148,10 @@ class Electrostatics {
   // (hardness: n values, eV/e^2): Jacobi, plus for periodic cells the long-wavelength
   // reciprocal vectors exactly (M = D + sum_{small k} A_rec,k, inverted with the Woodbury
   // identity), which remove the Coulomb stiffness of long charge waves that makes Jacobi
-  // alone slow (30 -> 13 iterations for a cold 2k-atom NaCl solve).  Collective; cheap to
-  // call again with the same hardness.
+  // alone slow (30 -> 13 iterations for a cold 2k-atom NaCl solve); for clusters (from 64
+  // atoms) Jacobi with a coarse level over spatial blocks of ~16 atoms, solved exactly
+  // (48 -> 21 iterations for a cold 2k-atom cluster solve).  Collective; cheap to call
+  // again with the same hardness.
   void prepare_preconditioner(const double* hardness);
   // Let prepare_preconditioner() keep a preconditioner built up to max_age setups ago
   // (default 0: rebuilt for every geometry) for the same hardness and cell.  The caller
@@ -215,7 +217,7 @@ class Electrostatics {
   int table_kmax_ = 0;                 // last interval common to all tables
   std::vector<double> table_widths_;
   double table_beta_ = -1.0, table_rmax_ = -1.0;
-  double table_rsat_scale_ = 0.0;  // free boundaries: 1/min gamma, the tables' reach / 6
+  double table_rsat_scale_ = 0.0;  // free boundaries: 1/min gamma (reach / kErfSaturation)
   bool table_free_ = false;
 
   // all positions; free boundaries: owned row li pairs with j = (first + li + t) % n,
@@ -254,7 +256,8 @@ class Electrostatics {
   int nlow_ = 0;                       // reciprocal vectors in the preconditioner
   std::vector<float> lowe_;            // n x 2 nlow: cos, sin of every atom (float: the
                                        // preconditioner needs no more, and it stays in L2)
-  std::vector<double> lowchol_;        // Cholesky factor of C^-1 + E^T D^-1 E, or of A_c
+  std::vector<double> lowchol_;        // Cholesky factor of C^-1 + E^T D^-1 E, or of the
+                                       // coarse matrix P^T (J + A_es) P (free boundaries)
   int nblocks_ = 0;                    // free boundaries: blocks of the coarse level
   std::vector<int> block_;             // block of every atom
   std::vector<double> hp_;             // n x nblocks_: (J + A_es) P
