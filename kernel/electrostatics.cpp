@@ -1440,9 +1440,13 @@ void Electrostatics::prepare_coarse(const double* hardness) {
     ext[k] = std::max(hi[k] - lo[k], 1e-3);
     vol *= ext[k];
   }
-  const double edge = std::cbrt(vol / want);
+  // cubic grid cells; flat or linear clusters (an extent near zero) would get far too many
+  // cells along their long axes, so the edge grows until the grid has at most want cells
   int dims[3];
-  for (int k = 0; k < 3; ++k) dims[k] = std::max(1, int(std::lround(ext[k] / edge)));
+  for (double edge = std::cbrt(vol / want);; edge *= 1.1) {
+    for (int k = 0; k < 3; ++k) dims[k] = std::max(1, int(std::lround(ext[k] / edge)));
+    if (double(dims[0]) * dims[1] * dims[2] <= want) break;
+  }
   // grid cells -> consecutive block numbers of the occupied cells
   std::vector<int> number(size_t(dims[0]) * dims[1] * dims[2], -1);
   int m = 0;

@@ -120,6 +120,22 @@ def test_kernel_solver_agrees_with_dense(total):
     assert equilibrate(small, electronegativity(small), HARDNESS, WIDTHS).method == "dense"
 
 
+def test_kernel_solver_on_a_chain():
+    """A linear cluster (extent ~0 across) keeps a small coarse level and the dense answer."""
+    n = 300
+    rng = np.random.default_rng(4)
+    positions = np.zeros((n, 3))
+    positions[:, 0] = 2.8 * np.arange(n)
+    positions += rng.normal(scale=0.05, size=positions.shape)
+    atoms = Atoms(["Na", "Cl"] * (n // 2), positions=positions)
+    chi = electronegativity(atoms)
+    dense = equilibrate(atoms, chi, HARDNESS, WIDTHS, 1.0, method="dense")
+    kernel = equilibrate(atoms, chi, HARDNESS, WIDTHS, 1.0, method="kernel")
+    np.testing.assert_allclose(kernel.charges, dense.charges, atol=1e-9)
+    np.testing.assert_allclose(kernel.forces, dense.forces, atol=1e-8)
+    assert kernel.iterations < 60
+
+
 def test_kernel_solver_errors():
     with pytest.raises(ValueError, match="clusters"):
         equilibrate(rocksalt(), electronegativity(rocksalt()), HARDNESS, WIDTHS,
