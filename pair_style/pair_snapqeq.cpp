@@ -674,15 +674,16 @@ void PairSNAPQEq::init_style()
     } catch (const std::exception &e) {
       error->all(FLERR, "snapqeq electrostatics: {}", e.what());
     }
-    // the half list of the Ewald real space holds ~ rho (2 pi/3) (r_c + skin)^3 pairs per
-    // atom, which can exceed LAMMPS' default per-atom limit: raise it with margin
-    const double reach = ewald.real_cutoff + neighbor->skin;
+    // the full list holds ~ rho (4 pi/3) (r_c + skin)^3 pairs per atom (r_c: the Ewald
+    // real-space cutoff, or a longer OLCAO medium-range one), which can exceed LAMMPS'
+    // default per-atom limit: raise it with margin
+    const double reach = std::max({ewald.real_cutoff, snap_cutmax, olcao_cutmax}) + neighbor->skin;
     const int need = int(1.5 * natoms / volume * 4.18879020478639098 /* 4 pi/3 */ * reach * reach * reach);
     if (need > neighbor->oneatom) {
       neighbor->oneatom = need;
       neighbor->pgsize = std::max(neighbor->pgsize, 10 * need);
       if (comm->me == 0)
-        utils::logmesg(lmp, "snapqeq: neigh_modify one {} page {} for the Ewald real space\n",
+        utils::logmesg(lmp, "snapqeq: neigh_modify one {} page {} for the full neighbour list\n",
                        neighbor->oneatom, neighbor->pgsize);
     }
   }
