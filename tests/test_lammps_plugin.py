@@ -372,6 +372,19 @@ def _thermo_row(stdout: str) -> np.ndarray:
     return np.array(lines[head + 1].split()[1:], dtype=float)
 
 
+def _run_np1_np2(tmp_path: Path, deck: str):
+    """Run ``deck`` with the venv's lmp on 1 and on 2 ranks, each in its own folder; yields
+    (nprocs, (folder, stdout))."""
+    for nprocs in (1, 2):
+        run_dir = tmp_path / f"np{nprocs}"
+        run_dir.mkdir()
+        (run_dir / "in.lmp").write_text(deck)
+        out = _run_lmp(["-in", "in.lmp", "-log", "none"], run_dir, nprocs=nprocs)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert f"on {nprocs} procs" in out.stdout
+        yield nprocs, (run_dir, out.stdout)
+
+
 @pytest.mark.parametrize("structure", ["cluster", "periodic"])
 def test_mpi_np1_np2_agree(plugin, models, tmp_path, structure):
     atoms = (nacl_cluster(seed=7, repeat=(2, 2, 2)) if structure == "cluster"
@@ -381,15 +394,9 @@ def test_mpi_np1_np2_agree(plugin, models, tmp_path, structure):
     setup = "\n".join([f"plugin load {plugin}"] +
                       setup_commands(data, model, boundary_of(atoms), total_charge=1.0))
     results = {}
-    for nprocs in (1, 2):
-        run_dir = tmp_path / f"np{nprocs}"
-        run_dir.mkdir()
-        (run_dir / "in.lmp").write_text(MPI_DECK.format(setup=setup))
-        out = _run_lmp(["-in", "in.lmp", "-log", "none"], run_dir, nprocs=nprocs)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        assert f"on {nprocs} procs" in out.stdout
+    for nprocs, (run_dir, stdout) in _run_np1_np2(tmp_path, MPI_DECK.format(setup=setup)):
         dump = np.loadtxt(run_dir / "forces.dump", skiprows=9)
-        results[nprocs] = (_thermo_row(out.stdout), dump)
+        results[nprocs] = (_thermo_row(stdout), dump)
     (t1, d1), (t2, d2) = results[1], results[2]
     assert rel(t2[0], t1[0]) < 1e-10
     assert np.abs(t2[1:] - t1[1:]).max() < 1e-10 * np.abs(t1[1:]).max()
@@ -426,14 +433,8 @@ def test_mpi_md_np1_np2_agree(plugin, models, tmp_path, structure):
     data = write_data(tmp_path / "md.data", atoms)
     setup = "\n".join([f"plugin load {plugin}"] + setup_commands(
         data, models["plain"], boundary_of(atoms), total_charge=1.0, tol=1e-12, accuracy=1e-12))
-    final = {}
-    for nprocs in (1, 2):
-        run_dir = tmp_path / f"np{nprocs}"
-        run_dir.mkdir()
-        (run_dir / "in.lmp").write_text(MD_DECK.format(setup=setup))
-        out = _run_lmp(["-in", "in.lmp", "-log", "none"], run_dir, nprocs=nprocs)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        final[nprocs] = np.loadtxt(run_dir / "final.dump", skiprows=9)
+    final = {nprocs: np.loadtxt(run_dir / "final.dump", skiprows=9)
+             for nprocs, (run_dir, _) in _run_np1_np2(tmp_path, MD_DECK.format(setup=setup))}
     moved = np.abs(final[1][:, 1:4] - atoms.positions).max()
     assert moved > 0.02  # the atoms did move (wrapped coordinates aside)
     assert np.abs(final[2][:, 1:4] - final[1][:, 1:4]).max() < 1e-9
