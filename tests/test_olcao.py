@@ -136,11 +136,21 @@ def test_series_overrides():
     np.testing.assert_allclose(alphas, [1.0, 100.0])
 
 
+def test_series_defaults_cover_olcaos_103_elements():
+    # OLCAO's src/data/elements.dat has potential series for H..Lr; spot checks beyond Zn
+    assert len(olcao.OLCAO_EXPONENT_DEFAULTS) == 103
+    assert olcao.OLCAO_EXPONENT_DEFAULTS["Ge"] == (24, 0.10, 1e7)
+    assert olcao.OLCAO_EXPONENT_DEFAULTS["Au"] == (40, 0.15, 1e8)
+    assert olcao.OLCAO_EXPONENT_DEFAULTS["Lr"] == (42, 0.15, 1e9)
+    assert len(olcao.exponent_series("Xe")) == 34
+
+
 def test_series_errors():
-    with pytest.raises(ValueError, match="no default OLCAO exponent series for element 'Xe'"):
-        olcao.exponent_series("Xe")
+    with pytest.raises(ValueError, match="no default OLCAO exponent series for element 'Rf'"
+                       r".*pass n, alpha_min, alpha_max"):
+        olcao.exponent_series("Rf")
     with pytest.raises(ValueError, match="alpha_max"):
-        olcao.exponent_series("Xe", n=4, alpha_min=1.0)
+        olcao.exponent_series("Rf", n=4, alpha_min=1.0)
     with pytest.raises(ValueError, match="unknown chemical element"):
         olcao.exponent_series("Qq")
     with pytest.raises(ValueError, match="alpha_min <= alpha_max"):
@@ -215,18 +225,29 @@ def test_skl_cellxyz_triclinic(tmp_path):
 
 def test_read_olcao_style_skl(tmp_path):
     # The layout of OLCAO's own check/olcao.skl: capitalized tag without species number,
-    # 'fract', a space group and 'prim' (not expanded here, hence a warning).
+    # 'fract' and 'prim', in P1.
     path = tmp_path / "olcao.skl"
-    path.write_text(
-        "title\nCrystalline silicon\nend\ncell\n   5.43070 5.43070 5.43070 90.000 "
-        "90.000 90.000\nfract 1\nSi 0.0000000 0.00000000 0.00000000\nspace 227_a\n"
-        "supercell 1 1 1\nprim\n"
-    )
-    with pytest.warns(UserWarning, match="227_a"):
-        atoms = olcao.read_skl(path)
+    text = ("title\nCrystalline silicon\nend\ncell\n   5.43070 5.43070 5.43070 90.000 "
+            "90.000 90.000\nfract 1\nSi 0.0000000 0.00000000 0.00000000\nspace {}\n"
+            "supercell {}\nprim\n")
+    path.write_text(text.format("1_a", "1 1 1"))
+    atoms = olcao.read_skl(path)
     assert atoms.get_chemical_symbols() == ["Si"]
     assert list(atoms.arrays["olcao_tags"]) == ["si1"]
     assert atoms.info["olcao_cell_request"] == "prim"
+
+
+@pytest.mark.parametrize("space, supercell", [("227_a", "1 1 1"), ("186", "1 1 1"),
+                                              ("1_a", "2 1 1")])
+def test_read_skl_refuses_skeletons_olcao_would_expand_or_reorient(tmp_path, space, supercell):
+    # OLCAO orients a 'cell' lattice by the crystal system (for space group 186
+    # a = (a/2, -a sqrt 3/2, 0), not ASE's (a, 0, 0)) and expands the atoms by the
+    # symmetry operations and the supercell: the listed atoms are not its structure.
+    path = tmp_path / "olcao.skl"
+    path.write_text("title\nx\nend\ncell\n3 3 5 90 90 120\nfrac 1\nsi1 0 0 0\n"
+                    f"space {space}\nsupercell {supercell}\nfull\n")
+    with pytest.raises(ValueError, match="only P1 skeletons.*read_structure_dat"):
+        olcao.read_skl(path)
 
 
 def test_read_skl_cartesian(tmp_path):

@@ -2,7 +2,10 @@
 
 Per element a network maps the site features (local bispectrum, medium-range bispectrum,
 QEq charge q_i and site potential phi_i) to a mixture of K diagonal Gaussians over the
-standardised coefficient vector (Bishop 1994).  Elements with fewer exponents than the
+standardised coefficient vector (Bishop 1994), optionally in a rotated, well-conditioned
+output basis (principal axes of the training coefficients in a chosen metric, see
+:meth:`MixtureDensityHead.set_scaling`) that is mapped back to coefficients inside the
+module.  Elements with fewer exponents than the
 longest series use the leading dimensions; the rest are masked out of the loss.
 Coefficients are in Hartree, standardised per element and dimension.
 
@@ -41,7 +44,14 @@ class MixtureDensityHead(nn.Module):
     in_mean, in_std : (E, n_in)
         Input standardisation per element (feature units).
     out_mean, out_std : (E, D)
-        Target standardisation per element and coefficient (Hartree).
+        Target standardisation per element: the mean coefficients (Hartree) and the scale of
+        each output coordinate.
+    out_basis, out_basis_inv : (E, D, D)
+        Output basis: the network predicts coordinates c (standardised by ``out_std``) with
+        A = out_mean + out_basis @ c.  The identity (default) predicts every coefficient on
+        its own; :meth:`set_scaling` with a ``metric`` sets principal axes in that metric,
+        decorrelated and well conditioned (the Gaussian coefficients themselves are
+        strongly correlated and ill conditioned).  Inputs and outputs stay in Hartree.
     std_scale : (E, D)
         Post-hoc recalibration factor of the predicted standard deviation (1 = none); set
         by :meth:`calibrate_std` from held-out data.
@@ -71,6 +81,9 @@ class MixtureDensityHead(nn.Module):
         self.register_buffer("out_mean", torch.zeros(n_elements, self.d, dtype=f64))
         self.register_buffer("out_std", torch.ones(n_elements, self.d, dtype=f64))
         self.register_buffer("std_scale", torch.ones(n_elements, self.d, dtype=f64))
+        eye = torch.eye(self.d, dtype=f64).expand(n_elements, self.d, self.d).clone()
+        self.register_buffer("out_basis", eye)
+        self.register_buffer("out_basis_inv", eye.clone())
 
     def mixture(self, x: torch.Tensor,
                 species: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -96,9 +109,17 @@ class MixtureDensityHead(nn.Module):
         Padded dimensions (beyond an element's series, or NaN targets) are ignored.
         """
         log_w, mu, sigma = self.mixture(x, species)
-        y = (target - self.out_mean[species]) / self.out_std[species]
-        valid = self.mask[species] & torch.isfinite(y)
-        y = torch.where(valid, y, torch.zeros_like(y)).unsqueeze(1)
+        mask = self.mask[species]
+        delta = target - self.out_mean[species]
+        finite = torch.isfinite(delta)
+        # a rotated basis mixes all coefficients of a site: it counts only when all are known
+        if not self.identity_basis():
+            finite = (finite | ~mask).all(dim=1, keepdim=True).expand_as(finite)
+        valid = mask & finite
+        delta = torch.where(valid, delta, torch.zeros_like(delta))
+        coords = torch.bmm(self.out_basis_inv[species], delta.unsqueeze(2)).squeeze(2)
+        y = torch.where(valid, coords / self.out_std[species], torch.zeros_like(coords))
+        y = y.unsqueeze(1)
         log_n = -0.5 * ((y - mu) / sigma) ** 2 - torch.log(sigma) - self.half_log_2pi
         log_n = torch.where(valid.unsqueeze(1), log_n, torch.zeros_like(log_n))
         return -torch.logsumexp(log_w + log_n.sum(dim=2), dim=1).mean()
@@ -109,24 +130,44 @@ class MixtureDensityHead(nn.Module):
         padded dimensions are NaN.
 
         The standard deviation is that of the whole mixture (law of total variance: the
-        spread of the component means plus their widths), times :attr:`std_scale`.
+        spread of the component means plus their widths), mapped through the output basis
+        (diagonal of B C B^T for the mixture covariance C of the coordinates), times
+        :attr:`std_scale`.
         """
         log_w, mu, sigma = self.mixture(x, species)
         w = torch.exp(log_w).unsqueeze(2)
-        mean = (w * mu).sum(1)
-        var = (w * (sigma**2 + (mu - mean.unsqueeze(1)) ** 2)).sum(1)
-        scale = self.out_std[species]
-        mean = mean * scale + self.out_mean[species]
-        std = torch.sqrt(var) * scale * self.std_scale[species]
+        scale = self.out_std[species].unsqueeze(1)
+        basis = self.out_basis[species]                           # (N, D, D)
+        mean_c = (w * mu).sum(1) * self.out_std[species]          # coordinates, Hartree
+        spread = (mu * scale - mean_c.unsqueeze(1)) @ basis.transpose(1, 2)  # (N, K, D)
+        width = (sigma * scale) ** 2 @ (basis**2).transpose(1, 2)
+        var = (w * (width + spread**2)).sum(1)
+        mean = torch.bmm(basis, mean_c.unsqueeze(2)).squeeze(2) + self.out_mean[species]
+        std = torch.sqrt(var) * self.std_scale[species]
         nan = torch.full_like(mean, float("nan"))
         valid = self.mask[species]
         return torch.where(valid, mean, nan), torch.where(valid, std, nan)
 
-    def set_scaling(self, x: torch.Tensor, species: torch.Tensor, target: torch.Tensor) -> None:
+    @torch.jit.export
+    def identity_basis(self) -> bool:
+        """True when the outputs are the coefficients themselves (no rotated basis)."""
+        eye = torch.eye(self.d, dtype=self.out_basis.dtype, device=self.out_basis.device)
+        return bool(torch.equal(self.out_basis, eye.expand_as(self.out_basis)))
+
+    def set_scaling(self, x: torch.Tensor, species: torch.Tensor, target: torch.Tensor,
+                    metric: list[torch.Tensor | None] | None = None) -> None:
         """Standardise inputs and targets per element from training data.
 
         Constant input columns (e.g. q = phi = 0 of a one-element system) keep a unit
         scale, so that they map to zero without amplifying round-off.
+
+        ``metric`` (one (D_e, D_e) symmetric positive semi-definite matrix or None per
+        element) switches the output basis of that element to the principal axes of the
+        training deviations A - <A> in the norm |dA|^2 = dA^T M dA (sites with all
+        coefficients known).  With M the overlap matrix of the Gaussians this is the L2 norm
+        of the site potential, so the first coordinates are the potential changes that
+        matter most and all coordinates are uncorrelated over the training set.  Without a
+        metric each coefficient is standardised on its own.
         """
         with torch.no_grad():
             for e in range(self.mask.shape[0]):
@@ -143,6 +184,39 @@ class MixtureDensityHead(nn.Module):
                     if len(col) > 1:
                         self.out_mean[e, d] = col.mean()
                         self.out_std[e, d] = col.std().clamp_min(1e-8)
+                m = None if metric is None else metric[e]
+                self.out_basis[e] = torch.eye(self.d, dtype=self.out_basis.dtype)
+                self.out_basis_inv[e] = self.out_basis[e]
+                if m is not None:
+                    self._principal_basis(e, t, m.to(self.out_basis.dtype))
+
+    def _principal_basis(self, e: int, target: torch.Tensor, metric: torch.Tensor) -> None:
+        """Principal axes of the deviations of element ``e`` in ``metric`` (see
+        :meth:`set_scaling`); the coordinates are scaled to unit variance."""
+        n = int(self.mask[e].sum())
+        if metric.shape != (n, n):
+            raise ValueError(f"metric of element {e} has shape {tuple(metric.shape)}, "
+                             f"expected ({n}, {n})")
+        t = target[:, :n]
+        t = t[torch.isfinite(t).all(1)]
+        if len(t) < 2:
+            return
+        dev = t - t.mean(0)
+        # M = Q L Q^T; the overlap matrix of a wide exponent range is nearly singular, so
+        # its square root is taken on the eigenvalues above a relative floor
+        lam, q = torch.linalg.eigh(0.5 * (metric + metric.T))
+        lam = lam.clamp_min(1e-14 * float(lam.max()))
+        root = q @ torch.diag(lam.sqrt()) @ q.T
+        root_inv = q @ torch.diag(1.0 / lam.sqrt()) @ q.T
+        y = dev @ root                                   # |y| = the metric norm of dA
+        var, u = torch.linalg.eigh(y.T @ y / (len(y) - 1))
+        var, u = var.flip(0), u.flip(1)                  # largest variance first
+        basis = root_inv @ u                             # dA = basis @ c
+        inv = u.T @ root
+        self.out_basis[e, :n, :n] = basis
+        self.out_basis_inv[e, :n, :n] = inv
+        coords = dev @ inv.T
+        self.out_std[e, :n] = coords.std(0).clamp_min(1e-12 * float(coords.std(0).max()))
 
     def calibrate_std(self, x: torch.Tensor, species: torch.Tensor, target: torch.Tensor,
                       min_count: int = 20) -> torch.Tensor:

@@ -28,8 +28,13 @@ Formats (checked against the OLCAO sources, github.com/UMKC-CPG/olcao)
     full                                 or   prim
 
   A tag is the element name followed by a species number (``si1``, ``si2``); OLCAO lowercases
-  it and appends ``1`` when there is no number.  For ``cell`` OLCAO puts a along x and b in
-  the xy plane, the same orientation as :func:`ase.geometry.cellpar_to_cell`.
+  it and appends ``1`` when there is no number.  OLCAO finds every keyword by scanning the
+  whole file for the first line that looks like it (``space X``, ``supercell a b c``,
+  ``full``, ``prim``, ``cell``, ``cellxyz``, a line starting with ``frac``/``cart`` with at
+  least two words), title lines included: :func:`write_skl` refuses such title lines and
+  :func:`safe_skl_title` rewrites them.  For ``cell`` the orientation depends on the space
+  group (``get_abc_vectors``); for space group 1 it is a along x and b in the xy plane, the
+  same as :func:`ase.geometry.cellpar_to_cell`, so :func:`read_skl` reads P1 skeletons only.
 
 ``scfV.dat`` / ``gs_scfV-fb.dat`` (writer ``makeinput._print_scf_pot`` and the SCF output;
 example ``check/compare/gs_scfV-fb.dat``)::
@@ -47,8 +52,18 @@ example ``check/compare/gs_scfV-fb.dat``)::
     TOTAL__OR__SPIN_UP
     SPIN_DN
 
-  Columns 3-5 (total charge, valence charge, spin polarization of the fitted density) are
-  informational; OLCAO writes zeros there for a starting potential.
+  Columns 3-5 hold OLCAO's fitted charge density (total, valence, spin); OLCAO's own atomic
+  starting potentials have non-zero values there.  When OLCAO starts from a file
+  (``initPotCoeffs`` in ``src/uolcao/potential.f90``) it reads only column 1 and checks only
+  the number of terms per type: the exponents always come from ``inputs/olcao.dat``, so a
+  file with the right term counts but another exponent series runs without error and is
+  silently wrong (:func:`check_exponents_against_run` guards against that).  snapqeq writes
+  zeros in columns 3-5 of a predicted file.
+
+``inputs/olcao.dat`` potential section (makeinput): ``NUM_POTENTIAL_TYPES`` n, then per type
+``POTENTIAL_TYPE_ID__SEQUENTIAL_NUMBER``, ``POTENTIAL_TYPE_LABEL`` (``si1_1``),
+``NUCLEAR_CHARGE__ALPHA``, ``COVALENT_RADIUS``, ``NUM_ALPHAS`` N and ``ALPHAS``
+alpha_min alpha_max: the geometric series OLCAO uses (:func:`read_olcao_dat_exponents`).
 
 ``inputs/structure.dat`` (``makeinput._print_structure``): ``CELL_VECTORS`` and three lines
 (bohr), ``NUM_ATOM_SITES`` n, ``NUM_TYPE_X_Y_Z_ELEM`` and n lines ``site type x y z elem``
@@ -56,10 +71,9 @@ example ``check/compare/gs_scfV-fb.dat``)::
 ``NUM_POTENTIAL_SITES``.
 
 ``inputs/datSkl.map`` (``makeinput._sort_atoms``): a header line ``DAT# SKELETON#`` and one
-line per atom ``dat_number skeleton_number`` (newer versions append element, species and type
-columns, which are ignored here).  makeinput sorts the atoms stably by (element, species,
-type) before writing ``structure.dat``; the map records where each sorted (dat) atom came from
-in the skeleton.
+line per atom ``dat_number skeleton_number`` (the reader ignores any further columns).
+makeinput sorts the atoms stably by (element, species, type) before writing
+``structure.dat``; the map records where each sorted (dat) atom came from in the skeleton.
 
 Potential type order (``makeinput._get_cumulative_types`` / ``_print_scf_pot``): elements in
 order of first appearance in the skeleton, species of an element in order of first appearance
@@ -69,8 +83,8 @@ user asks for more); the sequential type number runs over that nested order.
 
 from __future__ import annotations
 
+import json
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,18 +102,23 @@ __all__ = [
     "PREDICTION_FILES",
     "TARGETS_KEY",
     "ExponentSpec",
+    "OutputExistsError",
     "PotentialCoefficients",
+    "check_exponents_against_run",
     "exponent_series",
+    "gaussian_potential_grid",
     "get_site_targets",
     "olcao_site_order",
     "parse_tag",
     "potential_type_order",
     "read_datskl_map",
+    "read_olcao_dat_exponents",
     "read_scfv",
     "read_site_coefficients",
     "read_site_targets",
     "read_skl",
     "read_structure_dat",
+    "safe_skl_title",
     "set_site_targets",
     "species_tags",
     "write_datskl_map",
@@ -115,10 +134,14 @@ BOHR = 0.529177210903
 TARGETS_KEY = "potential_coefficients"
 """``Atoms.arrays`` key of the per-site coefficient targets, shape (N, N_alpha), Hartree."""
 
+STD_KEY = "potential_coefficients_std"
+"""``Atoms.arrays`` key of predicted standard deviations sigma(A_i), (N, N_alpha), Hartree."""
+
 PREDICTION_FILES = {
     "skeleton": "olcao.skl",
     "mean": "gs_scfV-fb.dat",
     "std": "gs_scfV-fb.std.dat",
+    "sites": "site_coefficients.extxyz",
 }
 """File names written by :func:`write_prediction`."""
 
@@ -138,17 +161,33 @@ class ExponentSpec(NamedTuple):
 
 
 def _table() -> dict[str, ExponentSpec]:
-    # NUM_POT_TERMS, MIN_POT_ALPHA and MAX_POT_ALPHA of OLCAO's src/data/elements.dat (the
-    # element database makePotDB uses to write atomicPDB/<elem>/pot1).  Spot checks: B
-    # (16, 0.3, 1e6) and N (16, 0.25, 1e6) equal the pot1 files of OLCAO's check/ example and
-    # the alphas of its gs_scfV-fb.dat; Si (16, 0.15, 1e6) is the series of SPEC section 6.
+    # NUM_POT_TERMS, MIN_POT_ALPHA and MAX_POT_ALPHA of all 103 elements of OLCAO's
+    # src/data/elements.dat (commit fb50d73; the element database makePotDB uses to write
+    # atomicPDB/<elem>/pot1).  Spot checks: B (16, 0.3, 1e6) and N (16, 0.25, 1e6) equal the
+    # pot1 files of OLCAO's check/ example and the alphas of its gs_scfV-fb.dat; Si
+    # (16, 0.15, 1e6) is the series of the real OLCAO runs in examples/si_olcao/data.
     rows = """
-        H 6 0.2 1e3     He 10 0.3 1e3   Li 16 0.1 1e6   Be 16 0.2 1e6   B 16 0.3 1e6
-        C 16 0.2 1e6    N 16 0.25 1e6   O 16 0.3 1e6    F 16 0.3 1e6    Ne 16 0.3 1e6
-        Na 16 0.1 1e6   Mg 16 0.15 1e6  Al 16 0.15 1e6  Si 16 0.15 1e6  P 20 0.15 1e6
-        S 20 0.2 1e6    Cl 20 0.25 1e6  Ar 20 0.3 1e6   K 20 0.08 1e6   Ca 22 0.08 1e6
-        Sc 22 0.135 1e6 Ti 22 0.15 1e7  V 22 0.15 1e7   Cr 22 0.15 1e7  Mn 23 0.15 1e7
-        Fe 23 0.15 1e7  Co 22 0.15 1e7  Ni 27 0.15 1e7  Cu 27 0.15 1e7  Zn 26 0.12 1e7
+        H 6 0.2 1000  He 10 0.3 1000  Li 16 0.1 1e+06  Be 16 0.2 1e+06  B 16 0.3 1e+06
+        C 16 0.2 1e+06  N 16 0.25 1e+06  O 16 0.3 1e+06  F 16 0.3 1e+06  Ne 16 0.3 1e+06
+        Na 16 0.1 1e+06  Mg 16 0.15 1e+06  Al 16 0.15 1e+06  Si 16 0.15 1e+06  P 20 0.15 1e+06
+        S 20 0.2 1e+06  Cl 20 0.25 1e+06  Ar 20 0.3 1e+06  K 20 0.08 1e+06  Ca 22 0.08 1e+06
+        Sc 22 0.135 1e+06  Ti 22 0.15 1e+07  V 22 0.15 1e+07  Cr 22 0.15 1e+07  Mn 23 0.15 1e+07
+        Fe 23 0.15 1e+07  Co 22 0.15 1e+07  Ni 27 0.15 1e+07  Cu 27 0.15 1e+07  Zn 26 0.12 1e+07
+        Ga 25 0.15 1e+07  Ge 24 0.10 1e+07  As 21 0.20 1e+07  Se 23 0.22 1e+07  Br 24 0.25 1e+07
+        Kr 26 0.3 1e+07  Rb 26 0.1 1e+07  Sr 24 0.1 1e+07  Y 24 0.15 1e+07  Zr 26 0.1 1e+07
+        Nb 26 0.15 1e+07  Mo 26 0.15 1e+07  Tc 26 0.15 1e+07  Ru 26 0.15 1e+07  Rh 26 0.15 1e+07
+        Pd 26 0.15 1e+07  Ag 26 0.15 1e+07  Cd 28 0.15 1e+07  In 32 0.12 1e+08  Sn 34 0.15 1e+08
+        Sb 34 0.1 1e+08  Te 34 0.1 1e+08  I 34 0.25 1e+08  Xe 34 0.3 1e+08  Cs 32 0.1 1e+08
+        Ba 31 0.1 1e+08  La 32 0.15 1e+08  Ce 32 0.15 1e+08  Pr 32 0.15 1e+08  Nd 32 0.15 1e+08
+        Pm 32 0.15 1e+08  Sm 32 0.15 1e+08  Eu 32 0.15 1e+08  Gd 32 0.15 1e+08  Tb 32 0.15 1e+08
+        Dy 32 0.15 1e+08  Ho 32 0.15 1e+08  Er 32 0.15 1e+08  Tm 32 0.15 1e+08  Yb 31 0.15 1e+08
+        Lu 35 0.15 1e+08  Hf 38 0.15 1e+08  Ta 42 0.15 1e+08  W 42 0.15 1e+08  Re 42 0.15 1e+08
+        Os 42 0.15 1e+08  Ir 42 0.15 1e+08  Pt 42 0.15 1e+08  Au 40 0.15 1e+08  Hg 42 0.15 1e+08
+        Tl 42 0.15 1e+08  Pb 42 0.15 1e+08  Bi 40 0.15 1e+09  Po 42 0.15 1e+09  At 42 0.15 1e+09
+        Rn 42 0.2 1e+09  Fr 42 0.1 1e+09  Ra 42 0.1 1e+09  Ac 42 0.1 1e+09  Th 42 0.15 1e+09
+        Pa 42 0.15 1e+09  U 42 0.15 1e+09  Np 42 0.15 1e+09  Pu 42 0.15 1e+09  Am 42 0.15 1e+09
+        Cm 42 0.15 1e+09  Bk 42 0.15 1e+09  Cf 42 0.15 1e+09  Es 42 0.15 1e+09  Fm 42 0.15 1e+09
+        Md 42 0.15 1e+09  No 42 0.15 1e+09  Lr 42 0.15 1e+09
     """.split()
     return {
         rows[k]: ExponentSpec(int(rows[k + 1]), float(rows[k + 2]), float(rows[k + 3]))
@@ -157,7 +196,7 @@ def _table() -> dict[str, ExponentSpec]:
 
 
 OLCAO_EXPONENT_DEFAULTS: Mapping[str, ExponentSpec] = MappingProxyType(_table())
-"""OLCAO's default potential exponent series for H-Zn (from ``src/data/elements.dat``)."""
+"""OLCAO's default potential exponent series for H-Lr (``src/data/elements.dat``)."""
 
 
 def _element(symbol: str) -> str:
@@ -327,7 +366,11 @@ def write_skl(
         Structure with a full 3D cell (Angstrom).  Positions are written as fractional
         coordinates, wrapped into the cell along periodic directions.
     title
-        Free text (may span lines; no line may start with the word ``end``).
+        Free text (may span lines).  OLCAO scans the whole skeleton for its keywords, so
+        lines it would take for one are refused (ValueError naming the line): a line
+        starting with ``end``, ``frac``/``cart`` followed by more words, ``space X``,
+        ``supercell a b c [m1 m2 m3]``, ``full``, ``prim``, ``cell [x]``, ``cellxyz [x]``
+        or ``title``.  :func:`safe_skl_title` rewrites such lines.
     per_site_species
         Give every site its own species (``si1, si2, ...``) and hence its own potential type.
         Otherwise every atom of an element is species 1.
@@ -345,9 +388,10 @@ def write_skl(
         )
     lines = [line.rstrip() for line in str(title).splitlines()] or [""]
     for line in lines:
-        words = line.split()
-        if words and words[0].lower() == "end":
-            raise ValueError(f"title line {line!r} would end the OLCAO title block early")
+        reason = _title_conflict(line)
+        if reason is not None:
+            raise ValueError(f"title line {line!r} {reason}; rewrite it (e.g. with "
+                             "snapqeq.olcao.safe_skl_title)")
     if tags is None:
         tags = species_tags(atoms, per_site_species)
     else:
@@ -372,6 +416,35 @@ def write_skl(
     ]
     out += ["space 1_a", "supercell 1 1 1", "full"]
     Path(path).write_text("\n".join(out) + "\n")
+
+
+def _title_conflict(line: str) -> str | None:
+    """Why OLCAO's skeleton reader would take a title line for a keyword (None if not).
+
+    Mirrors the tests of ``read_olcao_skl`` (first matching line anywhere in the file wins),
+    compared case-insensitively to be safe with OLCAO's older Perl reader too."""
+    words = line.lower().split()
+    if not words:
+        return None
+    first, n = words[0], len(words)
+    if first.startswith("end"):
+        return "would end the OLCAO title block early"
+    if (first.startswith("frac") or first.startswith("cart")) and n >= 2:
+        return "would be read as the atom list header ('frac N' / 'cart N')"
+    if (first == "space" and n == 2) or (first == "supercell" and n in (4, 7)):
+        return f"would be read as the skeleton's '{first}' line"
+    if first in ("full", "prim", "title") and n == 1:
+        return f"would be read as the keyword '{first}'"
+    if first in ("cell", "cellxyz") and n <= 2:
+        return f"would be read as the lattice keyword '{first}'"
+    return None
+
+
+def safe_skl_title(title: str) -> str:
+    """``title`` with every line that OLCAO would take for a skeleton keyword prefixed by
+    ``- `` (see :func:`write_skl`); other lines are unchanged."""
+    lines = [line.rstrip() for line in str(title).splitlines()] or [""]
+    return "\n".join(f"- {line}" if _title_conflict(line) else line for line in lines)
 
 
 class _Lines:
@@ -425,8 +498,15 @@ def read_skl(path: str | Path) -> Atoms:
 
     Returns periodic ``Atoms`` (Angstrom) with ``arrays["olcao_tags"]`` (normalized tags) and
     ``info`` keys ``olcao_title``, ``olcao_space_group``, ``olcao_supercell`` and
-    ``olcao_cell_request`` ('full' or 'prim').  Space-group and supercell expansion are not
-    applied; a warning is issued when they are not the identity.
+    ``olcao_cell_request`` ('full' or 'prim').
+
+    Only skeletons whose atoms are the structure are read: space group 1 (``1`` or ``1_a``)
+    and ``supercell 1 1 1``.  Anything else is a ValueError: OLCAO would expand the atoms by
+    the space-group operations and the supercell, and for ``cell`` it orients the lattice by
+    the crystal system of the space group (e.g. hexagonal a = (a/2, -a sqrt(3)/2, 0)), not as
+    :func:`ase.geometry.cellpar_to_cell`, so the listed atoms are not OLCAO's structure.  Let
+    makeinput expand such a skeleton and read ``inputs/structure.dat`` instead
+    (:func:`read_structure_dat`).
     """
     src = _Lines(path)
     lineno, line = src.next("'title'")
@@ -492,10 +572,11 @@ def read_skl(path: str | Path) -> Atoms:
         raise src.error(None, f"malformed supercell {' '.join(settings['supercell'])!r}")
     space = settings["space"][0]
     if space not in ("1", "1_a") or supercell != (1, 1, 1):
-        warnings.warn(
-            f"{path}: space group {space} / supercell {supercell} are not expanded; "
-            "the atoms are the listed ones only",
-            stacklevel=2,
+        raise ValueError(
+            f"{path}: space group {space!r} / supercell {supercell}: only P1 skeletons "
+            "('space 1_a', 'supercell 1 1 1') are read, because OLCAO expands the atoms by "
+            "the symmetry operations and orients the cell by the crystal system; run "
+            "makeinput and read inputs/structure.dat (snapqeq.olcao.read_structure_dat)"
         )
     atoms = Atoms(symbols=symbols, cell=cell, pbc=True)
     if coord.startswith("frac"):
@@ -788,6 +869,99 @@ def read_structure_dat(path: str | Path) -> Atoms:
     return atoms
 
 
+def read_olcao_dat_exponents(path: str | Path) -> list[tuple[str, np.ndarray]]:
+    """The potential exponent series OLCAO uses, per potential type, from ``inputs/olcao.dat``.
+
+    Returns one ``(label, alphas)`` per potential type in OLCAO's type order: the label as
+    makeinput writes it (``si1_1``: species tag and type number) and the geometric series
+    alpha_i = alpha_min (alpha_max/alpha_min)^((i-1)/(N-1)) (bohr^-2) built from
+    ``NUM_ALPHAS`` N and ``ALPHAS`` alpha_min alpha_max.  ValueError naming the line for a
+    file without a readable potential section.
+    """
+    src = _Lines(path)
+    items = src.items
+    starts = [k for k, (_, line) in enumerate(items) if line.split()[0] == "NUM_POTENTIAL_TYPES"]
+    if len(starts) != 1:
+        raise src.error(None, f"expected one NUM_POTENTIAL_TYPES section, found {len(starts)}")
+    src.pos = starts[0] + 1
+    lineno, line = src.next("the number of potential types")
+    try:
+        n_types = int(line.split()[0])
+    except ValueError:
+        raise src.error(lineno, f"expected the number of potential types, got {line!r}") from None
+    out = []
+    for t in range(n_types):
+        fields_: dict[str, tuple[int, str]] = {}
+        for key in ("POTENTIAL_TYPE_ID__SEQUENTIAL_NUMBER", "POTENTIAL_TYPE_LABEL",
+                    "NUCLEAR_CHARGE__ALPHA", "COVALENT_RADIUS", "NUM_ALPHAS", "ALPHAS"):
+            lineno, line = src.next(f"{key} of potential type {t + 1}")
+            if line.split()[0] != key:
+                raise src.error(lineno, f"expected {key} of potential type {t + 1}, "
+                                        f"got {line.strip()!r}")
+            fields_[key] = src.next(f"the value of {key} (potential type {t + 1})")
+        label = fields_["POTENTIAL_TYPE_LABEL"][1].split()[0]
+        try:
+            n = int(fields_["NUM_ALPHAS"][1].split()[0])
+            lo, hi = (float(w) for w in fields_["ALPHAS"][1].split()[:2])
+        except ValueError:
+            raise src.error(fields_["ALPHAS"][0], f"potential type {t + 1}: expected "
+                            "NUM_ALPHAS N and ALPHAS alpha_min alpha_max") from None
+        if n < 1 or not 0.0 < lo <= hi:
+            raise src.error(fields_["ALPHAS"][0], f"potential type {t + 1}: bad series "
+                            f"N = {n}, alpha = {lo} .. {hi}")
+        i = np.arange(n, dtype=float)
+        alphas = np.array([lo]) if n == 1 else lo * (hi / lo) ** (i / (n - 1))
+        out.append((label, alphas))
+    return out
+
+
+def check_exponents_against_run(
+    run_dir: str | Path, atoms: Atoms, exponents: Mapping[str, np.ndarray], rtol: float = 1e-6
+) -> None:
+    """Check that a prediction for ``atoms`` uses the exponent series of an OLCAO run.
+
+    OLCAO takes the exponents from ``inputs/olcao.dat`` and checks only the number of terms
+    of a potential file, so a series mismatch would go unnoticed.  The run must have one
+    potential type per site (the skeleton that :func:`write_prediction` writes) with, type by
+    type, the element, the number of terms and the exponents (relative tolerance ``rtol``) of
+    the prediction.  ``run_dir`` is a run directory or the path of its ``olcao.dat``.
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``inputs/olcao.dat`` in ``run_dir``.
+    ValueError
+        Naming the first potential type that differs and how.
+    """
+    run_dir = Path(run_dir)
+    dat = run_dir if run_dir.is_file() else _find(run_dir, ["inputs/olcao.dat", "olcao.dat"],
+                                                  "olcao.dat")
+    types = read_olcao_dat_exponents(dat)
+    tags = species_tags(atoms, per_site_species=True)
+    sites = np.argsort(potential_type_order(tags))  # sites[t] = site of potential type t
+    if len(types) != len(atoms):
+        raise ValueError(f"{dat} has {len(types)} potential types, the prediction one per "
+                         f"site ({len(atoms)}); run makeinput on the skeleton snapqeq wrote")
+    table = {_element(k): np.asarray(v, dtype=float) for k, v in exponents.items()}
+    for t, (label, alphas) in enumerate(types):
+        site = int(sites[t])
+        symbol = atoms.get_chemical_symbols()[site]
+        sym, _ = parse_tag(label.split("_")[0])
+        if sym != symbol:
+            raise ValueError(f"{dat}: potential type {t + 1} ({label}) is {sym}, the "
+                             f"prediction's type {t + 1} (site {site}) is {symbol}")
+        mine = table[symbol]
+        if len(mine) != len(alphas):
+            raise ValueError(f"{dat}: potential type {t + 1} ({label}) has {len(alphas)} "
+                             f"terms, the model's {symbol} series {len(mine)}")
+        if not np.allclose(mine, alphas, rtol=rtol, atol=0.0):
+            raise ValueError(
+                f"{dat}: potential type {t + 1} ({label}) uses alpha = {alphas[0]:g} .. "
+                f"{alphas[-1]:g} bohr^-2, the model's {symbol} series {mine[0]:g} .. "
+                f"{mine[-1]:g}; OLCAO would read the coefficients with the wrong exponents "
+                "(retrain with that series, or run makeinput with the model's)")
+
+
 def _find(run_dir: Path, names: Sequence[str], what: str) -> Path:
     for name in names:
         if (run_dir / name).is_file():
@@ -835,7 +1009,10 @@ def read_site_coefficients(
                 f"{run_dir}: expected gs_scfV-fb.dat or exactly one gs_scfV-*.dat, found "
                 f"{[p.name for p in found]}; pass coefficient_file"
             )
-    coeffs = read_scfv(run_dir / coefficient_file)
+    else:
+        # a user path is relative to run_dir; the defaults above already include it
+        coefficient_file = run_dir / coefficient_file
+    coeffs = read_scfv(coefficient_file)
     structure = _find(run_dir, ["inputs/structure.dat", "structure.dat"], "structure.dat")
     mapping = _find(run_dir, ["inputs/datSkl.map", "datSkl.map"], "datSkl.map")
     atoms_dat = read_structure_dat(structure)
@@ -976,6 +1153,15 @@ def _fit_rows(values, alphas: list[np.ndarray], name: str) -> list[np.ndarray]:
     return out
 
 
+class OutputExistsError(FileExistsError):
+    """Output files exist and overwriting was not requested; ``paths`` lists them."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = [Path(p) for p in paths]
+        super().__init__(f"refusing to overwrite {', '.join(map(str, self.paths))}; pass "
+                         "overwrite=True or choose another directory")
+
+
 def write_prediction(
     out_dir: str | Path,
     atoms: Atoms,
@@ -984,6 +1170,7 @@ def write_prediction(
     exponents: Mapping[str, np.ndarray] | np.ndarray | Sequence[np.ndarray],
     overwrite: bool = False,
     title: str = "snapqeq predicted OLCAO potential",
+    template: str | Path | PotentialCoefficients | None = None,
 ) -> dict[str, Path]:
     """Write predicted per-site coefficients as an OLCAO input set.
 
@@ -993,9 +1180,16 @@ def write_prediction(
       that makeinput gives every site its own potential type;
     - ``gs_scfV-fb.dat``: the predicted means A_i (Hartree) as an OLCAO potential file, one
       type per site in OLCAO's type order (:func:`potential_type_order`), identical spin-up
-      and spin-down blocks, zero density columns, empty +U/J stub;
+      and spin-down blocks, zeros in the density columns 3-5 (OLCAO reads only column 1),
+      and the +U/J section of ``template`` (none without one);
     - ``gs_scfV-fb.std.dat``: the same layout with the standard deviation sigma(A_i)
-      (Hartree) in column 1, readable with :func:`read_scfv`.
+      (Hartree) in column 1, readable with :func:`read_scfv`;
+    - ``site_coefficients.extxyz``: the structure in the order of ``atoms`` with
+      ``arrays["potential_coefficients"]`` (means) and ``arrays["potential_coefficients_std"]``
+      (sigma), (N, D) in Hartree with 8 decimals, NaN beyond an element's series, and
+      ``info["potential_alphas"]`` (JSON: element -> alpha_i, bohr^-2), for other tools.
+
+    OLCAO overwrites ``gs_scfV-fb.dat`` when it runs an SCF in that folder: keep a copy.
 
     Parameters
     ----------
@@ -1006,8 +1200,15 @@ def write_prediction(
         alpha_i (bohr^-2): a mapping element -> series (e.g. from :func:`exponent_series`),
         one series for all sites, or one series per site.
     overwrite
-        Replace existing files; otherwise FileExistsError is raised before anything is
-        written.
+        Replace existing files; otherwise :class:`OutputExistsError` (a FileExistsError) is
+        raised before anything is written.
+    title
+        Skeleton title; lines OLCAO would read as keywords are rewritten
+        (:func:`safe_skl_title`).
+    template
+        An OLCAO potential file of the same system (path or :class:`PotentialCoefficients`),
+        e.g. makeinput's ``inputs/scfV.dat``: its +U/J terms (``NUM__PLUSUJ__TERMS`` and the
+        lines after it) are copied, because a +U run stops on a file that declares none.
 
     Returns
     -------
@@ -1016,12 +1217,13 @@ def write_prediction(
     """
     out_dir = Path(out_dir)
     paths = {key: out_dir / name for key, name in PREDICTION_FILES.items()}
-    existing = [str(p) for p in paths.values() if p.exists()]
+    existing = [p for p in paths.values() if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(
-            f"refusing to overwrite {', '.join(existing)}; pass "
-            "overwrite=True or choose another directory"
-        )
+        raise OutputExistsError(existing)
+    plusuj: tuple[int, tuple[str, ...]] = (0, ())
+    if template is not None:
+        tpl = template if isinstance(template, PotentialCoefficients) else read_scfv(template)
+        plusuj = (tpl.plusuj_count, tpl.plusuj_lines)
     alphas = _exponent_rows(exponents, atoms)
     means = _fit_rows(mean, alphas, "mean")
     sigmas = _fit_rows(std, alphas, "std")
@@ -1030,10 +1232,92 @@ def write_prediction(
     tags = species_tags(atoms, per_site_species=True)
     sites = np.argsort(potential_type_order(tags))  # sites[t] = site of potential type t
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_skl(paths["skeleton"], atoms, title=title, tags=tags)
+    write_skl(paths["skeleton"], atoms, title=safe_skl_title(title), tags=tags)
     for key, rows in (("mean", means), ("std", sigmas)):
         write_scfv(
             paths[key],
-            PotentialCoefficients(alphas=[alphas[s] for s in sites], up=[rows[s] for s in sites]),
+            PotentialCoefficients(alphas=[alphas[s] for s in sites], up=[rows[s] for s in sites],
+                                  plusuj_count=plusuj[0], plusuj_lines=plusuj[1]),
         )
+    width = max(len(a) for a in alphas)
+    table = np.full((2, len(atoms), width), np.nan)
+    for k, (m, sd) in enumerate(zip(means, sigmas, strict=True)):
+        table[0, k, : len(m)], table[1, k, : len(sd)] = m, sd
+    sites_atoms = Atoms(atoms.get_chemical_symbols(), positions=atoms.positions,
+                        cell=atoms.cell, pbc=atoms.pbc)
+    sites_atoms.arrays[TARGETS_KEY], sites_atoms.arrays[STD_KEY] = table[0], table[1]
+    series = {sym: alphas[k].tolist() for k, sym in enumerate(atoms.get_chemical_symbols())}
+    sites_atoms.info["potential_alphas"] = json.dumps(series)
+    from ase.io import write
+
+    write(paths["sites"], sites_atoms, format="extxyz")
     return paths
+
+
+# --------------------------------------------------------------------------------------------
+# The fitted potential in real space
+# --------------------------------------------------------------------------------------------
+
+
+def gaussian_potential_grid(
+    atoms: Atoms,
+    coefficients: Sequence[np.ndarray],
+    alphas: np.ndarray,
+    spacing: float = 0.6,
+    tol: float = 1e-12,
+) -> tuple[np.ndarray, np.ndarray]:
+    """OLCAO's fitted potential V(r) = sum_sites sum_i A_i exp(-alpha_i |r - R_site|^2) of a
+    periodic cell on a real-space grid, for several coefficient sets at once.
+
+    Parameters
+    ----------
+    atoms
+        Periodic structure (Angstrom), 3D cell; every site has the same series ``alphas``.
+    coefficients
+        One (N, K) array of A_i (Hartree) per coefficient set (e.g. OLCAO's SCF result, a
+        prediction, a starting potential).
+    alphas
+        The K exponents (bohr^-2).
+    spacing
+        Target grid step (bohr).  The grid has n_j = ceil(|a_j| / spacing) points along
+        lattice vector j, at fractional positions (k + 1/2) / n_j, i.e. shifted by half a
+        step so that symmetric sites do not sit on grid points (the tightest Gaussians
+        would dominate there).
+    tol
+        Periodic images are summed up to the distance where exp(-alpha_min d^2) < tol.
+
+    Returns
+    -------
+    values
+        (n_sets, M) V(r) in Hartree at the M grid points.
+    points
+        (M, 3) grid points (bohr).
+    """
+    cell = atoms.cell.array / BOHR
+    if atoms.cell.rank < 3 or spacing <= 0:
+        raise ValueError("need a 3D cell and a positive spacing (bohr)")
+    alphas = np.asarray(alphas, dtype=float)
+    sets = [np.asarray(c, dtype=float) for c in coefficients]
+    for c in sets:
+        if c.shape != (len(atoms), len(alphas)) or not np.all(np.isfinite(c)):
+            raise ValueError(f"coefficients must be finite ({len(atoms)}, {len(alphas)}) "
+                             f"arrays, got {c.shape}")
+    counts = np.maximum(1, np.ceil(np.linalg.norm(cell, axis=1) / spacing).astype(int))
+    axes = [(np.arange(n) + 0.5) / n for n in counts]
+    frac = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    points = frac @ cell
+    rcut = np.sqrt(-np.log(tol) / alphas.min())
+    heights = 1.0 / np.linalg.norm(np.linalg.inv(cell), axis=0)  # plane spacings (bohr)
+    reach = np.ceil(rcut / heights).astype(int) + 1
+    shifts = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in reach], indexing="ij"),
+                      -1).reshape(-1, 3) @ cell
+    coef = np.stack(sets)  # (n_sets, N, K)
+    values = np.zeros((len(sets), len(points)))
+    for site, r in enumerate(atoms.positions / BOHR):
+        for t in shifts:
+            d2 = ((points - r - t) ** 2).sum(1)
+            near = np.nonzero(d2 < rcut**2)[0]
+            if near.size:
+                g = np.exp(-np.outer(d2[near], alphas))  # (m, K)
+                values[:, near] += coef[:, site] @ g.T
+    return values, points

@@ -1,22 +1,28 @@
 """``snapqeq olcao ...``: train the OLCAO potential-coefficient model and write OLCAO inputs.
 
     snapqeq olcao train CONFIG.yaml [--force]
-    snapqeq olcao predict --model MODEL.pt STRUCTURE --out DIR [--energy-model M.pt]
+    snapqeq olcao predict --model MODEL.pt STRUCTURE --out DIR [--olcao-run RUN]
+                          [--template scfV.dat] [--energy-model M.pt] [--force]
 
 ``MODEL.pt`` is a snapqeq model file with an OLCAO head, or a separate OLCAO model file
 (then ``--energy-model`` names the energy model when its features take chi from one).
 
 ``predict`` writes ``olcao.skl`` (one species per site), ``gs_scfV-fb.dat`` (predicted mean
-coefficients, Hartree, in OLCAO's potential-file layout) and ``gs_scfV-fb.std.dat`` (their
-standard deviations, same layout) with :func:`snapqeq.olcao.write_prediction`.  OLCAO then
-runs post-SCF directly on the predicted potential::
+coefficients, Hartree, in OLCAO's potential-file layout), ``gs_scfV-fb.std.dat`` (their
+standard deviations, same layout) and ``site_coefficients.extxyz`` (means and sigma per site
+in the input atom order) with :func:`snapqeq.olcao.write_prediction`.  With ``--olcao-run``
+(an OLCAO run directory of that skeleton, after makeinput) the model's exponent series are
+checked against its ``inputs/olcao.dat`` (term counts and alpha values; OLCAO itself checks
+only the counts) and its ``inputs/scfV.dat`` is the template for the +U/J section.
 
-    makeinput ...                # in DIR: builds inputs/ from olcao.skl
-    uolcao -scf no -dos          # post-SCF job; reads gs_scfV-fb.dat from DIR, no SCF
+With OLCAO (see examples/si_olcao/README.md)::
 
-(``uolcao``'s potential search takes ``gs_scfV-fb.dat`` from the project directory before
-the atomic starting potential, so the same file also serves as the starting point of an SCF
-run, ``uolcao -dos``, whose iteration count then measures the SCF work saved.)
+    makeinput -kp ...                   # in DIR: builds inputs/ from olcao.skl
+    cp gs_scfV-fb.dat predicted.dat     # OLCAO overwrites gs_scfV-fb.dat during an SCF
+    uolcao                              # SCF started from the prediction (uolcao takes
+                                        #   gs_scfV-fb.dat when present); count iterations
+    cp predicted.dat gs_scfV-fb.dat     # or, instead of the SCF:
+    uolcao -scf no -dos                 # post-SCF on the predicted potential, no iterations
 
 This module is hooked into :mod:`snapqeq.cli` through :func:`add_parser`.
 """
@@ -34,7 +40,8 @@ MODEL_NAME = "olcao_model.pt"
 
 def predict_command(model_path: str | Path, structure_path: str | Path, out_dir: str | Path,
                     overwrite: bool = False, energy_model: str | Path | None = None,
-                    index: str | int = -1) -> dict[str, Path]:
+                    index: str | int = -1, olcao_run: str | Path | None = None,
+                    template: str | Path | None = None) -> dict[str, Path]:
     """Predict the OLCAO potential of a structure file and write the OLCAO input set.
 
     Parameters
@@ -46,16 +53,22 @@ def predict_command(model_path: str | Path, structure_path: str | Path, out_dir:
     out_dir : folder for ``olcao.skl``, ``gs_scfV-fb.dat`` and ``gs_scfV-fb.std.dat``.
     overwrite : replace existing files (otherwise FileExistsError before writing anything).
     energy_model : snapqeq energy model file; needed when the OLCAO model takes chi from one.
+    olcao_run : OLCAO run directory of this structure's one-species-per-site skeleton
+        (after makeinput): the exponent series are checked against its ``inputs/olcao.dat``
+        (ValueError on any difference) and its ``inputs/scfV.dat`` is the default template.
+    template : OLCAO potential file whose +U/J section is copied (see
+        :func:`snapqeq.olcao.write_prediction`).
 
     Returns
     -------
     dict
-        Paths keyed ``skeleton``, ``mean``, ``std`` (see :data:`snapqeq.olcao.PREDICTION_FILES`).
+        Paths keyed ``skeleton``, ``mean``, ``std``, ``sites`` (see
+        :data:`snapqeq.olcao.PREDICTION_FILES`).
     """
     from ase.io import read
 
     from snapqeq.archive import archive_format
-    from snapqeq.olcao import write_prediction
+    from snapqeq.olcao import check_exponents_against_run, write_prediction
     from snapqeq.olcao_model import predict_sites
 
     atoms = read(structure_path, index=index)
@@ -70,10 +83,15 @@ def predict_command(model_path: str | Path, structure_path: str | Path, out_dir:
         std, exponents = calc.results["potential_coefficients_std"], calc.potential_exponents
     else:
         mean, std, exponents = predict_sites(model_path, atoms, energy_model=energy_model)
+    if olcao_run is not None:
+        check_exponents_against_run(olcao_run, atoms, exponents)
+        default = Path(olcao_run) / "inputs" / "scfV.dat"
+        if template is None and default.is_file():
+            template = default
     title = (f"snapqeq predicted OLCAO potential: {Path(structure_path).name}, "
              f"model {Path(model_path).name}; sigma(A_i) in gs_scfV-fb.std.dat")
     return write_prediction(out_dir, atoms, mean, std, exponents, overwrite=overwrite,
-                            title=title)
+                            title=title, template=template)
 
 
 def train_command(config_path: str | Path, force: bool = False) -> Path:
@@ -111,16 +129,24 @@ def train_command(config_path: str | Path, force: bool = False) -> Path:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from snapqeq.olcao import OutputExistsError
+
     try:
         paths = predict_command(args.model, args.structure, args.out, overwrite=args.force,
-                                energy_model=args.energy_model, index=args.index)
+                                energy_model=args.energy_model, index=args.index,
+                                olcao_run=args.olcao_run, template=args.template)
+    except OutputExistsError as err:
+        print(f"snapqeq: error: refusing to overwrite {', '.join(map(str, err.paths))}; "
+              "pass --force to replace them, or choose another --out", file=sys.stderr)
+        return 2
     except (FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"snapqeq: error: {err}", file=sys.stderr)
         return 2
     for key, p in paths.items():
         print(f"{key:9s} {p}")
-    print("OLCAO: run makeinput in that folder, then 'uolcao -scf no -dos' (post-SCF on the "
-          "predicted potential)")
+    print("OLCAO: run makeinput in that folder; keep a copy of gs_scfV-fb.dat (an SCF "
+          "overwrites it); then 'uolcao' (SCF from the prediction) or 'uolcao -scf no -dos' "
+          "(post-SCF on the predicted potential)")
     return 0
 
 
@@ -146,6 +172,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     pr.add_argument("--energy-model", default=None,
                     help="snapqeq energy model (when the OLCAO model takes chi from one)")
     pr.add_argument("--index", default="-1", help="frame (ase.io index syntax)")
+    pr.add_argument("--olcao-run", default=None,
+                    help="OLCAO run directory (after makeinput) to check the exponent series "
+                         "against its inputs/olcao.dat and take +U terms from inputs/scfV.dat")
+    pr.add_argument("--template", default=None,
+                    help="OLCAO potential file whose +U/J section is copied")
     pr.add_argument("--force", action="store_true", help="overwrite existing files")
     pr.set_defaults(func=_cmd_predict)
     tr = sub.add_parser("train", help="train an OLCAO model from a YAML config")

@@ -50,6 +50,7 @@ __all__ = [
     "OLCAOTrainConfig",
     "evaluate_olcao_model",
     "export_olcao_model",
+    "gaussian_overlap",
     "load_olcao_model",
     "predict_sites",
     "site_targets",
@@ -61,6 +62,7 @@ FORMAT = "snapqeq-olcao-model"
 FORMAT_VERSION = 1
 REQUIRED = ("format", "format_version", "elements", "features", "exponents", "n_inputs",
             "n_components", "hidden", "units")
+OUTPUT_BASES = ("potential", "coefficients")
 UNITS = {"coefficients": "Hartree", "exponents": "bohr^-2", "length": "Angstrom",
          "charge": "e", "potential": "eV/e"}
 
@@ -186,6 +188,12 @@ class OLCAOTrainConfig:
         correlated) or ``"site"`` (random sites; for very few structures).
     calibrate : rescale the predicted std on the validation sites
         (:meth:`MixtureDensityHead.calibrate_std`).
+    output_basis : ``"potential"`` (default): the network predicts the principal axes of
+        the training deviations A - <A> in the L2 norm of the site potential
+        sum_i dA_i exp(-alpha_i r^2) (overlap matrix of the Gaussians,
+        :func:`gaussian_overlap`), so the likelihood works in uncorrelated, well-conditioned
+        coordinates ordered by their effect on V(r); ``"coefficients"``: every A_i on its
+        own.  Either way the model file takes and returns A_i in Hartree.
     seed : initialisation, split and batch order; the same seed gives the same model.
     progress : tqdm progress bars.
     num_threads : torch intra-op threads during training (restored afterwards); None keeps
@@ -205,6 +213,7 @@ class OLCAOTrainConfig:
     validation_fraction: float = 0.2
     split: str = "structure"
     calibrate: bool = True
+    output_basis: str = "potential"
     seed: int = 0
     progress: bool = True
     num_threads: int | None = None
@@ -212,6 +221,9 @@ class OLCAOTrainConfig:
     def __post_init__(self):
         if isinstance(self.features, Mapping):
             self.features = FeatureRecipe.from_dict(self.features)
+        if self.output_basis not in OUTPUT_BASES:
+            raise ValueError(f"output_basis must be one of {OUTPUT_BASES}, "
+                             f"got {self.output_basis!r}")
         if self.split not in ("structure", "site"):
             raise ValueError(f"split must be 'structure' or 'site', got {self.split!r}")
         if not 0.0 <= self.validation_fraction < 1.0:
@@ -223,6 +235,15 @@ class OLCAOTrainConfig:
         d = asdict(self)
         d["features"] = self.features.to_dict()
         return d
+
+
+def gaussian_overlap(alphas: np.ndarray) -> np.ndarray:
+    """Overlap matrix S_ij = integral exp(-(alpha_i + alpha_j) r^2) d^3r
+    = (pi / (alpha_i + alpha_j))^(3/2) (bohr^3) of one site's Gaussians (alpha in
+    bohr^-2): dA^T S dA is the squared L2 norm (Hartree^2 bohr^3) of the site potential
+    change sum_i dA_i exp(-alpha_i r^2)."""
+    a = np.asarray(alphas, dtype=float)
+    return (np.pi / (a[:, None] + a[None, :])) ** 1.5
 
 
 def site_targets(atoms: Atoms, model: OLCAOModel) -> np.ndarray:
@@ -427,7 +448,10 @@ def train_olcao_model(structures: Sequence[Atoms], config: OLCAOTrainConfig, *,
         xv, spv, yv = x[vm], sp[vm], y[vm]
         x, sp, y = x[tm], sp[tm], y[tm]
     has_val = len(yv) > 0
-    model.head.set_scaling(x, sp, y)
+    metric = None
+    if config.output_basis == "potential":
+        metric = [torch.as_tensor(gaussian_overlap(model.alphas[e])) for e in model.elements]
+    model.head.set_scaling(x, sp, y, metric)
 
     threads = torch.get_num_threads()
     if config.num_threads is not None:
