@@ -162,3 +162,43 @@ def test_gaussian_potential_grid_matches_a_direct_sum():
     assert np.all(dv > v)
     with pytest.raises(ValueError, match="coefficients must be finite"):
         olcao.gaussian_potential_grid(atoms, [coeffs[:4]], alphas)
+
+
+def test_shipped_si_model_predicts_olcao_ready_files(tmp_path, capsys):
+    """examples/models/si_olcao.pt (trained on the real data) through `snapqeq olcao
+    predict --olcao-run`: exponent check against the real olcao.dat, +U section from its
+    scfV.dat, files that read back in OLCAO's layout, and a clear error for a run whose
+    series differs."""
+    from snapqeq.cli import main
+    from snapqeq.olcao_model import load_olcao_model
+
+    model = DATA.parents[1] / "models" / "si_olcao.pt"
+    loaded = load_olcao_model(model)
+    assert loaded.elements == ["Si"] and loaded.recipe.long_range is False
+    np.testing.assert_allclose(loaded.exponents["Si"], olcao.exponent_series("Si"))
+    atoms, ref = olcao.read_site_coefficients(RUN)
+    structure = tmp_path / "crystal.extxyz"
+    atoms.write(structure)
+    out = tmp_path / "pred"
+    argv = ["olcao", "predict", "--model", str(model), str(structure), "--out", str(out),
+            "--olcao-run", str(RUN)]
+    assert main(argv) == 0
+    mean = olcao.read_scfv(out / "gs_scfV-fb.dat")
+    assert mean.num_types == 8 and all(len(a) == 16 for a in mean.alphas)
+    sites = read(out / "site_coefficients.extxyz")
+    pred, std = sites.arrays["potential_coefficients"], sites.arrays["potential_coefficients_std"]
+    assert np.all(std > 0)
+    # a held-out structure of the model's split: closer to OLCAO's SCF than the atomic start
+    start = np.array(olcao.read_scfv(RUN / "inputs" / "scfV.dat").up)
+    (v_ref, v_pred, v_start), _ = olcao.gaussian_potential_grid(
+        atoms, [ref, pred, start], olcao.exponent_series("Si"), spacing=1.5)
+    assert np.sqrt(np.mean((v_pred - v_ref) ** 2)) < 0.1 * np.sqrt(np.mean((v_start - v_ref) ** 2))
+    # a run directory whose olcao.dat has another series is refused before anything is written
+    bad = tmp_path / "bad_run"
+    shutil.copytree(RUN, bad)
+    dat = bad / "inputs" / "olcao.dat"
+    text = dat.read_text().replace("1.500000e-01 1.000000e+06", "1.500000e-01 1.000000e+05")
+    dat.write_text(text)
+    capsys.readouterr()
+    assert main(argv[:-1] + [str(bad), "--force"]) == 2
+    assert "wrong exponents" in capsys.readouterr().err
