@@ -17,7 +17,7 @@ Stages:
    and charges against ASE, and MD with examples/lammps/in.nacl_cluster serially and under
    ``mpirun -np 2``;
 6. OLCAO potential-coefficient files (``snapqeq olcao predict``) from the Si example's model,
-   trained on SURROGATE targets.
+   trained on real OLCAO SCF results for Si (examples/si_olcao/data).
 
 Everything goes to ``demo_output/`` (``--small``: ``demo_output/small/``, ``--full``:
 ``demo_output/full/``): ``report.md``, ``results.json``, the PNG plots, the model file
@@ -303,10 +303,11 @@ def downstream_stages(pipe: Pipeline, results: dict, model: Path, work: Path, ro
         outputs=(root / "lammps_energy.png",))
     si_example = HERE / "si_olcao" / "run.py"
     results["olcao"] = pipe.run(
-        "olcao", "OLCAO potential-coefficient files (SURROGATE-trained Si model)",
-        {"quick": protocol.olcao_quick, "script": file_digest(si_example)},
-        lambda: stages.olcao_stage(work, root / "olcao_si_surrogate", protocol.olcao_quick),
-        outputs=(root / "olcao_si_surrogate" / "gs_scfV-fb.dat",))
+        "olcao", "OLCAO potential coefficients (Si model trained on real OLCAO SCF data)",
+        {"quick": protocol.olcao_quick, "script": file_digest(si_example),
+         "data": file_digest(HERE / "si_olcao" / "data" / "olcao_si.extxyz"), "version": 2},
+        lambda: stages.olcao_stage(work, root / "olcao_si", protocol.olcao_quick),
+        outputs=(root / "olcao_si" / "gs_scfV-fb.dat",))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -18,11 +18,6 @@ from demo_stages import NACL
 
 from snapqeq.metrics import HARTREE
 
-SURROGATE = ("> **SURROGATE TARGETS.** No OLCAO SCF results ship with snapqeq, so this OLCAO "
-             "model is trained on made-up per-site coefficients (a smooth function of the "
-             "local geometry, sized like OLCAO's Si coefficients). The workflow and the file "
-             "formats are real; the numbers are not physics.")
-
 
 def write(root: Path, results: dict) -> Path:
     """Write ``results.json`` and ``report.md`` into ``root``; returns the report's path."""
@@ -277,24 +272,31 @@ def mpi_agreement(lam: dict) -> str:
 
 
 def olcao_section(results: dict) -> str:
-    text = "## 6. OLCAO potential-coefficient files (SURROGATE)\n\n" + SURROGATE + "\n\n"
+    text = "## 6. OLCAO potential coefficients (real OLCAO SCF data, Si)\n\n"
     if (note := missing(results, "olcao", "olcao")) is not None:
         return text + note
     o = results["olcao"]
-    t = o["test"]
     files = "\n".join(f"- `{Path(f).parent.name}/{Path(f).name}`" for f in o["files"])
+    plots = ", ".join(f"`{Path(p).name}`" for p in o["plots"])
     return text + (
         "The NaCl model has no OLCAO head, so this stage uses the Si example "
-        "(`examples/si_olcao/run.py`): structures from LAMMPS (Stillinger-Weber), site "
-        "features, a mixture-density model trained on the surrogate targets; held-out "
-        f"RMSE {1e3 * t['rmse']:.1f} mHa, R² {t['r2']:.3f}, "
-        f"{100 * t['coverage_1sigma']:.0f}% within 1σ. Then\n\n"
+        "(`examples/si_olcao/run.py`): real OLCAO (LDA) SCF results of 56 Si cells "
+        "(crystal, strained, vacancy, interstitial, amorphous; one potential type per site), "
+        f"split {o['split']['method']} ({o['split']['train_structures']} training, "
+        f"{o['split']['test_structures']} held-out structures). The fitted potential "
+        "V(r) = Σ_sites Σ_i A_i exp(−α_i |r − R|²) on real-space grids of the held-out "
+        "cells, against OLCAO's SCF potential:\n\n"
+        f"{o['metrics_table']}\nPlots (in `work/si_olcao/`): {plots}. Then\n\n"
         f"    {o['command']}\n\n"
-        f"wrote the OLCAO input set of the relaxed amorphous Si cell ({o['sites']} sites, "
-        f"one potential type each, {o['terms_per_site']} Gaussian terms; A_i from "
+        f"wrote the OLCAO input set of the held-out ideal crystal ({o['sites']} sites, one "
+        f"potential type each, {o['terms_per_site']} Gaussian terms; A_i from "
         f"{o['coefficient_range_Ha'][0]:.2f} to {o['coefficient_range_Ha'][1]:.2f} Ha, mean "
-        f"σ {o['mean_sigma_mHa']:.1f} mHa; read back with `snapqeq.olcao.read_scfv`):\n\n"
-        f"{files}\n\nWith OLCAO: `makeinput` in that folder, then `uolcao -scf no -dos`.")
+        f"σ {o['mean_sigma_mHa']:.1f} mHa), its exponents checked against the real OLCAO "
+        f"run's `inputs/olcao.dat`:\n\n{files}\n\n"
+        "With OLCAO: `makeinput` in that folder and keep a copy of `gs_scfV-fb.dat` (an SCF "
+        "overwrites it); `uolcao` runs the SCF from the prediction (compare its iteration "
+        "count with a run from the atomic start), `uolcao -scf no -dos` a post-SCF job on "
+        "the predicted potential without SCF.")
 
 
 def reproduce_section(results: dict) -> str:

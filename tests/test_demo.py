@@ -16,7 +16,7 @@ import pytest
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
 PLOTS = ("parity_cent.png", "parity_4g.png", "compression.png", "minima_hopping.png",
          "nve_ase.png", "lammps_energy.png")
-OLCAO_FILES = ("olcao.skl", "gs_scfV-fb.dat", "gs_scfV-fb.std.dat")
+OLCAO_FILES = ("olcao.skl", "gs_scfV-fb.dat", "gs_scfV-fb.std.dat", "site_coefficients.extxyz")
 
 
 def load_demo():
@@ -40,7 +40,7 @@ def test_small_demo_runs_every_stage_and_reports(tmp_path):
     assert {k: r["status"] for k, r in results["stages"].items()} == {
         k: "computed" for k in demo.STAGES}
     for name in (*PLOTS, "report.md", "results.json", "nacl_model.pt",
-                 *(f"olcao_si_surrogate/{f}" for f in OLCAO_FILES)):
+                 *(f"olcao_si/{f}" for f in OLCAO_FILES)):
         assert (root / name).stat().st_size > 0, name
     assert json.loads((root / "results.json").read_text())["mode"] == "small"
 
@@ -69,12 +69,14 @@ def test_small_demo_runs_every_stage_and_reports(tmp_path):
     assert results["lammps"]["serial_vs_mpi_initial_eV"] < 1e-3
     assert all(finite(r["drift_meV_per_atom_ps"]) for r in results["lammps"]["md"])
 
-    # OLCAO files of the 64-atom amorphous Si cell, labelled as surrogate
+    # OLCAO files of the held-out 8-atom Si crystal, from a model trained on real OLCAO data
     olcao = results["olcao"]
-    assert olcao["surrogate"] and olcao["sites"] == 64 and olcao["terms_per_site"] == 16
+    assert not olcao["surrogate"] and olcao["sites"] == 8 and olcao["terms_per_site"] == 16
+    pot = olcao["potential"]
+    assert pot["predicted"]["rms"] < pot["mean_start"]["rms"] < pot["olcao_start"]["rms"]
 
     report = (root / "report.md").read_text()
-    for text in ("paper (LDA)", "mHa/atom", "meV/atom", "SURROGATE", "mpirun -np 2",
+    for text in ("paper (LDA)", "mHa/atom", "meV/atom", "real OLCAO", "mpirun -np 2",
                  "meV/atom/ps", "## Stages and timings", *PLOTS):
         assert text in report, text
     assert "Not available" not in report and not re.search(r"\bnan\b", report.lower())
