@@ -31,6 +31,8 @@ from torch import nn
 
 from snapqeq import __version__
 from snapqeq.archive import METADATA_FILE, read_archive, write_archive
+from snapqeq.bispectrum import Bispectrum
+from snapqeq.guard import GUARD_DEFAULTS, training_envelope
 from snapqeq.model import CENT
 from snapqeq.olcao_model import OLCAOModel
 from snapqeq.site_features import energy_model_fingerprint
@@ -92,12 +94,17 @@ class ScriptableCENTWithOLCAO(ScriptableCENT):
 
 
 def build_metadata(model: CENT, elements: list[str], descriptor: dict,
-                   min_distances: dict | None = None) -> dict:
+                   min_distances: dict | None = None, envelope: dict | None = None) -> dict:
     """Everything a calculator needs besides the networks (``olcao`` is set on export).
 
     ``min_distances``: shortest distance (Angstrom) per element pair ``"A-B"`` in the
     training data (:func:`snapqeq.data.training_distances`), or None if unknown.
+    ``envelope``: ``descriptor_range`` and ``total_charge_range`` of the training data
+    (:func:`snapqeq.guard.training_envelope`), or None if unknown.  Together with the
+    thresholds ``guard`` they drive :class:`snapqeq.guard.Guard` and the same checks of
+    ``pair_style snapqeq``.
     """
+    envelope = envelope or {}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -110,20 +117,32 @@ def build_metadata(model: CENT, elements: list[str], descriptor: dict,
         "units": UNITS,
         "has_short_range": bool(model.has_short),
         "min_distances": dict(min_distances) if min_distances else None,
+        "descriptor_range": envelope.get("descriptor_range") or None,
+        "total_charge_range": envelope.get("total_charge_range"),
+        "guard": dict(GUARD_DEFAULTS),
         "olcao": None,
     }
 
 
 def export_model(model: CENT, elements: list[str], descriptor: dict, path: str | Path,
                  overwrite: bool = False, olcao: OLCAOModel | None = None,
-                 min_distances: dict | None = None) -> Path:
+                 min_distances: dict | None = None, envelope: dict | None = None,
+                 training_samples: list | None = None) -> Path:
     """Write the TorchScript model file; refuses to replace an existing file by default.
+
+    ``min_distances`` and ``envelope``: the training data's envelope (see
+    :func:`build_metadata`), which the geometry/extrapolation guard checks;
+    ``training_samples`` (:class:`snapqeq.data.Sample` list): compute ``envelope`` from
+    them (:func:`snapqeq.guard.training_envelope`).
 
     ``olcao``: an OLCAO head to include; it must have been trained on the charges of this
     energy model (its recipe takes chi from the energy model, and the metadata fingerprint
     it recorded must match), since the calculator feeds it this model's q and phi.
     """
-    meta = build_metadata(model, elements, descriptor, min_distances)
+    if envelope is None and training_samples:
+        n_linear = Bispectrum.from_dict(descriptor).n_linear
+        envelope = training_envelope(training_samples, n_linear, list(elements))
+    meta = build_metadata(model, elements, descriptor, min_distances, envelope)
     if olcao is None:
         text = json.dumps(meta)
         return write_archive(ScriptableCENT(model, text), text, path, overwrite)

@@ -330,11 +330,13 @@ def train(config: TrainConfig) -> TrainResult:
     parity_plot(records, out / "parity.png")
     shortest = training_distances(train_set, descriptor)
     model_path = export_model(model, list(descriptor.elements), descriptor.to_dict(),
-                              out / "model.pt", overwrite=True, min_distances=shortest)
+                              out / "model.pt", overwrite=True, min_distances=shortest,
+                              training_samples=train_set)
     if config.olcao is not None:
         head = train_olcao_head(config, model_path, out / "olcao")
         export_model(model, list(descriptor.elements), descriptor.to_dict(), model_path,
-                     overwrite=True, olcao=head, min_distances=shortest)
+                     overwrite=True, olcao=head, min_distances=shortest,
+                     training_samples=train_set)
         metrics["olcao"] = head.summary
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return TrainResult(model, model_path, history, metrics, train_seconds,
