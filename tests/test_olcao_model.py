@@ -423,5 +423,5 @@ def test_si_example_small_end_to_end(tmp_path):
     assert metrics["main"]["fraction_of_start_distance"]["mean"] < 0.10
     assert set(metrics["main"]["by_kind"]) == {"crystal", "strained", "vacancy",
                                                "interstitial", "amorphous"}
-    assert len(metrics["ablation"]) == 3
+    assert len(metrics["ablation"]) == 4
     assert "| **predicted (this model)** |" in (out / "metrics.md").read_text()

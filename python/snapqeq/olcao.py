@@ -106,6 +106,7 @@ __all__ = [
     "PotentialCoefficients",
     "check_exponents_against_run",
     "exponent_series",
+    "gaussian_potential_basis",
     "gaussian_potential_grid",
     "get_site_targets",
     "olcao_site_order",
@@ -1265,6 +1266,7 @@ def gaussian_potential_grid(
     alphas: np.ndarray,
     spacing: float = 0.6,
     tol: float = 1e-12,
+    points: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """OLCAO's fitted potential V(r) = sum_sites sum_i A_i exp(-alpha_i |r - R_site|^2) of a
     periodic cell on a real-space grid, for several coefficient sets at once.
@@ -1285,39 +1287,78 @@ def gaussian_potential_grid(
         would dominate there).
     tol
         Periodic images are summed up to the distance where exp(-alpha_min d^2) < tol.
+    points
+        (M, 3) Cartesian points (bohr) to use instead of the grid, e.g. radial points
+        around the sites.
 
     Returns
     -------
     values
-        (n_sets, M) V(r) in Hartree at the M grid points.
+        (n_sets, M) V(r) in Hartree at the M points.
     points
-        (M, 3) grid points (bohr).
+        (M, 3) the points (bohr).
     """
-    cell = atoms.cell.array / BOHR
-    if atoms.cell.rank < 3 or spacing <= 0:
-        raise ValueError("need a 3D cell and a positive spacing (bohr)")
     alphas = np.asarray(alphas, dtype=float)
     sets = [np.asarray(c, dtype=float) for c in coefficients]
     for c in sets:
         if c.shape != (len(atoms), len(alphas)) or not np.all(np.isfinite(c)):
             raise ValueError(f"coefficients must be finite ({len(atoms)}, {len(alphas)}) "
                              f"arrays, got {c.shape}")
-    counts = np.maximum(1, np.ceil(np.linalg.norm(cell, axis=1) / spacing).astype(int))
-    axes = [(np.arange(n) + 0.5) / n for n in counts]
-    frac = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
-    points = frac @ cell
-    rcut = np.sqrt(-np.log(tol) / alphas.min())
-    heights = 1.0 / np.linalg.norm(np.linalg.inv(cell), axis=0)  # plane spacings (bohr)
-    reach = np.ceil(rcut / heights).astype(int) + 1
-    shifts = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in reach], indexing="ij"),
-                      -1).reshape(-1, 3) @ cell
+    points = _potential_points(atoms, spacing, points)
     coef = np.stack(sets)  # (n_sets, N, K)
     values = np.zeros((len(sets), len(points)))
+    for site, near, g in _gaussian_terms(atoms, alphas, points, tol):
+        values[:, near] += coef[:, site] @ g.T
+    return values, points
+
+
+def gaussian_potential_basis(
+    atoms: Atoms,
+    alphas: np.ndarray,
+    spacing: float = 0.6,
+    tol: float = 1e-12,
+    points: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The periodic Gaussians of every site and term at the points of
+    :func:`gaussian_potential_grid` (same arguments): ``basis[s, i, m]`` = sum over images
+    of exp(-alpha_i |r_m - R_s - T|^2), so that V(r_m) = sum_{s,i} A_si basis[s, i, m] for
+    any coefficients (V is linear in A).  Memory N x K x M floats: for small cells and many
+    coefficient sets.  Returns (basis, points in bohr)."""
+    alphas = np.asarray(alphas, dtype=float)
+    points = _potential_points(atoms, spacing, points)
+    basis = np.zeros((len(atoms), len(alphas), len(points)))
+    for site, near, g in _gaussian_terms(atoms, alphas, points, tol):
+        basis[site][:, near] += g.T
+    return basis, points
+
+
+def _potential_points(atoms: Atoms, spacing: float, points: np.ndarray | None) -> np.ndarray:
+    """The half-step-shifted grid of the cell (bohr), or the given points."""
+    if atoms.cell.rank < 3 or spacing <= 0:
+        raise ValueError("need a 3D cell and a positive spacing (bohr)")
+    if points is not None:
+        return np.asarray(points, dtype=float).reshape(-1, 3)
+    cell = atoms.cell.array / BOHR
+    counts = np.maximum(1, np.ceil(np.linalg.norm(cell, axis=1) / spacing).astype(int))
+    axes = [(np.arange(n) + 0.5) / n for n in counts]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3) @ cell
+
+
+def _gaussian_terms(atoms: Atoms, alphas: np.ndarray, points: np.ndarray, tol: float):
+    """Yield (site, indices of the points within reach, exp(-alpha d^2) of shape (m, K)) for
+    every site and periodic image whose Gaussians reach a point (exp(-alpha_min d^2) >= tol)."""
+    cell = atoms.cell.array / BOHR
+    frac = points @ np.linalg.inv(cell)
+    rcut = np.sqrt(-np.log(tol) / alphas.min())
+    heights = 1.0 / np.linalg.norm(np.linalg.inv(cell), axis=0)  # plane spacings (bohr)
+    # images out to rcut beyond the cell, and beyond the points' own span
+    span = int(np.ceil(np.abs(frac).max(initial=1.0)))
+    reach = np.ceil(rcut / heights).astype(int) + span
+    shifts = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in reach], indexing="ij"),
+                      -1).reshape(-1, 3) @ cell
     for site, r in enumerate(atoms.positions / BOHR):
         for t in shifts:
             d2 = ((points - r - t) ** 2).sum(1)
             near = np.nonzero(d2 < rcut**2)[0]
             if near.size:
-                g = np.exp(-np.outer(d2[near], alphas))  # (m, K)
-                values[:, near] += coef[:, site] @ g.T
-    return values, points
+                yield site, near, np.exp(-np.outer(d2[near], alphas))
