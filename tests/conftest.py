@@ -201,3 +201,52 @@ def rewrite_model_metadata(src, dst, change):
                 data = json.dumps(meta).encode()
             zout.writestr(item, data)
     return dst
+
+
+# ------------------------------------------------------------- guarded example model
+GUARD_DESCRIPTOR = {"twojmax": 4, "rcutfac": 1.0, "radii": {"Na": 3.0, "Cl": 3.0},
+                    "weights": {"Na": 1.0, "Cl": 0.5}}
+
+
+def guard_training_set() -> list[tuple[Atoms, float]]:
+    """Rattled 8-atom NaCl cubes at total charge 0 and +1: the 'training data' whose
+    envelope the guard tests record (shortest Na-Cl distance about 2.6 Angstrom)."""
+    from snapqeq.clusters import nacl_cube
+
+    out = []
+    for seed in range(6):
+        atoms = nacl_cube(2, a=5.64)
+        atoms.rattle(0.05, seed=seed)
+        out.append((atoms, float(seed % 2)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def guarded_model(tmp_path_factory) -> Path:
+    """A small random CENT model whose file carries the envelope of
+    :func:`guard_training_set` (distances, bispectrum ranges, total charges 0..1)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from snapqeq.bispectrum import Bispectrum
+    from snapqeq.data import training_distances
+    from snapqeq.export import export_model
+    from snapqeq.guard import training_envelope
+    from snapqeq.model import CENT
+
+    bs = Bispectrum(**GUARD_DESCRIPTOR)
+    data = guard_training_set()
+    torch.manual_seed(3)
+    model = CENT(2, bs.n_components, [3, 3], [0.53, 1.06], [5.44, 2.72], [-1.0, -2.0],
+                 chi_scale=2.0)
+    b = np.concatenate([bs.compute(a) for a, _ in data])
+    model.set_feature_scaling(torch.tensor(b),
+                              torch.tensor(np.concatenate([bs.species(a) for a, _ in data])))
+    samples = [SimpleNamespace(b=bs.compute(a), species=bs.species(a), total_charge=q)
+               for a, q in data]
+    envelope = training_envelope(samples, bs.n_linear, list(bs.elements))
+    path = tmp_path_factory.mktemp("guarded") / "guarded.pt"
+    return export_model(model, ["Na", "Cl"], bs.to_dict(), path,
+                        min_distances=training_distances([a for a, _ in data], bs),
+                        envelope=envelope)

@@ -264,3 +264,69 @@ def test_cells_smaller_than_the_cutoffs_and_too_thin_cells():
     flat.calc = SnapQEqCalculator(EXAMPLE_MODEL, min_distance_factor=0.0)
     with pytest.raises(ValueError, match="thin|close|overlap|apart"):
         flat.get_potential_energy()
+
+
+# ------------------------------------------------------------------------------ the guard
+def _guard_cube(scale: float = 1.0) -> Atoms:
+    atoms = nacl_cube(2, a=5.64)
+    atoms.rattle(0.05, seed=10)
+    atoms.positions *= scale
+    return atoms
+
+
+def test_guard_stops_too_close_pairs_and_warns_on_request(guarded_model):
+    """Na and Cl 0.3 Å apart: below 0.5 x the 2.62 Å of the training data."""
+    dimer = Atoms("NaCl", positions=[[0, 0, 0], [0.3, 0, 0]])
+    dimer.calc = SnapQEqCalculator(guarded_model)
+    with pytest.raises(ValueError, match=r"snapqeq guard: atoms 0 \(Na\) and 1 \(Cl\) are "
+                       r"0.300 Angstrom apart, below 1.308 = min_distance_factor x 2.616"):
+        dimer.get_potential_energy()
+    dimer.calc = SnapQEqCalculator(guarded_model, guard="warn")
+    with pytest.warns(UserWarning, match="are 0.300 Angstrom apart"):
+        assert np.isfinite(dimer.get_potential_energy())
+
+
+def test_guard_total_charge_outside_the_trained_range(guarded_model):
+    """Trained on 0 and +1: +5 stops, +1.4 (within charge_margin 0.5 e) passes."""
+    atoms = _guard_cube()
+    atoms.calc = SnapQEqCalculator(guarded_model, total_charge=5)
+    with pytest.raises(ValueError, match=r"total charge 5 e lies outside the trained range "
+                       r"\[0, 1\] e by more than charge_margin 0.5 e"):
+        atoms.get_potential_energy()
+    atoms.calc = SnapQEqCalculator(guarded_model, total_charge=1.4)
+    assert np.isfinite(atoms.get_potential_energy())
+    atoms.calc = SnapQEqCalculator(guarded_model, total_charge=5, guard="warn")
+    with pytest.warns(UserWarning, match="total charge 5 e"):
+        atoms.get_potential_energy()
+
+
+def test_guard_descriptor_extrapolation_warns_or_stops(guarded_model, recwarn):
+    """A cube compressed to 0.8 leaves the bispectrum range of the training cubes: a
+    warning by default, an error with guard='strict'; the uncompressed one passes."""
+    atoms = _guard_cube()
+    atoms.calc = SnapQEqCalculator(guarded_model, guard="strict")
+    assert np.isfinite(atoms.get_potential_energy())
+    squeezed = _guard_cube(0.8)
+    squeezed.calc = SnapQEqCalculator(guarded_model, guard="strict")
+    with pytest.raises(ValueError, match=r"atom \d+ \((Na|Cl)\) has bispectrum component \d+ "
+                       r"= .*, outside its training range .* by more than descriptor_margin 1"):
+        squeezed.get_potential_energy()
+    squeezed.calc = SnapQEqCalculator(guarded_model)
+    with pytest.warns(UserWarning, match="the model extrapolates there"):
+        assert np.isfinite(squeezed.get_potential_energy())
+    with pytest.raises(ValueError, match="guard must be one of stop, strict, warn"):
+        SnapQEqCalculator(guarded_model, guard="ignore")
+
+
+def test_guard_of_model_files_without_the_envelope_says_so():
+    """The shipped example models predate the envelope: distances only, with a warning."""
+    with pytest.warns(UserWarning, match="has no descriptor_range, total_charge_range"):
+        calc = SnapQEqCalculator(EXAMPLE_MODEL)
+    assert calc.guard.checks_distances and not calc.guard.ranges
+
+
+def test_empty_structure_is_refused():
+    atoms = Atoms()
+    atoms.calc = SnapQEqCalculator(EXAMPLE_MODEL)
+    with pytest.raises(ValueError, match="no atoms"):
+        atoms.get_potential_energy()

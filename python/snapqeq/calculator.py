@@ -16,6 +16,8 @@ Units: eV, Angstrom, e.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, CalculatorSetupError, all_changes
@@ -25,6 +27,7 @@ from snapqeq._sna import accumulate_pair_forces
 from snapqeq.bispectrum import VOIGT, Bispectrum
 from snapqeq.ewald import Electrostatics
 from snapqeq.export import LoadedModel, load_model
+from snapqeq.guard import Guard
 from snapqeq.qeq import DENSE_MAX_ATOMS, equilibrate, total_charge_of
 from snapqeq.site_features import FeatureRecipe, SiteFeaturizer
 
@@ -41,12 +44,19 @@ class SnapQEqCalculator(Calculator):
         ``atoms.get_initial_charges()``, else 0.
     device : str
         Torch device of the networks (the descriptor and the solver run on the CPU).
-    min_distance_factor : float
+    min_distance_factor : float, optional
         Refuse (ValueError) structures with two atoms closer than this fraction of the
         shortest distance of their element pair in the training data (stored in model
         files written by ``snapqeq train``): the networks are not valid there and MD would
-        go on with meaningless forces.  0 disables the check (the electrostatics still
-        refuse overlapping atoms, < 0.1 Angstrom).
+        go on with meaningless forces.  Default: the model file's value (0.5); 0 disables
+        the check (the electrostatics still refuse overlapping atoms, < 0.1 Angstrom).
+    guard : {"stop", "strict", "warn"}
+        What the geometry/extrapolation guard (:mod:`snapqeq.guard`, the same checks and
+        messages as ``pair_style snapqeq ... guard``) does: ``"stop"`` raises ValueError
+        for too-close pairs and a total charge outside the trained range and warns when a
+        bispectrum component leaves the training range; ``"strict"`` raises for all
+        three; ``"warn"`` only warns.  A model file without the training envelope (older
+        versions) gets the checks it has and one warning saying so.
     **solver_options
         Passed to :func:`snapqeq.qeq.equilibrate` (``method``, ``tol``, ...).
     """
@@ -58,7 +68,8 @@ class SnapQEqCalculator(Calculator):
     olcao_properties = ["potential_coefficients", "potential_coefficients_std"]
 
     def __init__(self, model="model.pt", total_charge: float | None = None,
-                 device: str = "cpu", min_distance_factor: float = 0.5, **solver_options):
+                 device: str = "cpu", min_distance_factor: float | None = None,
+                 guard: str = "stop", **solver_options):
         super().__init__()
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
         self.device = torch.device(device)
@@ -73,8 +84,10 @@ class SnapQEqCalculator(Calculator):
         self.widths = np.asarray(meta["widths"], dtype=float)
         self.e0 = np.asarray(meta["e0"], dtype=float)
         self.has_short = bool(meta["has_short_range"])
-        self._min_distances = self._distance_floor(meta.get("min_distances"),
-                                                   min_distance_factor)
+        self.guard = Guard(meta, guard, min_distance_factor)
+        if self.guard.limitations:
+            warnings.warn(f"{self.model.path}: {self.guard.limitations}", UserWarning,
+                          stacklevel=2)
         self._last_charges: np.ndarray | None = None
         self._olcao: SiteFeaturizer | None = None
         self._site_state: tuple | None = None  # (b, q, phi) of the last call, for the head
@@ -95,32 +108,6 @@ class SnapQEqCalculator(Calculator):
         return {e: np.asarray(a, dtype=float)
                 for e, a in self.model.olcao["exponents"].items()}
 
-    def _distance_floor(self, trained: dict | None, factor: float) -> np.ndarray | None:
-        """(E, E) smallest accepted distances (Angstrom), None without data or check."""
-        if not trained or factor <= 0:
-            return None
-        elements = list(self.descriptor.elements)
-        floor = np.zeros((len(elements), len(elements)))
-        for key, r in trained.items():
-            a, b = (elements.index(e) for e in key.split("-"))
-            floor[a, b] = floor[b, a] = factor * r
-        return floor
-
-    def _check_distances(self, species: np.ndarray, pairs) -> None:
-        floor = self._min_distances
-        r = np.sqrt(np.einsum("pk,pk->p", pairs.rij, pairs.rij))
-        bad = r < floor[species[pairs.i], species[pairs.j]]
-        if np.any(bad):
-            k = np.flatnonzero(bad)[np.argmin(r[bad])]
-            i, j = int(pairs.i[k]), int(pairs.j[k])
-            a, b = self.descriptor.elements[species[i]], self.descriptor.elements[species[j]]
-            raise ValueError(
-                f"atoms {i} ({a}) and {j} ({b}) are {r[k]:.3f} Angstrom apart, below "
-                f"{floor[species[i], species[j]]:.3f} = min_distance_factor x the shortest "
-                f"{a}-{b} distance in the model's training data: the model is not valid "
-                f"there (collapsed structure?); check the structure or retrain with such "
-                f"geometries (min_distance_factor=0 disables this check)")
-
     def reset(self):
         super().reset()
         self._last_charges = None
@@ -135,11 +122,15 @@ class SnapQEqCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         n = len(atoms)
+        if n == 0:
+            raise ValueError("the structure has no atoms: nothing to compute")
         species = self.descriptor.species(atoms)  # clear error for unknown elements
         total = total_charge_of(atoms, self.total_charge)
+        self.guard.check_total_charge(total)
         b_lin, pairs, args = self.descriptor.compute_linear_with_pairs(atoms)
-        if self._min_distances is not None:
-            self._check_distances(species, pairs)
+        self.guard.check_distances(species, pairs.i, pairs.j,
+                                   np.sqrt(np.einsum("pk,pk->p", pairs.rij, pairs.rij)))
+        self.guard.check_descriptors(species, b_lin)
         b = torch.tensor(self.descriptor._with_quadratic(b_lin), device=self.device,
                          requires_grad=True)
         sp = torch.as_tensor(species, device=self.device)

@@ -83,11 +83,12 @@ def distance_message(i: int, a: str, j: int, b: str, r: float, floor: float,
             f"structure?)")
 
 
-def descriptor_message(i: int, el: str, k: int, value: float, lo: float, hi: float) -> str:
-    """The text of a bispectrum component outside the training range."""
+def descriptor_message(i: int, el: str, k: int, value: float, lo: float, hi: float,
+                       margin: float) -> str:
+    """The text of a bispectrum component outside the (unpadded) training range lo..hi."""
     return (f"snapqeq guard: atom {i} ({el}) has bispectrum component {k} = {value:.6g}, "
             f"outside its training range [{lo:.6g}, {hi:.6g}] by more than descriptor_margin "
-            f"x the range: the model extrapolates there")
+            f"{margin:g} x the range: the model extrapolates there")
 
 
 def charge_message(total: float, lo: float, hi: float, margin: float) -> str:
@@ -126,11 +127,11 @@ class Guard:
             a, b = (self.elements.index(e) for e in key.split("-"))
             self.trained_distance[a, b] = self.trained_distance[b, a] = r
         self.floor = thresholds["min_distance_factor"] * self.trained_distance
+        # per element: training minimum and maximum of each component
         self.ranges: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for el, rng in (metadata.get("descriptor_range") or {}).items():
-            lo, hi = np.asarray(rng["min"], float), np.asarray(rng["max"], float)
-            pad = thresholds["descriptor_margin"] * (hi - lo)
-            self.ranges[self.elements.index(el)] = (lo - pad, hi + pad)
+            self.ranges[self.elements.index(el)] = (np.asarray(rng["min"], float),
+                                                   np.asarray(rng["max"], float))
         self.charge_range = metadata.get("total_charge_range")
         missing = [name for name, have in (
             ("min_distances", metadata.get("min_distances")),
@@ -172,17 +173,19 @@ class Guard:
 
     def check_descriptors(self, species: np.ndarray, b_linear: np.ndarray) -> None:
         """Linear bispectrum components (N, n_linear) against the element's padded range."""
+        margin = self.thresholds["descriptor_margin"]
         for e, (lo, hi) in self.ranges.items():
             rows = np.flatnonzero(species == e)
             if rows.size == 0 or b_linear.shape[1] != lo.size:
                 continue
             b = b_linear[rows]
-            excess = np.maximum(lo - b, b - hi)
+            pad = margin * (hi - lo)
+            excess = np.maximum(lo - pad - b, b - hi - pad)
             if np.any(excess > 0):
                 a, k = np.unravel_index(np.argmax(excess), excess.shape)
                 self._fail("descriptor", descriptor_message(
                     int(rows[a]), self.elements[e], int(k), float(b[a, k]), float(lo[k]),
-                    float(hi[k])), self.mode == "strict")
+                    float(hi[k]), margin), self.mode == "strict")
 
     def check_total_charge(self, total: float) -> None:
         """The total charge (e) against the trained range plus charge_margin."""
