@@ -49,8 +49,10 @@ ACCURACY = 1e-13  # Ewald truncation, plugin (ewald_accuracy) and calculator (ac
 TRIGGERED = "olcao 1 olcao_std 1"
 
 
-def make_olcao_model(path: Path, desc: dict, medium: dict | None, seed: int) -> Path:
-    """A random CENT with a random OLCAO head on [B | medium B | q phi]."""
+def make_olcao_model(path: Path, desc: dict, medium: dict | None, seed: int,
+                     rotated: bool = False) -> Path:
+    """A random CENT with a random OLCAO head on [B | medium B | q phi]; ``rotated`` gives
+    the head a random non-identity output basis."""
     cent = random_cent(desc, seed=seed)
     recipe = FeatureRecipe(local=desc, medium=medium, chi_source="energy_model")
     fingerprint = energy_model_fingerprint(build_metadata(cent, ELEMENTS, desc))
@@ -64,6 +66,14 @@ def make_olcao_model(path: Path, desc: dict, medium: dict | None, seed: int) -> 
     with torch.no_grad():
         head.head.in_mean.copy_(torch.as_tensor(mean).expand_as(head.head.in_mean))
         head.head.in_std.copy_(torch.as_tensor(scale).expand_as(head.head.in_std))
+        if rotated:  # a rotated output basis (as trained heads have) lives in the module
+            gen = torch.Generator().manual_seed(seed)
+            for e in range(len(ELEMENTS)):
+                n = int(head.head.mask[e].sum())
+                q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+                basis = q * torch.linspace(0.5, 2.0, n, dtype=torch.float64)
+                head.head.out_basis[e, :n, :n] = basis
+                head.head.out_basis_inv[e, :n, :n] = torch.linalg.inv(basis)
     return export_model(cent, ELEMENTS, desc, path, overwrite=True, olcao=head)
 
 
@@ -75,7 +85,8 @@ def olcao_models(tmp_path_factory) -> dict[str, Path]:
         "medium": make_olcao_model(
             root / "medium.pt", _descriptor(),
             _descriptor(twojmax=2, rcutfac=1.6, radii={"Na": 2.7, "Cl": 3.0},
-                        weights={"Na": 0.8, "Cl": 1.0}, quadraticflag=True), seed=3),
+                        weights={"Na": 0.8, "Cl": 1.0}, quadraticflag=True), seed=3,
+            rotated=True),
         # the model's quadratic chem descriptor only (+ q, phi)
         "local": make_olcao_model(
             root / "local.pt", _descriptor(twojmax=2, quadraticflag=True, chemflag=True,
