@@ -303,7 +303,8 @@ def markdown(metrics: dict) -> str:
     for name, a in metrics["ablation"].items():
         lines.append(f"| {name} | {a['n_inputs']} | {a['v_rms']:.4f} ({a['v_rms_min']:.4f}-"
                      f"{a['v_rms_max']:.4f}) | {100 * a['fraction']:.1f} % | "
-                     f"{100 * a['within_1sigma']:.0f} % |")
+                     f"{100 * a['within_1sigma']:.0f} % ({100 * a['within_1sigma_min']:.0f}-"
+                     f"{100 * a['within_1sigma_max']:.0f} %) |")
     return "\n".join(lines) + "\n"
 
 
@@ -419,7 +420,9 @@ def main(argv: list[str] | None = None) -> int:
         ablation[name] = {"n_inputs": r.n_features, "seeds": seeds, "epochs": epochs.tolist(),
                           "v_rms": float(v_rms.mean()), "v_rms_min": float(v_rms.min()),
                           "v_rms_max": float(v_rms.max()), "fraction": float(fraction.mean()),
-                          "within_1sigma": float(within.mean())}
+                          "within_1sigma": float(within.mean()),
+                          "within_1sigma_min": float(within.min()),
+                          "within_1sigma_max": float(within.max())}
         print(f"[{time.perf_counter() - t0:5.1f} s] {name}: {r.n_features} inputs; V RMS "
               f"{1000 * v_rms.mean():.2f} mHa ({1000 * v_rms.min():.2f}-"
               f"{1000 * v_rms.max():.2f} over {len(seeds)} seeds)")
