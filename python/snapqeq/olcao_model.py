@@ -10,7 +10,12 @@ bispectrum and the long-range (q_i in e, phi_i in eV/e) block.
 ``atoms.arrays["potential_coefficients"]`` (see :mod:`snapqeq.olcao`) by minimising the
 mixture negative log-likelihood of the standardised targets (Adam, early stopping on the
 validation NLL, then a post-hoc recalibration of the predicted standard deviations on the
-validation sites).
+validation sites).  By default the network works in the principal axes of the training
+deviations A - <A> in the L2 norm of the site potential (``output_basis="potential"``,
+:func:`gaussian_overlap`): the Gaussian coefficients are strongly correlated and
+ill-conditioned (large oscillating A_i whose combinations hardly change V(r)), so fitting
+them one by one wastes the model on directions OLCAO's potential does not see.  The basis
+change is part of the scripted module; its inputs and outputs stay in Hartree.
 
 The model file (:func:`export_olcao_model`, :func:`load_olcao_model`) is a TorchScript
 archive with ``forward(x, species) -> (mean, std)``, ``nll(x, species, target)`` and
