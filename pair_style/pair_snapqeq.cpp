@@ -47,6 +47,7 @@
 
 #include "electrostatics.h"
 #include "sna.h"
+#include "snapqeq_elements.h"
 
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -69,6 +70,9 @@ constexpr int kFormatVersion = 1;    // model file format this plugin reads (SPE
 constexpr const char *kFormat = "snapqeq-model";
 constexpr const char *kMetadataFile = "snapqeq.json";
 constexpr int kMaxWarnings = 5;
+// the end of every message with which the guard stops a run (snapqeq.guard.STOP_HINT)
+const std::string kGuardStopHint = "; check the structure, or set guard to warn to go on "
+                                   "with a warning, or retrain with such data";
 // Bispectrum workspaces kept between the descriptor and the force pass, per rank; atoms
 // beyond the budget get U and Z computed a second time instead.
 constexpr double kCacheBytes = 1024.0 * 1024.0 * 1024.0;
@@ -327,6 +331,12 @@ PairSNAPQEq::PairSNAPQEq(LAMMPS *lmp) : Pair(lmp), ncached(0), mpi(world)
   olcao_step = -1;
   chemical_potential = 0.0;
   last_iterations = warned_unconverged = 0;
+  guard_mode = GUARD_STOP;
+  guard_factor_override = -1.0;
+  guard_factor = guard_descriptor_margin = guard_charge_margin = 0.0;
+  guard_has_charge = false;
+  guard_qlo = guard_qhi = 0.0;
+  guard_warnings[0] = guard_warnings[1] = guard_warnings[2] = 0;
   logged_setup = false;
 
   q_atom = chi_atom = phi_atom = nullptr;
@@ -372,7 +382,7 @@ void PairSNAPQEq::allocate()
 
 /* ----------------------------------------------------------------------
    pair_style snapqeq MODEL.pt [total_charge Q] [tol X] [ewald_accuracy A] [maxiter N]
-                      [olcao yes/no]
+                      [olcao yes/no] [guard stop/strict/warn] [min_distance_factor F]
 ------------------------------------------------------------------------- */
 
 void PairSNAPQEq::settings(int narg, char **arg)
@@ -387,6 +397,8 @@ void PairSNAPQEq::settings(int narg, char **arg)
   ewald_accuracy = 1.0e-6;
   maxiter = 1000;
   olcao_every = false;
+  guard_mode = GUARD_STOP;
+  guard_factor_override = -1.0;
 
   int iarg = 1;
   while (iarg < narg) {
@@ -406,6 +418,16 @@ void PairSNAPQEq::settings(int narg, char **arg)
       if (maxiter < 1) error->all(FLERR, "pair_style snapqeq maxiter must be positive");
     } else if (key == "olcao") {
       olcao_every = utils::logical(FLERR, arg[iarg + 1], false, lmp) == 1;
+    } else if (key == "guard") {
+      const std::string mode = arg[iarg + 1];
+      if (mode == "stop") guard_mode = GUARD_STOP;
+      else if (mode == "strict") guard_mode = GUARD_STRICT;
+      else if (mode == "warn") guard_mode = GUARD_WARN;
+      else error->all(FLERR, "pair_style snapqeq guard must be one of stop, strict, warn, not {}", mode);
+    } else if (key == "min_distance_factor") {
+      guard_factor_override = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
+      if (guard_factor_override < 0.0)
+        error->all(FLERR, "pair_style snapqeq min_distance_factor must not be negative");
     } else {
       error->all(FLERR, "Unknown pair_style snapqeq keyword {}", key);
     }
@@ -543,6 +565,7 @@ void PairSNAPQEq::load_model(const std::string &file)
 
   ncoeff_linear = sna->ncoeff();
   ncoeff = ncoeff_linear + (desc.quadraticflag ? ncoeff_linear * (ncoeff_linear + 1) / 2 : 0);
+  read_guard(extra[kMetadataFile]);
   m->quadratic.set(desc.quadraticflag, ncoeff_linear);
   if (has_olcao) m->olcao_quadratic.set(olcao_desc.quadraticflag, olcao_ncoeff_linear);
 
@@ -592,10 +615,203 @@ void PairSNAPQEq::load_model(const std::string &file)
                    has_olcao ? "; OLCAO head, " + std::to_string(olcao_ncol) + " coefficients per site"
                              : std::string());
 
+  if (comm->me == 0 && !guard_limitations.empty())
+    utils::logmesg(lmp, "snapqeq guard: {}\n", guard_limitations);
+
   // per-atom OLCAO arrays have olcao_ncol columns: reallocate on the next step
   memory->destroy(olcao_mean);
   memory->destroy(olcao_std);
   nmax_atom = 0;
+}
+
+/* ----------------------------------------------------------------------
+   the guard's thresholds and the training envelope from the metadata (snapqeq.guard);
+   every key is optional: a file without one gets the other checks and a log line
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::read_guard(const std::string &metadata_json)
+{
+  const OrderedJson meta = OrderedJson::parse(metadata_json);
+  const int ne = elem_names.size();
+  // defaults of snapqeq.guard.GUARD_DEFAULTS for files written before the key existed
+  guard_factor = 0.5;
+  guard_descriptor_margin = 1.0;
+  guard_charge_margin = 0.5;
+  guard_trained.assign((size_t) ne * ne, 0.0);
+  guard_lo.clear();
+  guard_hi.clear();
+  guard_has_range.assign(ne, 0);
+  guard_has_charge = false;
+  std::vector<std::string> missing;
+  auto present = [&](const char *key) { return meta.contains(key) && !meta[key].is_null(); };
+  try {
+    if (present("guard")) {
+      const auto &g = meta["guard"];
+      guard_factor = g.value("min_distance_factor", guard_factor);
+      guard_descriptor_margin = g.value("descriptor_margin", guard_descriptor_margin);
+      guard_charge_margin = g.value("charge_margin", guard_charge_margin);
+    }
+    if (present("min_distances") && !meta["min_distances"].empty()) {
+      for (const auto &item : meta["min_distances"].items()) {
+        const std::string key = item.key();
+        const auto dash = key.find('-');
+        auto a = std::find(elem_names.begin(), elem_names.end(), key.substr(0, dash));
+        auto b = std::find(elem_names.begin(), elem_names.end(), key.substr(dash + 1));
+        if (dash == std::string::npos || a == elem_names.end() || b == elem_names.end())
+          throw std::runtime_error("min_distances key " + key + " is not a pair of its elements");
+        const int ea = a - elem_names.begin(), eb = b - elem_names.begin();
+        guard_trained[ea * ne + eb] = guard_trained[eb * ne + ea] = item.value().get<double>();
+      }
+    } else {
+      missing.emplace_back("min_distances");
+    }
+    if (present("descriptor_range") && !meta["descriptor_range"].empty()) {
+      guard_lo.assign((size_t) ne * ncoeff_linear, 0.0);
+      guard_hi.assign((size_t) ne * ncoeff_linear, 0.0);
+      for (int e = 0; e < ne; ++e) {
+        if (!meta["descriptor_range"].contains(elem_names[e])) continue;
+        const auto &r = meta["descriptor_range"][elem_names[e]];
+        const auto lo = r.at("min").get<std::vector<double>>();
+        const auto hi = r.at("max").get<std::vector<double>>();
+        if ((int) lo.size() != ncoeff_linear || (int) hi.size() != ncoeff_linear)
+          throw std::runtime_error("descriptor_range of " + elem_names[e] + " has " +
+                                   std::to_string(lo.size()) + " components, the descriptor " +
+                                   std::to_string(ncoeff_linear));
+        std::copy(lo.begin(), lo.end(), guard_lo.begin() + (size_t) e * ncoeff_linear);
+        std::copy(hi.begin(), hi.end(), guard_hi.begin() + (size_t) e * ncoeff_linear);
+        guard_has_range[e] = 1;
+      }
+    } else {
+      missing.emplace_back("descriptor_range");
+    }
+    if (present("total_charge_range")) {
+      const auto q = meta["total_charge_range"].get<std::vector<double>>();
+      if (q.size() != 2) throw std::runtime_error("total_charge_range needs two numbers");
+      guard_qlo = q[0];
+      guard_qhi = q[1];
+      guard_has_charge = true;
+    } else {
+      missing.emplace_back("total_charge_range");
+    }
+  } catch (const std::exception &e) {
+    error->all(FLERR, "snapqeq model file {}: invalid guard data: {}", model_file, e.what());
+  }
+  if (guard_factor_override >= 0.0) guard_factor = guard_factor_override;
+  guard_floor.resize(guard_trained.size());
+  for (size_t k = 0; k < guard_trained.size(); ++k) guard_floor[k] = guard_factor * guard_trained[k];
+  std::string list;
+  for (const auto &m : missing) list += (list.empty() ? "" : ", ") + m;
+  guard_limitations = missing.empty() ? std::string()
+      : "the model file has no " + list + " (written by an older snapqeq or without training "
+        "data): the guard skips those checks; re-export it with snapqeq train";
+}
+
+/* ----------------------------------------------------------------------
+   a failed check: an error (on the rank that found it) or a limited number of warnings
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::guard_fail(int kind, const std::string &message, bool stop)
+{
+  if (stop)
+    error->one(FLERR, message + kGuardStopHint);
+  if (++guard_warnings[kind] <= kMaxWarnings)
+    error->warning(FLERR, message + (guard_warnings[kind] == kMaxWarnings
+                                         ? " (further warnings of this kind muted)" : ""));
+}
+
+/* ----------------------------------------------------------------------
+   this step's pairs (model descriptor neighbours) and bispectrum of the owned atoms
+   against the training envelope; atoms are named by their IDs
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::check_guard()
+{
+  const int ne = elem_names.size();
+  int *type = atom->type;
+  tagint *tag = atom->tag;
+  const int nown = owned.size();
+  // the closest pair relative to its floor
+  double worst = 1.0;
+  int wa = -1, wj = -1;
+  for (int a = 0; a < nown; ++a) {
+    const int ei = type_elem[type[owned[a]]];
+    for (int c = nbr.offset[a]; c < nbr.offset[a + 1]; ++c) {
+      const int j = nbr.index[c];
+      const double floor = guard_floor[ei * ne + type_elem[type[j]]];
+      if (floor <= 0.0) continue;
+      const double *r = &nbr.rij[3 * (size_t) c];
+      const double ratio = std::sqrt(r[0] * r[0] + r[1] * r[1] + r[2] * r[2]) / floor;
+      if (ratio < worst) {
+        worst = ratio;
+        wa = a;
+        wj = c;
+      }
+    }
+  }
+  if (wa >= 0) {
+    const int i = owned[wa], j = nbr.index[wj];
+    const int ei = type_elem[type[i]], ej = type_elem[type[j]];
+    const double floor = guard_floor[ei * ne + ej];
+    guard_fail(0, fmt::format("snapqeq guard: atoms {} ({}) and {} ({}) are {:.3f} Angstrom "
+                              "apart, below {:.3f} = min_distance_factor x {:.3f}, the shortest "
+                              "{}-{} distance in the model's training data: the model is not "
+                              "valid there (collapsed structure?)",
+                              (bigint) tag[i], elem_names[ei], (bigint) tag[j], elem_names[ej],
+                              worst * floor, floor, guard_trained[ei * ne + ej], elem_names[ei],
+                              elem_names[ej]),
+               guard_mode != GUARD_WARN);
+  }
+  if (guard_lo.empty()) return;
+  // the component furthest outside its widened range, per element (as snapqeq.guard)
+  for (int e = 0; e < ne; ++e) {
+    if (!guard_has_range[e]) continue;
+    const double *lo = &guard_lo[(size_t) e * ncoeff_linear];
+    const double *hi = &guard_hi[(size_t) e * ncoeff_linear];
+    double excess = 0.0;
+    int ba = -1, bk = -1;
+    for (int a = 0; a < nown; ++a) {
+      if (type_elem[type[owned[a]]] != e) continue;
+      const double *b = &blin[(size_t) a * ncoeff_linear];
+      for (int k = 0; k < ncoeff_linear; ++k) {
+        const double pad = guard_descriptor_margin * (hi[k] - lo[k]);
+        const double x = std::max(lo[k] - pad - b[k], b[k] - hi[k] - pad);
+        if (x > excess) {
+          excess = x;
+          ba = a;
+          bk = k;
+        }
+      }
+    }
+    if (ba >= 0)
+      guard_fail(1, fmt::format("snapqeq guard: atom {} ({}) has bispectrum component {} = "
+                                "{:.6g}, outside its training range [{:.6g}, {:.6g}] by more "
+                                "than descriptor_margin {:g} x the range: the model "
+                                "extrapolates there",
+                                (bigint) tag[owned[ba]], elem_names[e], bk,
+                                blin[(size_t) ba * ncoeff_linear + bk], lo[bk], hi[bk],
+                                guard_descriptor_margin),
+                 guard_mode == GUARD_STRICT);
+  }
+}
+
+/* ----------------------------------------------------------------------
+   per-type masses against the standard masses of the pair_coeff elements: a swapped
+   element list (pair_coeff * * Cl Na for Na type 1) would otherwise run silently
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::check_masses()
+{
+  if (atom->rmass_flag || !atom->mass || comm->me != 0) return;
+  for (int t = 1; t <= atom->ntypes; ++t) {
+    if (type_elem[t] < 0 || !atom->mass_setflag[t]) continue;
+    const std::string &el = elem_names[type_elem[t]];
+    const double standard = snapqeq::standard_mass(el.c_str());
+    if (standard <= 0.0) continue;
+    if (std::fabs(atom->mass[t] - standard) > std::max(0.5, 0.02 * standard))
+      error->warning(FLERR, "pair_coeff maps atom type {} (mass {:g}) to {} (standard mass "
+                     "{:g}): the masses contradict the element names; check the order of the "
+                     "elements in pair_coeff", t, atom->mass[t], el, standard);
+  }
 }
 
 /* ----------------------------------------------------------------------
@@ -694,6 +910,21 @@ void PairSNAPQEq::init_style()
   neighbor->add_request(this, NeighConst::REQ_FULL);
   cand_dirty = true;
   logged_setup = false;
+
+  // the guard: total charge against the trained range (snapqeq.guard), masses against
+  // the element names; warnings are counted per run
+  guard_warnings[0] = guard_warnings[1] = guard_warnings[2] = 0;
+  check_masses();
+  if (guard_has_charge && (total_charge < guard_qlo - guard_charge_margin ||
+                           total_charge > guard_qhi + guard_charge_margin)) {
+    const std::string message = fmt::format(
+        "snapqeq guard: total charge {:g} e lies outside the trained range [{:g}, {:g}] e by "
+        "more than charge_margin {:g} e: the model extrapolates there",
+        total_charge, guard_qlo, guard_qhi, guard_charge_margin);
+    if (guard_mode != GUARD_WARN)
+      error->all(FLERR, message + kGuardStopHint);
+    if (comm->me == 0) error->warning(FLERR, message);
+  }
 }
 
 /* ---------------------------------------------------------------------- */
@@ -1252,6 +1483,7 @@ void PairSNAPQEq::compute(int eflag, int vflag)
   grow_peratom();
 
   compute_descriptors();    // B_i of the owned atoms, neighbours kept
+  check_guard();            // pairs and B_i against the training envelope
   evaluate_network();       // chi_i; the autograd graph stays for beta_i
   gather_system();          // all atoms of the charge equilibration on every rank
   equilibrate();            // q, phi, chemical potential

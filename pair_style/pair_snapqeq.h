@@ -121,6 +121,23 @@ class PairSNAPQEq : public Pair {
 
   std::vector<int> type_elem;    // atom type -> model element, -1 for NULL
 
+  // geometry/extrapolation guard of the model file (snapqeq.guard: same thresholds, same
+  // message text as the ASE calculator): pairs closer than min_distance_factor x the
+  // shortest training distance of their element pair, bispectrum components outside the
+  // element's training range widened by descriptor_margin x its width, a total charge
+  // outside the trained range widened by charge_margin (e)
+  enum GuardMode { GUARD_STOP, GUARD_STRICT, GUARD_WARN };
+  int guard_mode;                       // keyword guard stop/strict/warn
+  double guard_factor_override;         // keyword min_distance_factor (< 0: the file's)
+  double guard_factor, guard_descriptor_margin, guard_charge_margin;
+  std::vector<double> guard_floor, guard_trained;    // ne x ne, Angstrom (0: no check)
+  std::vector<double> guard_lo, guard_hi;            // ne x ncoeff_linear training range
+  std::vector<char> guard_has_range;                 // per element
+  bool guard_has_charge;
+  double guard_qlo, guard_qhi;                        // trained total charges (e)
+  std::string guard_limitations;                      // what the file lacks ("" if nothing)
+  int guard_warnings[3];                              // per check, this run
+
   // atoms of the charge equilibration owned by this rank (fixed between neighbour-list
   // builds), their positions and, this step, their bispectrum neighbours
   bool qeq_order_changed;    // since the last set-up of the electrostatics
@@ -171,6 +188,10 @@ class PairSNAPQEq : public Pair {
   double descriptor_cutmax(const Descriptor &d) const;
   void update_candidates();
   void compute_descriptors();
+  void read_guard(const std::string &metadata_json);
+  void check_guard();
+  void guard_fail(int kind, const std::string &message, bool stop);
+  void check_masses();
   void compute_olcao();
   void evaluate_network();
   void gather_system();

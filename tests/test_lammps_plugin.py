@@ -593,3 +593,101 @@ def test_example_decks_run(plugin, tmp_path, deck, nprocs):
     header = dump[8].split()
     charges = np.array([float(line.split()[header.index("q") - 2]) for line in dump[9:]])
     assert len(charges) > 0 and abs(charges.sum() - 1.0) < 1e-4  # %g-formatted dump
+
+
+# ------------------------------------------------------------------- guard and masses
+def _guard_run(plugin: Path, model: Path, atoms: Atoms, tmp_path: Path, options: str = "",
+               total_charge: float = 0.0, masses: tuple = (22.99, 35.45),
+               elements=ELEMENTS) -> tuple[float, str]:
+    """run 0 of ``atoms`` through ``lmp`` (the wheel's executable); (PotEng, output)."""
+    data = write_data(tmp_path / "g.data", atoms)
+    deck = setup_commands(data, model, boundary_of(atoms), total_charge, tol=None,
+                          accuracy=None, elements=elements, options=options)
+    deck += [f"mass {t + 1} {m}" for t, m in enumerate(masses)]
+    deck += ["thermo_style custom step pe", "run 0"]
+    (tmp_path / "in.guard").write_text(f"plugin load {plugin}\n" + "\n".join(deck) + "\n")
+    proc = _run_lmp(["-in", "in.guard", "-log", "none"], tmp_path)
+    rows = re.findall(r"^\s+0\s+(\S+)\s*$", proc.stdout, flags=re.MULTILINE)
+    return (float(rows[0]) if rows else float("nan")), proc.stdout + proc.stderr
+
+
+def _guard_cube(scale: float = 1.0) -> Atoms:
+    from snapqeq.clusters import nacl_cube
+
+    atoms = nacl_cube(2, a=5.64)
+    atoms.rattle(0.05, seed=10)
+    atoms.positions *= scale
+    return atoms
+
+
+def test_guard_stops_pairs_closer_than_the_training_data(plugin, guarded_model, tmp_path):
+    """Na and Cl 0.3 Å apart: the same message as the ASE calculator, with atom IDs; the
+    keyword guard warn turns the stop into a warning."""
+    dimer = Atoms("NaCl", positions=[[0, 0, 0], [0.3, 0, 0]])
+    energy, out = _guard_run(plugin, guarded_model, dimer, tmp_path)
+    assert np.isnan(energy), out
+    assert ("snapqeq guard: atoms 1 (Na) and 2 (Cl) are 0.300 Angstrom apart, below "
+            "1.308 = min_distance_factor x 2.616, the shortest Na-Cl distance in the model's "
+            "training data") in out, out
+    assert "set guard to warn" in out
+    energy, out = _guard_run(plugin, guarded_model, dimer, tmp_path, options="guard warn")
+    assert np.isfinite(energy) and "WARNING: snapqeq guard: atoms 1 (Na) and 2 (Cl)" in out, out
+    energy, out = _guard_run(plugin, guarded_model, dimer, tmp_path,
+                             options="min_distance_factor 0")
+    assert np.isfinite(energy) and "snapqeq guard: atoms" not in out, out
+
+
+def test_guard_messages_match_the_calculator(plugin, guarded_model, tmp_path):
+    """Descriptor extrapolation (a cube squeezed to 0.8) and an untrained total charge
+    (+5 e; trained 0..1) give the calculator's text in LAMMPS."""
+    import warnings
+
+    from snapqeq.calculator import SnapQEqCalculator
+
+    squeezed = _guard_cube(0.8)
+    squeezed.calc = SnapQEqCalculator(guarded_model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        squeezed.get_potential_energy()
+    python = [str(w.message) for w in caught if "snapqeq guard" in str(w.message)]
+    assert python
+    energy, out = _guard_run(plugin, guarded_model, squeezed, tmp_path)
+    assert np.isfinite(energy)
+    lammps = re.findall(r"WARNING: (snapqeq guard: atom .*extrapolates there)", out)
+    # the same atoms, components and numbers; LAMMPS names atoms by ID (index + 1)
+    as_ids = [re.sub(r"atom (\d+) ", lambda m: f"atom {int(m.group(1)) + 1} ", p)
+              for p in python]
+    assert sorted(lammps) == sorted(as_ids), (lammps, as_ids)
+    energy, out = _guard_run(plugin, guarded_model, squeezed, tmp_path, options="guard strict")
+    assert np.isnan(energy) and re.search(r"ERROR.*: snapqeq guard: atom", out)
+
+    cube = _guard_cube()
+    energy, out = _guard_run(plugin, guarded_model, cube, tmp_path, total_charge=5)
+    assert np.isnan(energy)
+    assert ("snapqeq guard: total charge 5 e lies outside the trained range [0, 1] e by more "
+            "than charge_margin 0.5 e") in out, out
+    energy, out = _guard_run(plugin, guarded_model, cube, tmp_path, total_charge=1.4)
+    assert np.isfinite(energy) and "snapqeq guard" not in out, out
+
+
+def test_guard_of_an_old_model_file_is_limited_and_says_so(plugin, models, tmp_path):
+    """A model file without the envelope keys (as written before them) still runs."""
+    old = rewrite_model_metadata(
+        models["plain"], tmp_path / "old.pt",
+        lambda m: [m.pop(k, None) for k in ("guard", "descriptor_range", "total_charge_range",
+                                             "min_distances")])
+    energy, out = _guard_run(plugin, old, nacl_cluster(), tmp_path)
+    assert np.isfinite(energy)
+    assert ("snapqeq guard: the model file has no min_distances, descriptor_range, "
+            "total_charge_range") in out, out
+
+
+def test_masses_contradicting_the_element_names_warn(plugin, guarded_model, tmp_path):
+    """pair_coeff * * Cl Na on a data file whose type 1 has the mass of Na."""
+    cube = _guard_cube()
+    energy, out = _guard_run(plugin, guarded_model, cube, tmp_path, elements=["Cl", "Na"])
+    assert np.isfinite(energy)
+    assert ("WARNING: pair_coeff maps atom type 1 (mass 22.99) to Cl (standard mass 35.45): "
+            "the masses contradict the element names") in out, out
+    energy, out = _guard_run(plugin, guarded_model, cube, tmp_path)
+    assert "contradict the element names" not in out, out
