@@ -202,3 +202,19 @@ def test_shipped_si_model_predicts_olcao_ready_files(tmp_path, capsys):
     capsys.readouterr()
     assert main(argv[:-1] + [str(bad), "--force"]) == 2
     assert "wrong exponents" in capsys.readouterr().err
+
+
+def test_check_structure_against_run():
+    atoms, _ = olcao.read_site_coefficients(RUN)
+    olcao.check_structure_against_run(RUN, atoms)
+    with pytest.raises(ValueError, match="from the structure's site"):
+        olcao.check_structure_against_run(RUN, atoms[[1, 0, 2, 3, 4, 5, 6, 7]])
+    wrapped = atoms.copy()
+    wrapped.positions[2] += atoms.cell[0]  # a lattice vector away: the same site
+    olcao.check_structure_against_run(RUN, wrapped)
+    strained = atoms.copy()
+    strained.set_cell(atoms.cell * 1.01, scale_atoms=True)
+    with pytest.raises(ValueError, match="the cell differs"):
+        olcao.check_structure_against_run(RUN, strained)
+    with pytest.raises(ValueError, match="has 8 sites, the structure 7"):
+        olcao.check_structure_against_run(RUN, atoms[:7])

@@ -105,6 +105,7 @@ __all__ = [
     "OutputExistsError",
     "PotentialCoefficients",
     "check_exponents_against_run",
+    "check_structure_against_run",
     "exponent_series",
     "gaussian_potential_basis",
     "gaussian_potential_grid",
@@ -963,6 +964,42 @@ def check_exponents_against_run(
                 "(retrain with that series, or run makeinput with the model's)")
 
 
+def check_structure_against_run(
+    run_dir: str | Path, atoms: Atoms, tol: float = 1e-4
+) -> None:
+    """Check that an OLCAO run directory is the run of ``atoms`` with one type per site.
+
+    Compares the cell and, potential type by potential type, the site of
+    ``inputs/structure.dat`` with the site of ``atoms`` that :func:`write_prediction` gives
+    that type (positions modulo lattice vectors, Angstrom, tolerance ``tol``): the predicted
+    file is read by type number, so a run of another structure or atom order would get the
+    coefficients of the wrong sites.  ValueError naming the first mismatch.
+    """
+    run_dir = Path(run_dir)
+    path = _find(run_dir, ["inputs/structure.dat", "structure.dat"], "structure.dat")
+    run = read_structure_dat(path)
+    if len(run) != len(atoms):
+        raise ValueError(f"{path} has {len(run)} sites, the structure {len(atoms)}")
+    if not np.allclose(run.cell.array, atoms.cell.array, atol=tol, rtol=0.0):
+        raise ValueError(f"{path}: the cell differs from the structure's (OLCAO orients it "
+                         "a along x, b in the xy plane; write the skeleton with snapqeq)")
+    tags = species_tags(atoms, per_site_species=True)
+    sites = np.argsort(potential_type_order(tags))  # sites[t] = site of potential type t
+    types = run.arrays["olcao_type"] - 1
+    if sorted(types.tolist()) != list(range(len(atoms))):
+        raise ValueError(f"{path}: the run does not have one potential type per site; run "
+                         "makeinput on the skeleton snapqeq writes (one species per site)")
+    frac = atoms.cell.scaled_positions(run.positions) - atoms.get_scaled_positions()[
+        sites[types]]
+    frac -= np.round(frac)
+    off = np.linalg.norm(frac @ atoms.cell.array, axis=1)
+    if off.max() > tol:
+        d = int(np.argmax(off))
+        raise ValueError(f"{path}: site {d + 1} (potential type {types[d] + 1}) is "
+                         f"{off[d]:.3g} A from the structure's site {sites[types[d]]}; the run "
+                         "is of another structure or atom order")
+
+
 def _find(run_dir: Path, names: Sequence[str], what: str) -> Path:
     for name in names:
         if (run_dir / name).is_file():
@@ -1208,8 +1245,10 @@ def write_prediction(
         (:func:`safe_skl_title`).
     template
         An OLCAO potential file of the same system (path or :class:`PotentialCoefficients`),
-        e.g. makeinput's ``inputs/scfV.dat``: its +U/J terms (``NUM__PLUSUJ__TERMS`` and the
-        lines after it) are copied, because a +U run stops on a file that declares none.
+        e.g. makeinput's ``inputs/scfV.dat`` of a run of this skeleton: its +U/J terms
+        (``NUM__PLUSUJ__TERMS`` and the lines after it) are copied verbatim, because a +U run
+        stops on a file that declares none.  They refer to OLCAO's type numbers, so the
+        template must come from the same one-species-per-site skeleton.
 
     Returns
     -------

@@ -11,9 +11,10 @@
 coefficients, Hartree, in OLCAO's potential-file layout), ``gs_scfV-fb.std.dat`` (their
 standard deviations, same layout) and ``site_coefficients.extxyz`` (means and sigma per site
 in the input atom order) with :func:`snapqeq.olcao.write_prediction`.  With ``--olcao-run``
-(an OLCAO run directory of that skeleton, after makeinput) the model's exponent series are
-checked against its ``inputs/olcao.dat`` (term counts and alpha values; OLCAO itself checks
-only the counts) and its ``inputs/scfV.dat`` is the template for the +U/J section.
+(an OLCAO run directory of that skeleton, after makeinput) the structure is checked against
+its ``inputs/structure.dat`` (cell, one type per site, positions) and the model's exponent
+series against its ``inputs/olcao.dat`` (term counts and alpha values; OLCAO itself checks
+only the counts), and its ``inputs/scfV.dat`` is the template for the +U/J section.
 
 With OLCAO (see examples/si_olcao/README.md)::
 
@@ -54,8 +55,10 @@ def predict_command(model_path: str | Path, structure_path: str | Path, out_dir:
     overwrite : replace existing files (otherwise FileExistsError before writing anything).
     energy_model : snapqeq energy model file; needed when the OLCAO model takes chi from one.
     olcao_run : OLCAO run directory of this structure's one-species-per-site skeleton
-        (after makeinput): the exponent series are checked against its ``inputs/olcao.dat``
-        (ValueError on any difference) and its ``inputs/scfV.dat`` is the default template.
+        (after makeinput): its ``inputs/structure.dat`` must hold this structure, one
+        potential type per site in the order the prediction writes, and the exponent series
+        must equal those of its ``inputs/olcao.dat`` (ValueError otherwise); its
+        ``inputs/scfV.dat`` is the default template.
     template : OLCAO potential file whose +U/J section is copied (see
         :func:`snapqeq.olcao.write_prediction`).
 
@@ -68,7 +71,11 @@ def predict_command(model_path: str | Path, structure_path: str | Path, out_dir:
     from ase.io import read
 
     from snapqeq.archive import archive_format
-    from snapqeq.olcao import check_exponents_against_run, write_prediction
+    from snapqeq.olcao import (
+        check_exponents_against_run,
+        check_structure_against_run,
+        write_prediction,
+    )
     from snapqeq.olcao_model import predict_sites
 
     atoms = read(structure_path, index=index)
@@ -84,6 +91,7 @@ def predict_command(model_path: str | Path, structure_path: str | Path, out_dir:
     else:
         mean, std, exponents = predict_sites(model_path, atoms, energy_model=energy_model)
     if olcao_run is not None:
+        check_structure_against_run(olcao_run, atoms)
         check_exponents_against_run(olcao_run, atoms, exponents)
         default = Path(olcao_run) / "inputs" / "scfV.dat"
         if template is None and default.is_file():
