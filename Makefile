@@ -9,7 +9,7 @@ export OMP_NUM_THREADS ?= 1
 
 KERNEL := $(wildcard kernel/*.cpp kernel/*.h) $(wildcard python/snapqeq/*.pyx)
 
-.PHONY: demo test install lint bench bench-lammps clean
+.PHONY: demo test install lint docs bench bench-lammps clean
 
 $(VENV)/.deps: requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,11 @@ demo: install
 
 lint: install
 	$(VENV)/bin/ruff check python tests examples benchmarks
+
+# API reference from the docstrings (Sphinx); any warning fails (tests/test_readme.py runs it)
+docs: install
+	$(PY) -m sphinx -E -q -W --keep-going -b html docs build/docs/html
+	@echo "API reference: build/docs/html/index.html"
 
 bench: install
 	$(PY) benchmarks/bench_bispectrum.py
