@@ -11,45 +11,97 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from snapqeq.metrics import Record  # noqa: E402
+from snapqeq.metrics import HARTREE, Record  # noqa: E402
+
+#: loss terms of snapqeq.training.structure_loss: key, weight symbol, term, unit
+LOSS_TERMS = (("energy", "w_E", "(\\Delta E/N)^2", "eV²/atom²"),
+              ("forces", "w_F", "\\langle \\Delta F^2 \\rangle", "eV²/Å²"),
+              ("charges", "w_q", "\\langle \\Delta q^2 \\rangle", "e²"))
 
 
-def learning_curve(history: list[dict], path: str | Path) -> Path:
-    """Training and validation loss per epoch (log scale)."""
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+def loss_label(loss_weights: dict | None = None) -> str:
+    """Axis label naming the loss terms (per structure: energy per atom, force components,
+    reference charges) with their units; with ``loss_weights`` (the training config's) only
+    the active terms, with their weights as numbers."""
+    parts = []
+    for key, weight, term, unit in LOSS_TERMS:
+        if loss_weights is None:
+            parts.append(f"${weight}\\,{term}$ [{unit}]")
+        elif float(loss_weights.get(key, 0.0)) > 0:
+            parts.append(f"${float(loss_weights[key]):g}\\,{term}$ [{unit}]")
+    return "loss = " + " + ".join(parts) if parts else "loss"
+
+
+def learning_curve_figure(history: list[dict], loss_weights: dict | None = None):
+    """The figure of :func:`learning_curve` (not closed; for tests and notebooks)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [h["epoch"] for h in history]
-    for key, label in (("train_loss", "train"), ("validation_loss", "validation")):
+    for key, label in (("train_loss", "train (mean over structures)"),
+                       ("validation_loss", "validation")):
         values = [h[key] for h in history]
         if np.all(np.isfinite(values)):
             ax.semilogy(epochs, values, label=label)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("loss per structure")
+    ax.set_title(loss_label(loss_weights), fontsize=9)
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def learning_curve(history: list[dict], path: str | Path,
+                   loss_weights: dict | None = None) -> Path:
+    """Training and validation loss per epoch (log scale), the loss terms and their units
+    on the axis (``loss_weights``: the config's, to show only the active terms)."""
+    fig = learning_curve_figure(history, loss_weights)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
 
 
-def parity_plot(records: dict[str, list[Record]], path: str | Path) -> Path:
-    """Predicted versus reference energy per atom (eV/atom), one colour per data set."""
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+def energy_rmse(records: list[Record]) -> float:
+    """Energy RMSE per atom (eV/atom) of the records with a reference energy."""
+    err = [(r.energy - r.energy_ref) / r.n_atoms for r in records if r.energy_ref is not None]
+    return float(np.sqrt(np.mean(np.square(err)))) if err else float("nan")
+
+
+def parity_figure(records: dict[str, list[Record]]):
+    """The figure of :func:`parity_plot` (not closed; for tests and notebooks)."""
+    fig, (ax, rx) = plt.subplots(2, 1, figsize=(5, 6.2), sharex=True,
+                                 gridspec_kw={"height_ratios": [3, 1.4]})
     lo, hi = np.inf, -np.inf
+    titles = []
     for name, rec in records.items():
         rec = [r for r in rec if r.energy_ref is not None]
         if not rec:
             continue
         ref = np.array([r.energy_ref / r.n_atoms for r in rec])
         pred = np.array([r.energy / r.n_atoms for r in rec])
-        ax.scatter(ref, pred, s=8, label=name)
+        rmse = energy_rmse(rec)
+        ax.scatter(ref, pred, s=8, label=f"{name} ({len(rec)})")
+        # residuals in mHa/atom: the scale of the CENT paper's errors, invisible above
+        rx.scatter(ref, (pred - ref) / HARTREE * 1000.0, s=8)
+        titles.append(f"{name}: {rmse / HARTREE * 1000.0:.3g} mHa/atom "
+                      f"({rmse * 1000.0:.3g} meV/atom)")
         lo, hi = min(lo, ref.min(), pred.min()), max(hi, ref.max(), pred.max())
     if np.isfinite(lo):
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    ax.set_xlabel("reference energy (eV/atom)")
+    rx.axhline(0.0, color="k", lw=0.8)
+    ax.set_title("energy RMSE per atom\n" + "\n".join(titles), fontsize=8)
     ax.set_ylabel("model energy (eV/atom)")
+    rx.set_xlabel("reference energy (eV/atom)")
+    rx.set_ylabel("model - reference\n(mHa/atom)")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def parity_plot(records: dict[str, list[Record]], path: str | Path) -> Path:
+    """Predicted versus reference energy per atom (eV/atom), one colour per data set, the
+    RMSE of each set (mHa/atom and meV/atom) in the title and a residual panel (mHa/atom)
+    so that sub-mHa errors are visible."""
+    fig = parity_figure(records)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
