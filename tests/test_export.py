@@ -84,3 +84,45 @@ def test_wrong_version_and_missing_fields_fail_clearly(tmp_path):
     junk.write_text("not a model")
     with pytest.raises(ValueError, match="not a TorchScript"):
         load_model(junk)
+
+
+def test_training_envelope_is_recorded(tmp_path):
+    """export_model(..., training_samples=...) records each element's bispectrum range and
+    the total-charge range of the samples, plus the guard thresholds."""
+    import numpy as np
+    from ase.build import bulk
+
+    from snapqeq.bispectrum import Bispectrum
+    from snapqeq.data import make_sample
+    from snapqeq.guard import GUARD_DEFAULTS
+
+    bs = Bispectrum(**DESCRIPTOR)
+    structures = []
+    for seed, charge in ((0, 0.0), (1, 2.0)):
+        atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+        atoms.rattle(0.1, seed=seed)
+        atoms.info["charge"] = charge
+        atoms.info["energy"] = -3.0 * len(atoms)  # complete reference data, eV
+        atoms.arrays["forces"] = np.zeros((len(atoms), 3))
+        structures.append(atoms)
+    samples = [make_sample(a, bs) for a in structures]
+    path = export_model(small_model(), ["Na", "Cl"], DESCRIPTOR, tmp_path / "m.pt",
+                        training_samples=samples)
+    meta = load_model(path).metadata
+    assert meta["total_charge_range"] == [0.0, 2.0]
+    assert meta["guard"] == GUARD_DEFAULTS
+    for e, el in enumerate(["Na", "Cl"]):
+        b = np.concatenate([bs.compute(a)[bs.species(a) == e] for a in structures])
+        np.testing.assert_allclose(meta["descriptor_range"][el]["min"], b.min(0))
+        np.testing.assert_allclose(meta["descriptor_range"][el]["max"], b.max(0))
+    # without samples the keys are present and empty (the guard then says what it lacks)
+    bare = load_model(export_model(small_model(), ["Na", "Cl"], DESCRIPTOR,
+                                   tmp_path / "bare.pt")).metadata
+    assert bare["descriptor_range"] is None and bare["total_charge_range"] is None
+
+
+def test_training_checkpoint_is_named_as_such(tmp_path):
+    torch.save({"model": small_model().state_dict()}, tmp_path / "checkpoint_best.pt")
+    with pytest.raises(ValueError, match=r"is a training checkpoint, not a model file: run "
+                       r"`snapqeq export"):
+        load_model(tmp_path / "checkpoint_best.pt")
