@@ -259,6 +259,42 @@ def test_training_is_deterministic(synthetic):
     assert not np.allclose(a.predict_features(x)[0], c.predict_features(x)[0])
 
 
+def test_ensemble_is_the_mixture_of_its_networks(synthetic, tmp_path):
+    """config.ensemble trains one network per seed; the model's prediction is their
+    equal-weight mixture (mean of means; mean variance + variance of the means) times
+    ensemble_std_scale, also through the TorchScript file; NaN padding survives."""
+    s = synthetic
+    kw = dict(features=s["features"][:20])
+    cfg = config(s["recipe"], epochs=4, seed=3)
+    ens = train_olcao_model(s["structures"][:20], replace(cfg, ensemble=3), **kw)
+    singles = [train_olcao_model(s["structures"][:20], replace(cfg, seed=3 + k), **kw)
+               for k in range(3)]
+    assert len(ens.members) == 2 and json.loads(ens.metadata())["ensemble_members"] == 3
+    assert json.loads(ens.metadata())["training"]["config"]["ensemble"] == 3
+    f = s["features"][30]
+    means, stds = zip(*(m.predict_features(f) for m in singles), strict=True)
+    means, stds = np.array(means), np.array(stds)
+    with torch.no_grad():
+        ens.ensemble_std_scale.fill_(1.5)
+    mean, std = ens.predict_features(f)
+    np.testing.assert_allclose(mean, means.mean(0), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(std, 1.5 * np.sqrt((stds**2).mean(0) + means.var(0)),
+                               rtol=1e-12, atol=1e-14)
+    assert np.array_equal(np.isnan(mean), np.isnan(means[0]))  # Cl's padded 4th term
+    assert np.all(std[np.isfinite(std)] > 1.5 * np.sqrt((stds**2).mean(0))[np.isfinite(std)])
+    loaded = load_olcao_model(export_olcao_model(ens, tmp_path / "ensemble.pt"))
+    got = loaded(torch.as_tensor(f.matrix()), torch.as_tensor(f.species))
+    for a, b in zip(got, (mean, std), strict=True):
+        np.testing.assert_allclose(a.detach().numpy(), b, rtol=1e-12, atol=1e-14)
+    other = train_olcao_model(s["structures"][:20], config(s["recipe"].without_long_range(),
+                                                           epochs=2),
+                              features=s["features"][:20])
+    with pytest.raises(ValueError, match="same feature recipe"):
+        ens.add_members([other])
+    with pytest.raises(ValueError, match="ensemble must be >= 1"):
+        config(s["recipe"], ensemble=0)
+
+
 def test_padding_and_target_validation(synthetic):
     s = synthetic
     model = OLCAOModel(s["recipe"], EXPONENTS)

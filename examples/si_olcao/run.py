@@ -39,7 +39,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +82,7 @@ RADII = (0.0, 0.01, 0.05, 0.2, 0.5, 1.0, 2.0)  # bohr, site-centred points of th
 DIRECTIONS = np.vstack([np.eye(3), -np.eye(3)])
 CHI_PER_BOND = 1.0  # eV/e per missing/extra neighbour: the ablation's long-range chi
 CV_FOLDS = 4  # folds of the training structures for the sigma recalibration
+ENSEMBLE = 3  # networks (seeds) of the deep ensemble that is the model
 
 
 # --------------------------------------------------------------------------------------------
@@ -117,11 +118,11 @@ def cv_sigma_scale(train: list[Atoms], features, config: OLCAOTrainConfig,
                    n_folds: int = CV_FOLDS) -> np.ndarray:
     """Per-coefficient factor for the predicted sigma from out-of-fold residuals.
 
-    The model's own one-sigma recalibration uses its ~20 % validation structures only, which
-    is noisy.  Here the training structures are split per kind into ``n_folds``; a model
-    trained (same settings, same recalibration) on the other folds predicts each fold, and
-    the factor is the 68.27 % quantile of the pooled |A - mean| / sigma (1 = calibrated).
-    Only training structures are used."""
+    The networks' own one-sigma recalibration uses their ~20 % validation structures only,
+    which is noisy.  Here the training structures are split per kind into ``n_folds``; a
+    model trained (same settings, the same ensemble size, same recalibration) on the other
+    folds predicts each fold, and the factor is the 68.27 % quantile of the pooled
+    |A - mean| / sigma (1 = calibrated).  Only training structures are used."""
     z = []
     for held in folds([a.info["kind"] for a in train], n_folds, 0):
         fit = [k for k in range(len(train)) if k not in held]
@@ -311,7 +312,7 @@ def markdown(metrics: dict) -> str:
                      + " |")
     f, fm = e["fraction_of_start_distance"], e["fraction_of_mean_start_distance"]
     fs = e["fraction_of_start_distance_shift_removed"]
-    c = e["coefficients"]
+    c, sc = e["coefficients"], e["sigma_calibration"]
     lines += ["",
               f"Prediction error / start-to-SCF distance (RMS, per structure): mean "
               f"{100 * f['mean']:.1f} %, worst {100 * f['max']:.1f} % (target <= 10 %); with "
@@ -320,16 +321,30 @@ def markdown(metrics: dict) -> str:
               f"{100 * fs['max']:.1f} %. "
               f"Against the per-element-mean start: mean {100 * fm['mean']:.0f} %, worst "
               f"{100 * fm['max']:.0f} %.",
-              f"Sigma calibration (all held-out coefficients): {100 * c['within_1sigma']:.1f} %"
-              f" within 1 sigma (target 60-76 %), {100 * c['within_2sigma']:.1f} % within "
-              "2 sigma (Gaussian: 95.4 %), after scaling sigma by "
-              f"{min(e['sigma_calibration']['cv_scale']):.2f}-"
-              f"{max(e['sigma_calibration']['cv_scale']):.2f} from out-of-fold residuals of "
-              f"the training structures ({CV_FOLDS} folds); with the validation-split "
-              "recalibration only: "
-              f"{100 * e['sigma_calibration']['validation_only']['within_1sigma']:.1f} % / "
-              f"{100 * e['sigma_calibration']['validation_only']['within_2sigma']:.1f} %.",
+              f"Sigma calibration (all held-out coefficients A_i): "
+              f"{100 * c['within_1sigma']:.1f} % within 1 sigma (target 60-76 %), "
+              f"{100 * c['within_2sigma']:.1f} % within 2 sigma (Gaussian: 95.4 %): a deep "
+              f"ensemble of {sc['ensemble']} networks (sigma^2 = mean of the networks' "
+              "variances + variance of their means), sigma scaled by "
+              f"{min(sc['cv_scale']):.2f}-{max(sc['cv_scale']):.2f} from out-of-fold "
+              f"residuals of ensembles on the training structures ({CV_FOLDS} folds).",
               "",
+              "| within 1 sigma / 2 sigma (%) | V RMS (Ha) | all | "
+              + " | ".join(e["by_kind"]) + " |",
+              "|---|---|---|" + "---|" * len(e["by_kind"])]
+    rows = (("one network (validation-split recalibration)", sc["single_network"]),
+            ("ensemble (validation-split recalibration)", sc["ensemble_validation_only"]),
+            ("**ensemble + out-of-fold scale (the model)**",
+             {"within_1sigma": c["within_1sigma"], "within_2sigma": c["within_2sigma"],
+              "v_rms": pot["predicted"]["rms"],
+              "by_kind": {k: [v["within_1sigma"], v["within_2sigma"]]
+                          for k, v in e["by_kind"].items()}}))
+    for label, row in rows:
+        lines.append(f"| {label} | {row['v_rms']:.4f} | {100 * row['within_1sigma']:.0f} / "
+                     f"{100 * row['within_2sigma']:.0f} | "
+                     + " | ".join(f"{100 * a:.0f} / {100 * b:.0f}"
+                                  for a, b in row["by_kind"].values()) + " |")
+    lines += ["",
               "| kind | structures | RMSE A_i pred / mean start (Ha) | A_1 | A_6 | A_15 | "
               "V RMS pred / mean start (Ha) | within 1 sigma | within 2 sigma |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -444,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
                     (recipe(long_range=True), "potential"),
                 "local + medium, output basis: raw coefficients A_i": (recipe(),
                                                                       "coefficients")}
-    ablation = {}
+    ablation, members = {}, []
     for name, (r, basis) in variants.items():
         chis = [coordination_chi(a) for a in images] if r.long_range else None
         feats = SiteFeaturizer(r).many(images, chis=chis)
@@ -458,8 +473,10 @@ def main(argv: list[str] | None = None) -> int:
             runs.append((evaluated["potential"]["predicted"]["rms"],
                          evaluated["fraction_of_start_distance"]["mean"],
                          evaluated["coefficients"]["within_1sigma"], len(trained.history)))
-            if name == main_name and seed == seeds[0]:
-                model, result, main_feats = trained, evaluated, feats
+            if name == main_name:
+                members.append(trained)
+                if seed == seeds[0]:
+                    single, main_feats = evaluated, feats
         v_rms, fraction, within, epochs = (np.array(c) for c in zip(*runs, strict=True))
         ablation[name] = {"n_inputs": r.n_features, "seeds": seeds, "epochs": epochs.tolist(),
                           "v_rms": float(v_rms.mean()), "v_rms_min": float(v_rms.min()),
@@ -470,25 +487,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - t0:5.1f} s] {name}: {r.n_features} inputs; V RMS "
               f"{1000 * v_rms.mean():.2f} mHa ({1000 * v_rms.min():.2f}-"
               f"{1000 * v_rms.max():.2f} over {len(seeds)} seeds)")
-    # sigma of the model recalibrated on out-of-fold residuals of the training structures
+    # the model: a deep ensemble of ENSEMBLE networks (the main variant's seeds, more if
+    # fewer were run); its sigma recalibrated on out-of-fold residuals of the training
+    # structures (ensembles of the same size trained on the other folds)
     main_recipe = variants[main_name][0]
-    scale = cv_sigma_scale(train, SiteFeaturizer(main_recipe).many(train),
-                           train_config(args.small, main_recipe, seeds[0]))
-    before = result["coefficients"]
+    config = train_config(args.small, main_recipe, seeds[0])
+    for seed in range(seeds[0] + len(members), seeds[0] + ENSEMBLE):
+        members.append(train_olcao_model(train, replace(config, seed=seed),
+                                         features=[main_feats[k] for k in train_idx]))
+    model = members[0]
+    model.add_members(members[1:ENSEMBLE])
+    test_feats = [main_feats[k] for k in test_idx]
+    ensemble = evaluate(model, test, test_feats, train_mean, grids)
+    scale = cv_sigma_scale(train, [main_feats[k] for k in train_idx],
+                           replace(config, ensemble=ENSEMBLE))
     with torch.no_grad():
-        model.head.std_scale[0] *= torch.as_tensor(scale)
+        model.ensemble_std_scale[0] = torch.as_tensor(scale)
     info = json.loads(model.meta)["training"]
-    info["cv_sigma_scale"] = scale.tolist()
+    info.update(ensemble_seeds=list(range(seeds[0], seeds[0] + ENSEMBLE)),
+                cv_sigma_scale=scale.tolist())
     model.set_training_info(info)
-    result = evaluate(model, test, [main_feats[k] for k in test_idx], train_mean, grids)
+    result = evaluate(model, test, test_feats, train_mean, grids)
     result["sigma_calibration"] = {
-        "validation_only": {"within_1sigma": before["within_1sigma"],
-                            "within_2sigma": before["within_2sigma"]},
-        "cv_scale": scale.tolist()}
-    print(f"[{time.perf_counter() - t0:5.1f} s] sigma x {scale.min():.2f}-{scale.max():.2f} "
-          f"from {CV_FOLDS}-fold out-of-fold residuals: within 1 sigma "
-          f"{100 * before['within_1sigma']:.1f} -> "
-          f"{100 * result['coefficients']['within_1sigma']:.1f} %")
+        name: {"within_1sigma": e["coefficients"]["within_1sigma"],
+               "within_2sigma": e["coefficients"]["within_2sigma"],
+               "v_rms": e["potential"]["predicted"]["rms"],
+               "by_kind": {k: [v["within_1sigma"], v["within_2sigma"]]
+                           for k, v in e["by_kind"].items()}}
+        for name, e in (("single_network", single), ("ensemble_validation_only", ensemble))}
+    result["sigma_calibration"]["cv_scale"] = scale.tolist()
+    result["sigma_calibration"]["ensemble"] = ENSEMBLE
+    print(f"[{time.perf_counter() - t0:5.1f} s] ensemble of {ENSEMBLE}, sigma x "
+          f"{scale.min():.2f}-{scale.max():.2f} from {CV_FOLDS}-fold out-of-fold residuals: "
+          f"within 1 sigma {100 * single['coefficients']['within_1sigma']:.1f} % (one "
+          f"network) -> {100 * ensemble['coefficients']['within_1sigma']:.1f} % (ensemble) "
+          f"-> {100 * result['coefficients']['within_1sigma']:.1f} %")
     mean, std, ref = result.pop("_arrays")
 
     # 5. report

@@ -32,7 +32,7 @@ import json
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +99,14 @@ class OLCAOModel(nn.Module):
     element indices and returns (mean, std), each (N, D) in Hartree with D the longest
     series; entries beyond an element's series are NaN.  It is TorchScript-compatible and
     can be called from another scripted module.
+
+    A model can be a deep ensemble (:meth:`add_members`): ``head`` plus the heads in
+    ``members``, networks trained from different seeds on the same data.  The prediction
+    is then the equal-weight mixture of the members: mean the average of their means,
+    variance the average of their variances plus the variance of their means (law of total
+    variance), so sigma grows where the networks disagree, typically away from the training
+    data.  ``ensemble_std_scale`` (E, D) multiplies the final std (1 = none); it is meant
+    for a recalibration from out-of-fold residuals of the training structures.
     """
 
     # Python-side training records; not part of the scripted module
@@ -115,6 +123,9 @@ class OLCAOModel(nn.Module):
         self.head = MixtureDensityHead(len(elements), recipe.n_features,
                                        [len(self.alphas[e]) for e in elements],
                                        list(hidden), n_components)
+        self.members = nn.ModuleList()  # further ensemble members (add_members)
+        self.register_buffer("ensemble_std_scale",
+                             torch.ones(len(elements), self.head.d, dtype=torch.float64))
         self.history = []  # loss per epoch, filled by train_olcao_model
         self.summary = {}  # train / validation metrics
         self._meta_dict = {
@@ -136,12 +147,37 @@ class OLCAOModel(nn.Module):
 
     def forward(self, x: torch.Tensor,
                 species: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.head.predict(x, species)
+        mean, std = self.head.predict(x, species)
+        if len(self.members) > 0:
+            means, variances = [mean], [std**2]
+            for member in self.members:
+                m, s = member.predict(x, species)
+                means.append(m)
+                variances.append(s**2)
+            stacked = torch.stack(means)
+            mean = stacked.mean(0)
+            std = torch.sqrt(torch.stack(variances).mean(0) + stacked.var(0, unbiased=False))
+        return mean, std * self.ensemble_std_scale[species]
 
     @torch.jit.export
     def nll(self, x: torch.Tensor, species: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Mean negative log-likelihood per site of standardised targets (Hartree in)."""
+        """Mean negative log-likelihood per site of standardised targets (Hartree in), of
+        the first network (``head``; the training objective of every member)."""
         return self.head.nll(x, species, target)
+
+    def add_members(self, others: Sequence[OLCAOModel]) -> None:
+        """Turn this model into a deep ensemble with the networks of ``others`` (trained on
+        the same data with other seeds; same feature recipe, exponents and elements).  The
+        networks are copied; see the class docstring for how they are combined."""
+        for other in others:
+            if (other.recipe != self.recipe or other.head.d != self.head.d
+                    or any(not np.array_equal(other.alphas[e], a)
+                           for e, a in self.alphas.items())):
+                raise ValueError("ensemble members need the same feature recipe, elements "
+                                 "and exponent series")
+            self.members.append(copy.deepcopy(other.head))
+        self._meta_dict["ensemble_members"] = 1 + len(self.members)
+        self.meta = json.dumps(self._meta_dict)
 
     @torch.jit.export
     def metadata(self) -> str:
@@ -200,6 +236,9 @@ class OLCAOTrainConfig:
         coordinates ordered by their effect on V(r); ``"coefficients"``: every A_i on its
         own.  Either way the model file takes and returns A_i in Hartree.
     seed : initialisation, split and batch order; the same seed gives the same model.
+    ensemble : number of networks of a deep ensemble (:meth:`OLCAOModel.add_members`),
+        trained with seeds ``seed``, ``seed + 1``, ... (each with its own validation split
+        and recalibration); 1 = a single network.
     progress : tqdm progress bars.
     num_threads : torch intra-op threads during training (restored afterwards); None keeps
         the current setting.  The per-site networks are small, so 1 is usually fastest,
@@ -220,6 +259,7 @@ class OLCAOTrainConfig:
     calibrate: bool = True
     output_basis: str = "potential"
     seed: int = 0
+    ensemble: int = 1
     progress: bool = True
     num_threads: int | None = None
 
@@ -235,6 +275,8 @@ class OLCAOTrainConfig:
             raise ValueError("validation_fraction must lie in [0, 1)")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.patience < 1:
             raise ValueError("epochs, batch_size, patience and lr must be positive")
+        if self.ensemble < 1:
+            raise ValueError(f"ensemble must be >= 1, got {self.ensemble}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -433,6 +475,22 @@ def train_olcao_model(structures: Sequence[Atoms], config: OLCAOTrainConfig, *,
         features = featurizer.many(structures, progress=config.progress)
     if len(features) != len(structures):
         raise ValueError(f"{len(features)} feature sets for {len(structures)} structures")
+    if config.ensemble > 1:
+        if validation is not None and validation_features is None:
+            validation_features = featurizer.many(validation, progress=config.progress)
+        members = [train_olcao_model(structures, replace(config, ensemble=1, seed=config.seed + m),
+                                     validation=validation, features=features,
+                                     validation_features=validation_features)
+                   for m in range(config.ensemble)]
+        model = members[0]
+        model.add_members(members[1:])
+        if fingerprint is not None:  # the members got features, not the energy model
+            model._meta_dict["energy_model_fingerprint"] = fingerprint
+        info = json.loads(model.meta)["training"]
+        info["config"] = config.to_dict()
+        info["member_epochs_run"] = [len(m.history) for m in members]
+        model.set_training_info(info)
+        return model
 
     with torch.random.fork_rng():  # seeded initialisation without touching global state
         torch.manual_seed(config.seed)
