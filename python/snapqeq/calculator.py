@@ -128,8 +128,7 @@ class SnapQEqCalculator(Calculator):
         total = total_charge_of(atoms, self.total_charge)
         self.guard.check_total_charge(total)
         b_lin, pairs, args = self.descriptor.compute_linear_with_pairs(atoms)
-        self.guard.check_distances(species, pairs.i, pairs.j,
-                                   np.sqrt(np.einsum("pk,pk->p", pairs.rij, pairs.rij)))
+        self.guard.check_distances(species, pairs.i, pairs.j, pairs.rij)
         self.guard.check_descriptors(species, b_lin)
         b = torch.tensor(self.descriptor._with_quadratic(b_lin), device=self.device,
                          requires_grad=True)

@@ -106,7 +106,14 @@ def _cmd_build_plugin(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="snapqeq", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="snapqeq",
+        description="Charge-equilibration neural-network potentials on SNAP bispectrum "
+                    "descriptors: descriptors, training, testing, export, the LAMMPS plugin "
+                    "and OLCAO potential coefficients.",
+        epilog="Bad input ends with one line 'snapqeq: error: ...' and exit code 2 "
+               "(SNAPQEQ_TRACEBACK=1 shows the traceback). `snapqeq COMMAND --help` lists "
+               "a command's options.")
     parser.add_argument("--version", action="version", version=f"snapqeq {__version__}",
                         help="print the snapqeq version and exit")
     sub = parser.add_subparsers(dest="command", required=True)

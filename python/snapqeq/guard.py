@@ -158,10 +158,12 @@ class Guard:
             warnings.warn(message + more, UserWarning, stacklevel=4)
 
     def check_distances(self, species: np.ndarray, i: np.ndarray, j: np.ndarray,
-                        r: np.ndarray) -> None:
-        """Pairs (i, j) at distances r (Angstrom) against the floor of their elements."""
-        if not self.checks_distances or len(r) == 0:
+                        rij: np.ndarray) -> None:
+        """Pairs (i, j) with separation vectors rij (P, 3), Angstrom, against the floor of
+        their elements."""
+        if not self.checks_distances or len(rij) == 0:
             return
+        r = np.sqrt(np.einsum("pk,pk->p", rij, rij))
         floor = self.floor[species[i], species[j]]
         bad = r < floor
         if np.any(bad):
