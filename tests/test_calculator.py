@@ -319,10 +319,16 @@ def test_guard_descriptor_extrapolation_warns_or_stops(guarded_model, recwarn):
 
 
 def test_guard_of_model_files_without_the_envelope_says_so():
-    """The shipped example models predate the envelope: distances only, with a warning."""
-    with pytest.warns(UserWarning, match="has no descriptor_range, total_charge_range"):
+    """The shipped example models record distances and trained total charges (0..+2), not
+    bispectrum ranges: a warning says so; +5 e on a NaCl dimer stops."""
+    with pytest.warns(UserWarning, match="has no descriptor_range \\(written by an older"):
         calc = SnapQEqCalculator(EXAMPLE_MODEL)
     assert calc.guard.checks_distances and not calc.guard.ranges
+    dimer = Atoms("NaCl", positions=[[0, 0, 0], [2.4, 0, 0]])
+    dimer.calc = SnapQEqCalculator(EXAMPLE_MODEL, total_charge=5)
+    with pytest.raises(ValueError, match=r"total charge 5 e lies outside the trained range "
+                       r"\[0, 2\] e"):
+        dimer.get_potential_energy()
 
 
 def test_empty_structure_is_refused():

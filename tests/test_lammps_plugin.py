@@ -637,6 +637,19 @@ def test_guard_stops_pairs_closer_than_the_training_data(plugin, guarded_model, 
     assert np.isfinite(energy) and "snapqeq guard: atoms" not in out, out
 
 
+def test_guard_with_the_shipped_model(plugin, tmp_path):
+    """The issue's case: Na and Cl 0.3 Å apart with examples/models/nacl_4g.pt ran with
+    PotEng -127 eV and no word; +5 e on a NaCl dimer gave Cl +3.11 e silently."""
+    model = Path(__file__).resolve().parents[1] / "examples" / "models" / "nacl_4g.pt"
+    close = Atoms("NaCl", positions=[[0, 0, 0], [0.3, 0, 0]])
+    energy, out = _guard_run(plugin, model, close, tmp_path)
+    assert np.isnan(energy) and "are 0.300 Angstrom apart, below 1.050" in out, out
+    assert "the model file has no descriptor_range" in out
+    dimer = Atoms("NaCl", positions=[[0, 0, 0], [2.4, 0, 0]])
+    energy, out = _guard_run(plugin, model, dimer, tmp_path, total_charge=5)
+    assert np.isnan(energy) and "total charge 5 e lies outside the trained range [0, 2]" in out
+
+
 def test_guard_messages_match_the_calculator(plugin, guarded_model, tmp_path):
     """Descriptor extrapolation (a cube squeezed to 0.8) and an untrained total charge
     (+5 e; trained 0..1) give the calculator's text in LAMMPS."""
