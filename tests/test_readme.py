@@ -86,7 +86,12 @@ def test_training_commands_run_as_written(user_dir):
     for line in block.strip().splitlines():
         command = line.split("#")[0].strip().replace(" [--json]", "")
         run(f"{bin_dir}/{command}", user_dir)
-    assert (user_dir / "model.pt").is_file()
+    # the exported model carries the training data's envelope (the guard's ranges)
+    from snapqeq.export import load_model
+
+    meta = load_model(user_dir / "model.pt").metadata
+    assert meta["total_charge_range"] == [0.0, 2.0]
+    assert set(meta["descriptor_range"]) == {"Na", "Cl"}
 
 
 def test_train_yaml_documents_every_config_key():

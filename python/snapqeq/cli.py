@@ -83,6 +83,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from snapqeq.export import copy_training_envelope
     from snapqeq.training import export_checkpoint
 
     folder = Path(args.training_dir)
@@ -92,6 +93,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
                          "(it holds config.yaml and checkpoint_best.pt)")
     path = export_checkpoint(args.training_dir, args.out, overwrite=args.force,
                              which=args.checkpoint)
+    # the training data's envelope (guard) from the run's own model.pt, if it has one
+    if (folder / "model.pt").is_file():
+        copy_training_envelope(folder / "model.pt", path)
     print(f"wrote {path}")
     return 0
 

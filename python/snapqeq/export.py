@@ -31,16 +31,16 @@ import torch
 from torch import nn
 
 from snapqeq import __version__
-from snapqeq.archive import METADATA_FILE, read_archive, write_archive
+from snapqeq.archive import METADATA_FILE, quiet_torchscript, read_archive, write_archive
 from snapqeq.bispectrum import Bispectrum
 from snapqeq.guard import GUARD_DEFAULTS, training_envelope
 from snapqeq.model import CENT
 from snapqeq.olcao_model import OLCAOModel
 from snapqeq.site_features import energy_model_fingerprint
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "METADATA_FILE", "LoadedModel", "ScriptableCENT",
-           "ScriptableCENTWithOLCAO", "build_metadata", "export_model", "is_training_checkpoint",
-           "load_model"]
+__all__ = ["ENVELOPE_KEYS", "FORMAT", "FORMAT_VERSION", "METADATA_FILE", "LoadedModel",
+           "ScriptableCENT", "ScriptableCENTWithOLCAO", "build_metadata",
+           "copy_training_envelope", "export_model", "is_training_checkpoint", "load_model"]
 
 FORMAT = "snapqeq-model"
 FORMAT_VERSION = 1
@@ -163,6 +163,33 @@ def export_model(model: CENT, elements: list[str], descriptor: dict, path: str |
     meta["olcao"] = head_meta
     text = json.dumps(meta)
     return write_archive(ScriptableCENTWithOLCAO(model, text, olcao), text, path, overwrite)
+
+
+ENVELOPE_KEYS = ("min_distances", "descriptor_range", "total_charge_range", "guard")
+
+
+def copy_training_envelope(source: str | Path, target: str | Path) -> bool:
+    """Give the model file ``target`` the training envelope (:data:`ENVELOPE_KEYS`) of
+    ``source``, a model file of the same training run (e.g. the ``model.pt`` that
+    ``snapqeq train`` wrote, for a checkpoint exported later: the envelope is a property
+    of the training data, not of the epoch).  Returns True if ``target`` was rewritten;
+    the networks are untouched."""
+    src, dst = load_model(source).metadata, load_model(target)
+    if src["elements"] != dst.metadata["elements"] or \
+            src["descriptor"] != dst.metadata["descriptor"]:
+        raise ValueError(f"{source} and {target} are not models of the same descriptor")
+    missing = [k for k in ENVELOPE_KEYS if src.get(k) and not dst.metadata.get(k)]
+    if not missing:
+        return False
+    meta = dict(dst.metadata, **{k: src[k] for k in missing})
+    text = json.dumps(meta)
+    module = dst.module
+    module.meta = text  # what metadata() returns, as written by ScriptableCENT
+    tmp = Path(target).with_suffix(Path(target).suffix + ".tmp")
+    with quiet_torchscript():
+        torch.jit.save(module, str(tmp), _extra_files={METADATA_FILE: text})
+    tmp.replace(target)
+    return True
 
 
 @dataclass
