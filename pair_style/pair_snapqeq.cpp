@@ -465,8 +465,13 @@ void PairSNAPQEq::load_model(const std::string &file)
   try {
     m->module = torch::jit::load(file, torch::kCPU, extra);
   } catch (const c10::Error &e) {
+    // a torch.save file (training checkpoint) is a zip without TorchScript's constants
+    const std::string what = e.what_without_backtrace();
+    if (what.find("constants.pkl") != std::string::npos)
+      error->all(FLERR, "snapqeq model file {} is a training checkpoint, not a model file: run "
+                 "`snapqeq export TRAINING_DIR --out model.pt` on its training folder", file);
     error->all(FLERR, "Cannot load snapqeq model file {}: not a TorchScript model ({})", file,
-               e.what_without_backtrace());
+               what);
   } catch (const std::exception &e) {
     error->all(FLERR, "Cannot load snapqeq model file {}: {}", file, e.what());
   }

@@ -534,6 +534,8 @@ def _bad_input_cases(models: dict, tmp_path: Path) -> dict:
     nofield = rewrite_model_metadata(plain, tmp_path / "nofield.pt", lambda m: m.pop("widths"))
     garbage = tmp_path / "garbage.pt"
     garbage.write_text("not a model\n")
+    checkpoint = tmp_path / "checkpoint_best.pt"
+    torch.save({"model": {"w": torch.zeros(2)}}, checkpoint)
     ok = setup_commands(data_f, plain, "f f f")
     return {
         "element": (ok[:-1] + ["pair_coeff * * Na K"], r"Element K .*not in snapqeq model"),
@@ -543,6 +545,8 @@ def _bad_input_cases(models: dict, tmp_path: Path) -> dict:
                     r"model format version 99, this plugin reads version 1"),
         "missing-field": (setup_commands(data_f, nofield, "f f f"), r"metadata lacks widths"),
         "not-a-model": (setup_commands(data_f, garbage, "f f f"), r"not a TorchScript model"),
+        "checkpoint": (setup_commands(data_f, checkpoint, "f f f"),
+                       r"is a training checkpoint, not a model file: run `snapqeq export"),
         "newton-off": (["newton off"] + ok + ["run 0"], r"requires newton pair on"),
         "mixed-boundary": (setup_commands(data_p, plain, "p p f") + ["run 0"],
                            r"not mixed ones"),
@@ -552,8 +556,8 @@ def _bad_input_cases(models: dict, tmp_path: Path) -> dict:
 
 
 @pytest.mark.parametrize("case", ["element", "missing-file", "version", "missing-field",
-                                  "not-a-model", "newton-off", "mixed-boundary", "units",
-                                  "coeff-count"])
+                                  "not-a-model", "checkpoint", "newton-off", "mixed-boundary",
+                                  "units", "coeff-count"])
 def test_bad_input_is_a_clear_error(plugin, models, tmp_path, case):
     commands, pattern = _bad_input_cases(models, tmp_path)[case]
     _expect_error(commands, pattern, plugin)
