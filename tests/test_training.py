@@ -137,8 +137,10 @@ def with_coefficient_targets(frames, exponents: dict) -> list:
     A_ik = -(1 + q_i / 2 + 0.05 n_i) / (1 + k), NaN-padded to the longest series."""
     width = max(len(a) for a in exponents.values())
     out = []
-    for atoms in frames:
-        atoms = atoms.copy()
+    for frame in frames:
+        atoms = frame.copy()  # copy() drops the calculator that holds the reference data
+        atoms.info["energy"] = frame.get_potential_energy()
+        atoms.arrays["forces"] = frame.get_forces()
         q = atoms.arrays["ref_charges"]
         n = (atoms.get_all_distances() < 3.2).sum(1) - 1
         target = np.full((len(atoms), width), np.nan)

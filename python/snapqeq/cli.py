@@ -74,7 +74,8 @@ def _cmd_test(args: argparse.Namespace) -> int:
     from snapqeq.evaluation import evaluate_file
     from snapqeq.metrics import format_table
 
-    metrics = evaluate_file(args.model, args.data, progress=not args.json)
+    metrics = evaluate_file(args.model, args.data, progress=not args.json,
+                            format=args.format)
     if args.json:
         print(json.dumps({k: m.as_dict() for k, m in metrics.items()}, indent=1))
     else:
@@ -149,7 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("test", help="metrics of a model file on reference data")
-    p.add_argument("data", help="extended-XYZ file with reference energies/forces/charges")
+    p.add_argument("data", help="reference data with energies (forces, charges optional): "
+                   "extended XYZ or RuNNer/n2p2 input.data")
+    p.add_argument("--format", help="ase.io format of the data file (default: by content; "
+                   "'runnerdata' for RuNNer input.data)")
     p.add_argument("--model", required=True,
                    help="model file (snapqeq export / training output model.pt)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

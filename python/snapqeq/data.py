@@ -106,9 +106,7 @@ def make_sample(atoms: Atoms, descriptor: Bispectrum, keys: DataKeys = DataKeys(
     b, i, j, db = _descriptors(descriptor, atoms, cache_dir)
     energy, forces, charges = _reference(atoms, keys)
     f64 = torch.float64
-    total = atoms.info.get(keys.charge)
-    if total is None:
-        total = float(np.sum(atoms.get_initial_charges()))
+    total = total_charge(atoms, keys)
     return Sample(
         species=torch.as_tensor(species, dtype=torch.long),
         positions=torch.as_tensor(atoms.positions, dtype=f64),
@@ -158,15 +156,120 @@ def training_distances(structures: list[Sample | Atoms], descriptor: Bispectrum
             for a in range(n) for b in range(a, n) if np.isfinite(shortest[a, b])}
 
 
-def read_structures(path: str | Path) -> list[Atoms]:
-    """All frames of an extended-XYZ (or any ase.io) file."""
+#: ``format`` names of :func:`read_structures` besides everything ase.io reads
+RUNNER = "runnerdata"
+
+
+def _is_runner(path: Path) -> bool:
+    """RuNNer/n2p2 ``input.data``: a ``*.data`` file whose first keyword is ``begin``."""
+    if path.name != "input.data" and path.suffix != ".data":
+        return False
+    with path.open() as f:
+        for line in f:
+            words = line.split()
+            if words:
+                return words[0] in ("begin", "comment")
+    return False
+
+
+def _from_runner(atoms: Atoms) -> Atoms:
+    """RuNNer frame (read by ASE in Angstrom/eV) with the keys of :class:`DataKeys`: total
+    charge ``info["charge"]`` (e), per-atom (Hirshfeld) charges ``arrays["ref_charges"]``."""
+    out = atoms.copy()
+    out.calc = atoms.calc
+    out.info["charge"] = float(atoms.info.get("total_charge", 0.0))
+    out.arrays["ref_charges"] = atoms.get_initial_charges().copy()
+    out.set_initial_charges(None)
+    return out
+
+
+def read_structures(path: str | Path, format: str | None = None) -> list[Atoms]:
+    """All frames of a reference-data file.
+
+    Extended XYZ (or anything ase.io reads; ``format`` as in :func:`ase.io.read`) or
+    RuNNer/n2p2 ``input.data`` (``format="runnerdata"``, or a ``*.data`` file that starts
+    with ``begin``): atomic units are converted to Angstrom/eV, the total charge goes to
+    ``info["charge"]`` and the per-atom charges to ``arrays["ref_charges"]`` (e).
+    """
     from ase.io import read
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"data file not found: {path}")
-    frames = read(path, index=":")
-    return frames if isinstance(frames, list) else [frames]
+    if format is None and _is_runner(path):
+        format = RUNNER
+    try:
+        frames = read(path, index=":", format=format)
+    except Exception as err:  # ase raises many types for malformed files
+        raise ValueError(f"{path}: cannot read as {format or 'extended XYZ/ase.io'}: "
+                         f"{err}") from err
+    frames = frames if isinstance(frames, list) else [frames]
+    if format == RUNNER:
+        frames = [_from_runner(a) for a in frames]
+    for k, atoms in enumerate(frames):
+        if len(atoms) == 0:
+            raise ValueError(f"{path}: structure {k} has no atoms")
+    return frames
+
+
+def _is_default(keys: DataKeys, name: str) -> bool:
+    return getattr(keys, name) == DataKeys.__dataclass_fields__[name].default
+
+
+def total_charge(atoms: Atoms, keys: DataKeys = DataKeys()) -> float:
+    """Total charge (e) of a reference structure: ``info[keys.charge]``, else 0.
+
+    Training and testing use this one rule.  See :func:`check_reference_keys` for the
+    data sets in which a missing total charge is an error.
+    """
+    return float(atoms.info.get(keys.charge, 0.0))
+
+
+def check_reference_keys(structures: list[Atoms], keys: DataKeys, source: str,
+                         need_energy: bool = False) -> None:
+    """Refuse reference data whose keys would be silently misread (ValueError naming the
+    file, the structure and the key).
+
+    - a key set in ``keys`` (not the default) that no structure has;
+    - structures without a total charge in a data set where other structures have one,
+      or whose per-atom reference charges sum to a non-zero charge (they would be
+      treated as neutral);
+    - with ``need_energy``: structures without a reference energy.
+    """
+    n = len(structures)
+    refs = [_reference(a, keys) for a in structures]
+    found = {
+        "energy": [r[0] is not None for r in refs],
+        "forces": [r[1] is not None for r in refs],
+        "ref_charges": [r[2] is not None for r in refs],
+        "charge": [keys.charge in a.info for a in structures],
+        "split": [keys.split in a.info for a in structures],
+    }
+    for name, have in found.items():
+        if not _is_default(keys, name) and not any(have):
+            raise ValueError(f"{source}: no structure has the key {getattr(keys, name)!r} "
+                             f"given as keys.{name}")
+    have_q = found["charge"]
+    for k in range(n):
+        if have_q[k]:
+            continue
+        if any(have_q):
+            first = have_q.index(True)
+            raise ValueError(
+                f"{source}: structure {k} has no total charge info[{keys.charge!r}] while "
+                f"structure {first} has one; give every structure its total charge")
+        ref_q = refs[k][2]
+        if ref_q is not None and abs(float(np.sum(ref_q))) > 1e-3:
+            raise ValueError(
+                f"{source}: structure {k} has no total charge info[{keys.charge!r}] but its "
+                f"reference charges {keys.ref_charges!r} sum to {float(np.sum(ref_q)):.4g} e; "
+                f"set info[{keys.charge!r}] (or keys.charge) so it is not trained as neutral")
+    if need_energy:
+        missing = [k for k in range(n) if not found["energy"][k]]
+        if missing:
+            raise ValueError(
+                f"{source}: {len(missing)} of {n} structures have no reference energy "
+                f"(key {keys.energy!r}), e.g. structure {missing[0]}")
 
 
 def split_samples(samples: list[Sample], rule: str = "info", seed: int = 0,

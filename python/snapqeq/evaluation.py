@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from snapqeq.calculator import SnapQEqCalculator
-from snapqeq.data import DataKeys, _reference, read_structures
+from snapqeq.data import DataKeys, _reference, check_reference_keys, read_structures, total_charge
 from snapqeq.metrics import Metrics, Record, grouped_metrics
 
 
@@ -21,7 +21,7 @@ def evaluate_structures(calc: SnapQEqCalculator, structures, keys: DataKeys | No
     records = []
     for atoms in tqdm(structures, desc="evaluating", unit="struct", disable=not progress):
         energy_ref, forces_ref, charges_ref = _reference(atoms, keys)
-        total = atoms.info.get(keys.charge, 0.0)
+        total = total_charge(atoms, keys)
         work = atoms.copy()
         work.info["charge"] = total
         calc.reset()
@@ -35,7 +35,12 @@ def evaluate_structures(calc: SnapQEqCalculator, structures, keys: DataKeys | No
 
 
 def evaluate_file(model: str | Path, data: str | Path, keys: DataKeys | None = None,
-                  progress: bool = True) -> dict[str, Metrics]:
-    """Grouped metrics (all / neutral / ionized / per split) of a model on a data file."""
+                  progress: bool = True, format: str | None = None) -> dict[str, Metrics]:
+    """Grouped metrics (all / neutral / ionized / per split) of a model on a data file
+    (extended XYZ or RuNNer ``input.data``, see :func:`snapqeq.data.read_structures`);
+    every structure needs a reference energy."""
+    keys = keys or DataKeys()
+    structures = read_structures(data, format)
+    check_reference_keys(structures, keys, str(data), need_energy=True)
     calc = SnapQEqCalculator(model)
-    return grouped_metrics(evaluate_structures(calc, read_structures(data), keys, progress))
+    return grouped_metrics(evaluate_structures(calc, structures, keys, progress))

@@ -25,10 +25,11 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from snapqeq.bispectrum import Bispectrum
+from snapqeq.bispectrum import DICT_KEYS, Bispectrum
 from snapqeq.data import (
     DataKeys,
     Sample,
+    check_reference_keys,
     load_samples,
     read_structures,
     split_samples,
@@ -69,6 +70,9 @@ class TrainConfig:
     loss_weights: dict = field(default_factory=lambda: {"energy": 1.0, "forces": 0.0,
                                                          "charges": 0.0})
     keys: dict = field(default_factory=dict)
+    format: str | None = None  # ase.io format of the data files; None: by content
+    lr_schedule: str = "constant"  # or "cosine" (to lr * min_lr_factor over the epochs)
+    min_lr_factor: float = 0.02
     resume: bool = False
     progress: bool = True
     olcao: dict | None = None  # OLCAO head, see train_olcao_head()
@@ -76,12 +80,52 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         raw = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = set(raw) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-        if "data" not in raw:
-            raise ValueError(f"{path}: 'data' is required")
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a mapping of TrainConfig keys")
+        validate_config(raw, str(path))
         return cls(**raw)
+
+
+#: allowed keys of the nested sections of a training configuration
+SECTION_KEYS = {
+    "descriptor": DICT_KEYS,
+    "loss_weights": ("energy", "forces", "charges"),
+    "keys": tuple(DataKeys.__dataclass_fields__),
+    "data": ("train", "validation", "test"),
+}
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def _check_keys(section: dict, allowed, where: str) -> None:
+    unknown = sorted(set(section) - set(allowed))
+    if unknown:
+        raise ValueError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}")
+
+
+def validate_config(raw: dict, source: str = "config") -> None:
+    """Refuse unknown keys at the top level and in every nested section (ValueError naming
+    the key, its section and the allowed keys), and a missing ``data``."""
+    _check_keys(raw, tuple(TrainConfig.__dataclass_fields__), source)
+    if "data" not in raw:
+        raise ValueError(f"{source}: 'data' is required (a file, or train/validation/test "
+                         "files)")
+    for name, allowed in SECTION_KEYS.items():
+        section = raw.get(name)
+        if section is None or (name == "data" and isinstance(section, str)):
+            continue
+        if not isinstance(section, dict):
+            raise ValueError(f"{source}: '{name}' must be a mapping with keys "
+                             f"{', '.join(allowed)}")
+        _check_keys(section, allowed, f"{source}: section '{name}'")
+    if "descriptor" in raw:
+        missing = [k for k in ("twojmax", "rcutfac", "radii", "weights")
+                   if k not in raw["descriptor"]]
+        if missing:
+            raise ValueError(f"{source}: section 'descriptor' lacks {', '.join(missing)}")
+    if raw.get("lr_schedule", "constant") not in LR_SCHEDULES:
+        raise ValueError(f"{source}: lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                         f"got {raw['lr_schedule']!r}")
 
 
 def seed_everything(seed: int) -> None:
@@ -92,30 +136,38 @@ def seed_everything(seed: int) -> None:
 
 def _load(config: TrainConfig, descriptor: Bispectrum) -> dict[str, list[Sample]]:
     keys = DataKeys(**config.keys)
+    need_energy = config.loss_weights.get("energy", 0.0) > 0
+
+    def samples(path) -> list[Sample]:
+        structures = read_structures(path, config.format)
+        check_reference_keys(structures, keys, str(path), need_energy)
+        return load_samples(structures, descriptor, keys, config.cache, config.progress)
+
     if isinstance(config.data, dict):
-        out = {}
-        for name in ("train", "validation", "test"):
-            path = config.data.get(name)
-            out[name] = (load_samples(read_structures(path), descriptor, keys, config.cache,
-                                      config.progress) if path else [])
-        return out
-    samples = load_samples(read_structures(config.data), descriptor, keys, config.cache,
-                           config.progress)
-    return split_samples(samples, config.split, config.seed)
+        return {name: samples(config.data[name]) if config.data.get(name) else []
+                for name in ("train", "validation", "test")}
+    return split_samples(samples(config.data), config.split, config.seed)
 
 
-def fit_reference_energies(samples: list[Sample], n_elements: int) -> list[float]:
-    """Per-element E0 (eV) by least squares on neutral structures (minimum norm)."""
+def fit_reference_energies(model: CENT, samples: list[Sample]) -> None:
+    """Set the per-element reference energies E0 (eV) of ``model`` by least squares on
+    what the model leaves of the reference energies (minimum norm).
+
+    Fitting the residual of the initial model, rather than the raw energies, takes the
+    QEq energy into account, and using every structure, charged ones included, fixes the
+    E0 of elements whose count varies only between charge states (C10H2 / C10H3+).
+    """
     rows, rhs = [], []
-    for s in samples:
-        if s.energy is None or abs(s.total_charge) > 1e-8:
-            continue
-        rows.append(np.bincount(s.species.numpy(), minlength=n_elements))
-        rhs.append(s.energy)
-    if not rows:
-        return [0.0] * n_elements
-    e0, *_ = np.linalg.lstsq(np.array(rows, float), np.array(rhs), rcond=None)
-    return e0.tolist()
+    with torch.no_grad():
+        model.e0.zero_()
+        for s in samples:
+            if s.energy is None:
+                continue
+            rows.append(np.bincount(s.species.numpy(), minlength=model.n_elements))
+            rhs.append(s.energy - float(predict(model, s, forces=False)["energy"]))
+        if rows:
+            e0, *_ = np.linalg.lstsq(np.array(rows, float), np.array(rhs), rcond=None)
+            model.e0.copy_(torch.as_tensor(e0, dtype=model.e0.dtype))
 
 
 def structure_loss(model: CENT, s: Sample, w: dict, create_graph: bool) -> torch.Tensor:
@@ -174,12 +226,13 @@ def build_model(config: TrainConfig, descriptor: Bispectrum, train: list[Sample]
             raise ValueError(f"config '{name}' lacks elements {sorted(missing)}")
     model = CENT(len(elements), descriptor.n_components, list(config.hidden),
                  [config.widths[e] for e in elements], [config.hardness[e] for e in elements],
-                 fit_reference_energies(train, len(elements)),
+                 [0.0] * len(elements),
                  learn_hardness=config.learn_hardness, chi_scale=config.chi_scale,
                  short_hidden=config.short_hidden)
     b = torch.cat([s.b for s in train])
     sp = torch.cat([s.species for s in train])
     model.set_feature_scaling(b, sp)
+    fit_reference_energies(model, train)
     return model
 
 
@@ -199,7 +252,7 @@ def export_checkpoint(training_dir: str | Path, out: str | Path, overwrite: bool
                  chi_scale=config.chi_scale, short_hidden=config.short_hidden)
     model.load_state_dict(torch.load(ckpt, weights_only=False)["model"])
     train_file = config.data.get("train") if isinstance(config.data, dict) else config.data
-    shortest = (training_distances(read_structures(train_file), descriptor)
+    shortest = (training_distances(read_structures(train_file, config.format), descriptor)
                 if train_file and Path(train_file).is_file() else None)
     return export_model(model, elements, descriptor.to_dict(), out, overwrite,
                         min_distances=shortest)
@@ -256,6 +309,9 @@ def train(config: TrainConfig) -> TrainResult:
     w = dict(config.loss_weights)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=config.lr)
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, max(config.epochs, 1), eta_min=config.lr * config.min_lr_factor)
+        if config.lr_schedule == "cosine" else None)
     ckpt_last, ckpt_best = out / "checkpoint_last.pt", out / "checkpoint_best.pt"
     history: list[dict] = []
     start_epoch, best, bad_epochs = 0, float("inf"), 0
@@ -263,6 +319,8 @@ def train(config: TrainConfig) -> TrainResult:
         state = torch.load(ckpt_last, weights_only=False)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if schedule is not None and "schedule" in state:
+            schedule.load_state_dict(state["schedule"])
         history, start_epoch = state["history"], state["epoch"] + 1
         best, bad_epochs = state["best"], state["bad_epochs"]
         torch.set_rng_state(state["rng"])
@@ -283,6 +341,8 @@ def train(config: TrainConfig) -> TrainResult:
             opt.step()
             running += float(loss.detach()) * len(batch)
             n_seen += len(batch)
+        if schedule is not None:
+            schedule.step()
         model.eval()
         val = _mean_loss(model, sets["validation"], w)
         row = {"epoch": epoch, "train_loss": running / len(train_set), "validation_loss": val}
@@ -295,7 +355,8 @@ def train(config: TrainConfig) -> TrainResult:
             bad_epochs += 1
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                     "history": history, "epoch": epoch, "best": best,
-                    "bad_epochs": bad_epochs, "rng": torch.get_rng_state()}, ckpt_last)
+                    "bad_epochs": bad_epochs, "rng": torch.get_rng_state(),
+                    "schedule": None if schedule is None else schedule.state_dict()}, ckpt_last)
         bar.set_postfix(train=f"{row['train_loss']:.3g}", val=f"{val:.3g}")
         if bad_epochs >= config.patience:
             break
