@@ -1,7 +1,7 @@
 """Real OLCAO SCF potentials of Si -> OLCAO potential-coefficient model -> OLCAO input files.
 
-    python examples/si_olcao/run.py                 # about 1 minute on 2 cores
-    python examples/si_olcao/run.py --small         # < 30 s (used by the test suite)
+    python examples/si_olcao/run.py                 # about 70 s on 2 cores
+    python examples/si_olcao/run.py --small         # about 35 s (used by the test suite)
     python examples/si_olcao/run.py --save-model    # also replace examples/models/si_olcao.pt
 
 1. Data: ``data/olcao_si.extxyz``, 56 real OLCAO (LDA) SCF results of Si cells (crystal,
@@ -18,7 +18,10 @@
    smooth coordination number) instead.
 4. The mixture-density model predicts, per site, the coefficients in the principal axes of
    the training deviations A - <A> in the L2 norm of the site potential (a well-conditioned
-   basis; mapped back to A_i inside the TorchScript model), trained on the likelihood.
+   basis; mapped back to A_i inside the TorchScript model), trained on the likelihood.  The
+   shipped model is a deep ensemble of ENSEMBLE such networks (sigma^2 = mean variance +
+   variance of the means), its sigma scaled from out-of-fold residuals of ensembles on the
+   training structures (``cv_sigma_scale``).
 5. Physical test metrics on the held-out structures: the fitted potential
    V(r) = sum_sites sum_i A_i exp(-alpha_i |r - R|^2) (periodic images) on a real-space grid
    of each cell, from predicted, per-element mean and OLCAO's atomic-start coefficients vs
@@ -82,7 +85,7 @@ RADII = (0.0, 0.01, 0.05, 0.2, 0.5, 1.0, 2.0)  # bohr, site-centred points of th
 DIRECTIONS = np.vstack([np.eye(3), -np.eye(3)])
 CHI_PER_BOND = 1.0  # eV/e per missing/extra neighbour: the ablation's long-range chi
 CV_FOLDS = 4  # folds of the training structures for the sigma recalibration
-ENSEMBLE = 3  # networks (seeds) of the deep ensemble that is the model
+ENSEMBLE = 5  # networks (seeds) of the deep ensemble that is the model
 
 
 # --------------------------------------------------------------------------------------------
