@@ -271,6 +271,8 @@ def test_ensemble_is_the_mixture_of_its_networks(synthetic, tmp_path):
                for k in range(3)]
     assert len(ens.members) == 2 and json.loads(ens.metadata())["ensemble_members"] == 3
     assert json.loads(ens.metadata())["training"]["config"]["ensemble"] == 3
+    # the recorded metrics are the ensemble's, on all 20 training structures
+    assert ens.summary["train"]["n_sites"] == sum(len(a) for a in s["structures"][:20])
     f = s["features"][30]
     means, stds = zip(*(m.predict_features(f) for m in singles), strict=True)
     means, stds = np.array(means), np.array(stds)

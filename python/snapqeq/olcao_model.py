@@ -486,9 +486,16 @@ def train_olcao_model(structures: Sequence[Atoms], config: OLCAOTrainConfig, *,
         model.add_members(members[1:])
         if fingerprint is not None:  # the members got features, not the energy model
             model._meta_dict["energy_model_fingerprint"] = fingerprint
+        # the members' summaries are of one network on its own split: measure the ensemble
+        # on all training structures (and an explicit validation set)
+        model.summary = {"train": evaluate_olcao_model(
+            model, features, [site_targets(a, model) for a in structures])}
+        if validation is not None:
+            model.summary["validation"] = evaluate_olcao_model(
+                model, validation_features, [site_targets(a, model) for a in validation])
         info = json.loads(model.meta)["training"]
-        info["config"] = config.to_dict()
-        info["member_epochs_run"] = [len(m.history) for m in members]
+        info.update(config=config.to_dict(), metrics=model.summary,
+                    member_epochs_run=[len(m.history) for m in members])
         model.set_training_info(info)
         return model
 
