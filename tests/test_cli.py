@@ -59,7 +59,9 @@ def test_checkpoint_passed_as_model(tmp_path):
     """A torch.save checkpoint (what snapqeq train writes next to model.pt) is named as
     such, with the command that turns it into a model file."""
     torch.save({"model": {"w": torch.zeros(2)}, "epoch": 3}, tmp_path / "checkpoint_best.pt")
-    (tmp_path / "d.extxyz").write_text("1\nProperties=species:S:1:pos:R:3\nNa 0 0 0\n")
+    (tmp_path / "d.extxyz").write_text(  # complete reference data: only the model is wrong
+        "2\nProperties=species:S:1:pos:R:3:forces:R:3 energy=-10.0 charge=0 pbc=\"F F F\"\n"
+        "Na 0 0 0 0 0 0\nCl 2.5 0 0 0 0 0\n")
     assert_clear_error(run("test", "d.extxyz", "--model", "checkpoint_best.pt", cwd=tmp_path),
                        r"checkpoint_best.pt is a training checkpoint, not a model file: run "
                        r"`snapqeq export")
