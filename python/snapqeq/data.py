@@ -173,10 +173,14 @@ def _is_runner(path: Path) -> bool:
 
 
 def _from_runner(atoms: Atoms) -> Atoms:
-    """RuNNer frame (read by ASE in Angstrom/eV) with the keys of :class:`DataKeys`: total
-    charge ``info["charge"]`` (e), per-atom (Hirshfeld) charges ``arrays["ref_charges"]``."""
+    """RuNNer frame (read by ASE in Angstrom/eV) with the keys of :class:`DataKeys`:
+    ``info["energy"]`` (eV), ``arrays["forces"]`` (eV/Angstrom), total charge
+    ``info["charge"]`` (e), per-atom (Hirshfeld) charges ``arrays["ref_charges"]`` (e)."""
     out = atoms.copy()
-    out.calc = atoms.calc
+    if atoms.calc is not None:
+        # into info/arrays: the calculator would disown its results once the charges change
+        out.info["energy"] = atoms.get_potential_energy()
+        out.arrays["forces"] = atoms.get_forces()
     out.info["charge"] = float(atoms.info.get("total_charge", 0.0))
     out.arrays["ref_charges"] = atoms.get_initial_charges().copy()
     out.set_initial_charges(None)
