@@ -10,7 +10,7 @@ the paper's data. The last line printed is one JSON object with the test RMSEs
 
 The recipe (measured in BENCHMARKS.md, "Accuracy on the 4G-HDNNP benchmarks"): the
 symmetry-function cutoff of n2p2's example (8 bohr = 4.2 Angstrom) as the bispectrum
-cutoff, 2J = 8; n2p2's Gaussian widths (H 0.5858, C 1.3795 bohr); trainable hardness; 15-15
+cutoff, 2J = 8; n2p2's Gaussian widths (H 0.5858, C 1.3795 bohr); trainable hardness; 25-25
 tanh networks for chi and for the charge-dependent short-range energy (4G); energies,
 forces and Hirshfeld charges in the loss; cosine learning-rate decay.
 """
@@ -42,14 +42,14 @@ SYSTEM = {
         "widths": {"C": 1.3795 * BOHR, "H": 0.5858 * BOHR},
         "hardness": {"C": 10.0, "H": 10.0},
         "learn_hardness": True,
-        "hidden": [15, 15],
-        "short_hidden": [15, 15],
+        "hidden": [25, 25],
+        "short_hidden": [25, 25],
         "epochs": 300,
         "batch_size": 4,
         "lr": 3e-3,
         "lr_schedule": "cosine",
         "patience": 1000,
-        "loss_weights": {"energy": 300.0, "forces": 1.0, "charges": 100.0},
+        "loss_weights": {"energy": 300.0, "forces": 10.0, "charges": 1000.0},
     },
 }
 
