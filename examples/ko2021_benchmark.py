@@ -38,6 +38,18 @@ from snapqeq.training import TrainConfig, train
 
 BOHR = 0.529177210903  # Angstrom
 
+#: training settings both benchmark recipes share (TrainConfig keys): trainable hardness,
+#: energies, forces and Hirshfeld charges in the loss, cosine learning-rate decay over 300
+#: epochs; the best validation checkpoint is kept (no early stop)
+COMMON_RECIPE = {
+    "learn_hardness": True,
+    "epochs": 300,
+    "lr": 3e-3,
+    "lr_schedule": "cosine",
+    "patience": 1000,
+    "loss_weights": {"energy": 300.0, "forces": 10.0, "charges": 1000.0},
+}
+
 
 def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (kept, held out) of a fixed permutation: the first round(fraction * n)."""
@@ -115,8 +127,9 @@ def main(system: dict, argv: list[str] | None = None) -> dict:
     p.add_argument("--test", help="held-out structures (default: a fixed "
                    f"{system['test_fraction']:.0%} of --train, numpy seed 0)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--epochs", type=int, default=system["config"]["epochs"],
-                   help=f"training epochs (default {system['config']['epochs']})")
+    epochs = system["config"].get("epochs", COMMON_RECIPE["epochs"])
+    p.add_argument("--epochs", type=int, default=epochs,
+                   help=f"training epochs (default {epochs})")
     p.add_argument("--limit", type=int, help="use only the first N training structures "
                    "(quick checks)")
     p.add_argument("--seed", type=int, default=0, help="network initialisation and "
@@ -149,7 +162,7 @@ def main(system: dict, argv: list[str] | None = None) -> dict:
     split_note += (f"; of the training structures {len(sets['validation'])} (numpy seed 1) "
                    "are the validation set for early stopping")
 
-    recipe = dict(system["config"], epochs=args.epochs, seed=args.seed)
+    recipe = dict(COMMON_RECIPE, **system["config"], epochs=args.epochs, seed=args.seed)
     config = TrainConfig(data={k: str(data_dir / f"{k}.extxyz") for k in sets},
                          output=str(out / "training"), cache=str(out / "descriptor_cache"),
                          split="info", **recipe)

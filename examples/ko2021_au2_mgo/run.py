@@ -37,20 +37,14 @@ SYSTEM = {
         "4G-HDNNP (paper)": (0.219, 66.0, 0.005698),
         "SpookyNet (paper)": (0.107, 5.337, 0.001013),
     },
-    "config": {
+    "config": {  # with ko2021_benchmark.COMMON_RECIPE
         "descriptor": {"twojmax": 6, "rcutfac": 1.0, "radii": {e: 2.1 for e in ELEMENTS},
                        "weights": {"Mg": 1.0, "O": 0.8, "Au": 1.2, "Al": 0.9}},
         "widths": {e: float(covalent_radii[atomic_numbers[e]]) for e in ELEMENTS},
         "hardness": {e: 10.0 for e in ELEMENTS},
-        "learn_hardness": True,
         "hidden": [15, 15],
         "short_hidden": [15, 15],
-        "epochs": 300,
         "batch_size": 2,
-        "lr": 3e-3,
-        "lr_schedule": "cosine",
-        "patience": 1000,
-        "loss_weights": {"energy": 300.0, "forces": 10.0, "charges": 1000.0},
     },
 }
 

@@ -36,20 +36,14 @@ SYSTEM = {
         "SpookyNet (paper)": (0.364, 5.802, 0.000117),
         "n2p2 4G on the same 102 structures": (1.25, 109.0 * BOHR, 0.0080),
     },
-    "config": {
+    "config": {  # with ko2021_benchmark.COMMON_RECIPE
         "descriptor": {"twojmax": 8, "rcutfac": 1.0, "radii": {"C": 2.1, "H": 2.1},
                        "weights": {"C": 1.0, "H": 0.5}},
         "widths": {"C": 1.3795 * BOHR, "H": 0.5858 * BOHR},
         "hardness": {"C": 10.0, "H": 10.0},
-        "learn_hardness": True,
         "hidden": [25, 25],
         "short_hidden": [25, 25],
-        "epochs": 300,
         "batch_size": 4,
-        "lr": 3e-3,
-        "lr_schedule": "cosine",
-        "patience": 1000,
-        "loss_weights": {"energy": 300.0, "forces": 10.0, "charges": 1000.0},
     },
 }
 
