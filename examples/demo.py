@@ -1,6 +1,6 @@
 """The main job (`make demo`): NaCl clusters end to end with snapqeq.
 
-    python examples/demo.py            # reduced CENT protocol, ~15 min on 2 cores
+    python examples/demo.py            # reduced CENT protocol, 11-21 min on 2 cores
     python examples/demo.py --full     # the paper-size protocol (make demo FULL=1)
     python examples/demo.py --small    # every stage, as small as possible (CI, tests)
 
