@@ -91,7 +91,7 @@ def force_charge_parity(records: list[Record], path: Path, title: str) -> Path:
     return path
 
 
-def _row(name: str, m, paper: dict | None = None) -> str:
+def _row(name: str, m) -> str:
     f = "-" if m.force_rmse_mev is None else f"{m.force_rmse_mev:.1f}"
     q = "-" if m.charge_rmse is None else f"{m.charge_rmse:.4f}"
     return (f"| {name} | {m.count} | {m.energy_rmse_mev:.3f} | {m.energy_rmse_mha:.4f} | "
