@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from snapqeq.metrics import HARTREE, Record  # noqa: E402
 
-#: loss terms of snapqeq.training.structure_loss: key, weight symbol, term, unit
+#: loss terms of snapqeq.batch.structure_loss: key, weight symbol, term, unit
 LOSS_TERMS = (("energy", "w_E", "(\\Delta E/N)^2", "eV²/atom²"),
               ("forces", "w_F", "\\langle \\Delta F^2 \\rangle", "eV²/Å²"),
               ("charges", "w_q", "\\langle \\Delta q^2 \\rangle", "e²"))

@@ -25,6 +25,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from snapqeq.batch import batch_loss
 from snapqeq.bispectrum import DICT_KEYS, Bispectrum
 from snapqeq.data import (
     DataKeys,
@@ -76,6 +77,7 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     olcao: dict | None = None  # OLCAO head, see train_olcao_head()
+    committee: int = 1  # > 1: train that many members (seeds seed, seed+1, ...), one file
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
@@ -170,20 +172,6 @@ def fit_reference_energies(model: CENT, samples: list[Sample]) -> None:
             model.e0.copy_(torch.as_tensor(e0, dtype=model.e0.dtype))
 
 
-def structure_loss(model: CENT, s: Sample, w: dict, create_graph: bool) -> torch.Tensor:
-    """Weighted squared errors of one structure (per-atom energy, force components, q)."""
-    need_f = w.get("forces", 0.0) > 0 and s.forces is not None
-    out = predict(model, s, forces=need_f, create_graph=create_graph)
-    loss = torch.zeros((), dtype=torch.float64)
-    if s.energy is not None and w.get("energy", 0.0) > 0:
-        loss = loss + w["energy"] * ((out["energy"] - s.energy) / s.n_atoms) ** 2
-    if need_f:
-        loss = loss + w["forces"] * torch.mean((out["forces"] - s.forces) ** 2)
-    if s.ref_charges is not None and w.get("charges", 0.0) > 0:
-        loss = loss + w["charges"] * torch.mean((out["charges"] - s.ref_charges) ** 2)
-    return loss
-
-
 def evaluate(model: CENT, samples: list[Sample], forces: bool = True) -> list[Record]:
     """Predictions for every structure as metric records."""
     records = []
@@ -199,12 +187,15 @@ def evaluate(model: CENT, samples: list[Sample], forces: bool = True) -> list[Re
     return records
 
 
+#: structures per batched evaluation of the validation loss (memory, not results)
+_EVAL_BATCH = 64
+
+
 def _mean_loss(model, samples, w) -> float:
     if not samples:
         return float("nan")
-    total = 0.0
-    for s in samples:
-        total += float(structure_loss(model, s, w, create_graph=False).detach())
+    total = sum(float(batch_loss(model, samples[k:k + _EVAL_BATCH], w, create_graph=False))
+                for k in range(0, len(samples), _EVAL_BATCH))
     return total / len(samples)
 
 
@@ -297,7 +288,15 @@ def train_olcao_head(config: TrainConfig, model_path: Path, out: Path):
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """Train, checkpoint, plot, evaluate and export; returns the trained model."""
+    """Train, checkpoint, plot, evaluate and export; returns the trained model.
+
+    With ``committee > 1`` the members are trained by
+    :func:`snapqeq.committee.train_committee` and exported as one model file.
+    """
+    if config.committee > 1:
+        from snapqeq.committee import train_committee
+
+        return train_committee(config)
     seed_everything(config.seed)
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -336,7 +335,7 @@ def train(config: TrainConfig) -> TrainResult:
         for k in range(0, len(order), config.batch_size):
             batch = [train_set[i] for i in order[k:k + config.batch_size]]
             opt.zero_grad()
-            loss = sum(structure_loss(model, s, w, create_graph=True) for s in batch) / len(batch)
+            loss = batch_loss(model, batch, w, create_graph=True) / len(batch)
             loss.backward()
             opt.step()
             running += float(loss.detach()) * len(batch)
@@ -369,10 +368,13 @@ def train(config: TrainConfig) -> TrainResult:
 
         def closure():
             lbfgs.zero_grad()
-            loss = sum(structure_loss(model, s, w, create_graph=True)
-                       for s in train_set) / len(train_set)
-            loss.backward()
-            return loss
+            total = 0.0
+            for k in range(0, len(train_set), _EVAL_BATCH):  # one graph at a time
+                loss = batch_loss(model, train_set[k:k + _EVAL_BATCH], w,
+                                  create_graph=True) / len(train_set)
+                loss.backward()
+                total += float(loss.detach())
+            return torch.tensor(total, dtype=torch.float64)
 
         lbfgs.step(closure)
     model.eval()
