@@ -205,6 +205,7 @@ struct PairSNAPQEq::Model {
 
   // graph of the current step
   torch::Tensor blin, bfull, species, chi, qt, eshort;
+  int member = -1;    // committee member of the methods below (-1: a single model file)
 
   torch::Tensor features(const torch::Tensor &b) const { return quadratic.apply(b); }
 
@@ -216,7 +217,9 @@ struct PairSNAPQEq::Model {
     bfull = features(blin);
     std::vector<int64_t> sp(elem, elem + n);
     species = torch::from_blob(sp.data(), {n}, torch::kInt64).clone();
-    chi = module.forward({bfull, species}).toTensor();
+    chi = member < 0 ? module.forward({bfull, species}).toTensor()
+                     : module.get_method("member_chi")({c10::IValue((int64_t) member), bfull,
+                                                         species}).toTensor();
     if (chi.dim() != 1 || chi.size(0) != n || chi.scalar_type() != torch::kFloat64)
       throw std::runtime_error("forward(b, species) must return a float64 vector of length n");
     auto c = chi.detach().contiguous();
@@ -229,7 +232,9 @@ struct PairSNAPQEq::Model {
     const int64_t n = q.size();
     auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
     qt = torch::from_blob(const_cast<double *>(q.data()), {n}, f64).clone().requires_grad_(true);
-    eshort = module.get_method("short_energy")({bfull, qt, species}).toTensor();
+    eshort = member < 0 ? module.get_method("short_energy")({bfull, qt, species}).toTensor()
+                        : module.get_method("member_short_energy")(
+                              {c10::IValue((int64_t) member), bfull, qt, species}).toTensor();
     if (eshort.dim() != 1 || eshort.size(0) != n)
       throw std::runtime_error("short_energy(b, q, species) must return a vector of length n");
     auto e = eshort.detach().contiguous();
@@ -319,8 +324,16 @@ PairSNAPQEq::PairSNAPQEq(LAMMPS *lmp) : Pair(lmp), ncached(0), mpi(world)
   snap_cutmax = 0.0;
   cand_ncalls = cand_lastcall = -1;
   qeq_order_changed = true;
-  history_step[0] = history_step[1] = -1;
   cand_dirty = true;
+  n_members = 1;
+  member_index = 0;
+  fmember_nall = 0;
+  energy_std = force_std_max = 0.0;
+  committee_ethr = committee_fthr = 0.0;
+  committee_stop = false;
+  committee_warnings[0] = committee_warnings[1] = 0;
+  fstd_atom = nullptr;
+  comm_reverse = 0;
   has_short_range = false;
   ncoeff_linear = ncoeff = 0;
   has_olcao = olcao_long_range = olcao_has_medium = false;
@@ -344,8 +357,9 @@ PairSNAPQEq::PairSNAPQEq(LAMMPS *lmp) : Pair(lmp), ncached(0), mpi(world)
   nmax_atom = 0;
 
   // extra global values for `compute pair snapqeq`: chemical potential (eV/e), solver
-  // iterations, electrostatic energy (eV)
-  nextra = 3;
+  // iterations, electrostatic energy (eV), and for committee files the energy std (eV)
+  // and the largest per-atom force std (eV/Angstrom); means over the members
+  nextra = 5;
   pvector = new double[nextra];
   for (int k = 0; k < nextra; ++k) pvector[k] = 0.0;
 
@@ -359,6 +373,7 @@ PairSNAPQEq::~PairSNAPQEq()
   memory->destroy(q_atom);
   memory->destroy(chi_atom);
   memory->destroy(phi_atom);
+  memory->destroy(fstd_atom);
   memory->destroy(olcao_mean);
   memory->destroy(olcao_std);
   if (allocated) {
@@ -399,12 +414,37 @@ void PairSNAPQEq::settings(int narg, char **arg)
   olcao_every = false;
   guard_mode = GUARD_STOP;
   guard_factor_override = -1.0;
+  committee_ethr = committee_fthr = 0.0;
+  committee_stop = false;
 
   int iarg = 1;
   while (iarg < narg) {
     const std::string key = arg[iarg];
     if (iarg + 2 > narg) error->all(FLERR, "Illegal pair_style snapqeq command: {} needs a value", key);
-    if (key == "total_charge") {
+    if (key == "committee_threshold") {
+      // E (eV/atom) and F (eV/Angstrom), none to skip either
+      if (iarg + 3 > narg)
+        error->all(FLERR, "Illegal pair_style snapqeq command: committee_threshold needs two "
+                   "values (energy std per atom in eV/atom, force std in eV/Angstrom; none "
+                   "skips either)");
+      double *dest[2] = {&committee_ethr, &committee_fthr};
+      for (int k = 0; k < 2; ++k) {
+        const std::string v = arg[iarg + 1 + k];
+        if (v == "none") continue;
+        *dest[k] = utils::numeric(FLERR, v, false, lmp);
+        if (!(*dest[k] > 0.0))
+          error->all(FLERR, "pair_style snapqeq committee_threshold values must be positive "
+                     "or none, not {}", v);
+      }
+      iarg += 3;
+      continue;
+    }
+    if (key == "committee_action") {
+      const std::string mode = arg[iarg + 1];
+      if (mode != "warn" && mode != "stop")
+        error->all(FLERR, "pair_style snapqeq committee_action must be warn or stop, not {}", mode);
+      committee_stop = mode == "stop";
+    } else if (key == "total_charge") {
       total_charge = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
     } else if (key == "tol") {
       tol = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
@@ -438,6 +478,9 @@ void PairSNAPQEq::settings(int narg, char **arg)
   if (olcao_every && !has_olcao)
     error->all(FLERR, "pair_style snapqeq olcao yes: model file {} has no OLCAO head", model_file);
   if (olcao_every) olcao_requested = true;
+  if ((committee_ethr > 0.0 || committee_fthr > 0.0) && n_members == 1)
+    error->all(FLERR, "pair_style snapqeq committee_threshold: model file {} holds a single "
+               "model, not a committee", model_file);
 
   // a new model invalidates the element map and the solver's initial guesses
   if (allocated) {
@@ -445,9 +488,17 @@ void PairSNAPQEq::settings(int narg, char **arg)
       for (int j = 0; j <= atom->ntypes; ++j) setflag[i][j] = 0;
     type_elem.assign(atom->ntypes + 1, -1);
   }
-  for (auto &slot : history)
-    for (auto &h : slot) h.clear();
-  history_step[0] = history_step[1] = -1;
+  clear_history();
+}
+
+/* ----------------------------------------------------------------------
+   no initial guesses: two solves (charges, short-range adjoint) per committee member
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::clear_history()
+{
+  history.assign(2 * (size_t) n_members, std::vector<std::vector<double>>(kHistory));
+  history_step.assign(2 * (size_t) n_members, -1);
 }
 
 /* ----------------------------------------------------------------------
@@ -523,6 +574,39 @@ void PairSNAPQEq::load_model(const std::string &file)
         error->all(FLERR, "snapqeq model file {}: hardness and widths must be positive", file);
     has_short_range = meta["has_short_range"].get<bool>();
 
+    // committee (snapqeq.export.export_committee): per member hardness and E0; the
+    // widths, the descriptor and the short-range flag are shared
+    n_members = meta.contains("committee") && !meta["committee"].is_null()
+        ? meta["committee"].get<int>() : 1;
+    if (n_members < 1)
+      error->all(FLERR, "snapqeq model file {}: committee must be a positive count", file);
+    member_hardness.assign(1, hardness);
+    member_e0.assign(1, energy0);
+    if (n_members > 1) {
+      if (!m->module.find_method("member_chi"))
+        error->all(FLERR, "snapqeq model file {}: metadata announces a committee the archive "
+                   "lacks (no method member_chi)", file);
+      const auto &members = meta.at("members");
+      if (!members.is_array() || (int) members.size() != n_members)
+        error->all(FLERR, "snapqeq model file {}: the members list does not have {} entries",
+                   file, n_members);
+      member_hardness.clear();
+      member_e0.clear();
+      for (const auto &mem : members) {
+        const auto h = mem.at("hardness").get<std::vector<double>>();
+        const auto e0 = mem.at("e0").get<std::vector<double>>();
+        const auto w = mem.at("widths").get<std::vector<double>>();
+        if ((int) h.size() != ne || (int) e0.size() != ne || w != width)
+          error->all(FLERR, "snapqeq model file {}: every committee member needs hardness and "
+                     "e0 per element and the shared widths", file);
+        for (double x : h)
+          if (!(x > 0.0))
+            error->all(FLERR, "snapqeq model file {}: hardness must be positive", file);
+        member_hardness.push_back(h);
+        member_e0.push_back(e0);
+      }
+    }
+
     const auto &d = meta["descriptor"];
     desc = parse_descriptor(d, elem_names);
     sna = std::make_unique<snapqeq::SNA>(desc.opt);
@@ -531,6 +615,9 @@ void PairSNAPQEq::load_model(const std::string &file)
     // OLCAO head (snapqeq.export_model(..., olcao=head)): metadata "olcao" with the
     // feature recipe and the exponent series, method potential_coefficients
     has_olcao = meta.contains("olcao") && !meta["olcao"].is_null();
+    if (has_olcao && n_members > 1)
+      error->all(FLERR, "snapqeq model file {}: a committee with an OLCAO head is not supported",
+                 file);
     olcao_sna.reset();
     olcao_has_medium = olcao_long_range = false;
     olcao_ncol = olcao_ncoeff_linear = 0;
@@ -577,14 +664,17 @@ void PairSNAPQEq::load_model(const std::string &file)
   // one trial evaluation, so that a network that does not fit the descriptor fails here
   // with a clear message rather than in the middle of a run
   try {
-    std::vector<double> b(ncoeff_linear, 0.0);
-    int e = 0;
-    m->electronegativity(b.data(), &e, 1, ncoeff_linear);
-    if (has_short_range) {
-      std::vector<double> es;
-      m->short_range({0.0}, es);
+    for (int k = 0; k < n_members; ++k) {
+      m->member = n_members > 1 ? k : -1;
+      std::vector<double> b(ncoeff_linear, 0.0);
+      int e = 0;
+      m->electronegativity(b.data(), &e, 1, ncoeff_linear);
+      if (has_short_range) {
+        std::vector<double> es;
+        m->short_range({0.0}, es);
+      }
+      m->blin = m->bfull = m->species = m->chi = m->qt = m->eshort = torch::Tensor();
     }
-    m->blin = m->bfull = m->species = m->chi = m->qt = m->eshort = torch::Tensor();
   } catch (const std::exception &e) {
     error->all(FLERR, "snapqeq model file {}: the network does not accept {} descriptor components: {}",
                file, ncoeff, message_of(e));
@@ -607,16 +697,21 @@ void PairSNAPQEq::load_model(const std::string &file)
     }
   }
   model = std::move(m);
+  // member forces go back from the ghosts by a reverse communication of this style
+  comm_reverse = n_members > 1 ? 3 * n_members : 0;
+  clear_history();
 
   // libtorch runs inside each MPI rank: use as many threads as LAMMPS' OpenMP setting
   at::set_num_threads(std::max(1, comm->nthreads));
 
   if (comm->me == 0)
     utils::logmesg(lmp,
-                   "snapqeq: model {} (elements {}; twojmax {}, {} descriptor components{}{}{})\n",
+                   "snapqeq: model {} (elements {}; twojmax {}, {} descriptor components{}{}{}{})\n",
                    file, join(elem_names), sna->options().twojmax, ncoeff,
                    desc.quadraticflag ? " incl. quadratic" : "",
                    has_short_range ? "; short-range network" : "",
+                   n_members > 1 ? "; committee of " + std::to_string(n_members) + " members"
+                                 : std::string(),
                    has_olcao ? "; OLCAO head, " + std::to_string(olcao_ncol) + " coefficients per site"
                              : std::string());
 
@@ -919,6 +1014,7 @@ void PairSNAPQEq::init_style()
   // the guard: total charge against the trained range (snapqeq.guard), masses against
   // the element names; warnings are counted per run
   guard_warnings[0] = guard_warnings[1] = guard_warnings[2] = 0;
+  committee_warnings[0] = committee_warnings[1] = 0;
   check_masses();
   if (guard_has_charge && (total_charge < guard_qlo - guard_charge_margin ||
                            total_charge > guard_qhi + guard_charge_margin)) {
@@ -967,6 +1063,7 @@ void PairSNAPQEq::grow_peratom()
   memory->grow(q_atom, nmax_atom, "pair:q_atom");
   memory->grow(chi_atom, nmax_atom, "pair:chi_atom");
   memory->grow(phi_atom, nmax_atom, "pair:phi_atom");
+  if (n_members > 1) memory->grow(fstd_atom, nmax_atom, "pair:fstd_atom");
   if (has_olcao) {
     memory->grow(olcao_mean, nmax_atom, olcao_ncol, "pair:olcao_mean");
     memory->grow(olcao_std, nmax_atom, olcao_ncol, "pair:olcao_std");
@@ -985,6 +1082,13 @@ void *PairSNAPQEq::extract_peratom(const char *name, int &ncol)
   if (strcmp(name, "q") == 0) return (void *) q_atom;
   if (strcmp(name, "chi") == 0) return (void *) chi_atom;
   if (strcmp(name, "phi") == 0) return (void *) phi_atom;
+  if (strcmp(name, "force_std") == 0) {
+    if (n_members == 1)
+      error->all(FLERR, "Pair style snapqeq cannot provide per-atom force_std: model file {} "
+                 "holds a single model, not a committee (snapqeq train with committee: n)",
+                 model_file);
+    return (void *) fstd_atom;
+  }
   const bool mean = strcmp(name, "olcao") == 0;
   if (!mean && strcmp(name, "olcao_std") != 0) return nullptr;
 
@@ -1419,7 +1523,7 @@ void PairSNAPQEq::equilibrate()
 
   q_all.assign(n, 0.0);
   phi_all.assign(n, 0.0);
-  const auto stats = solve(0, chi_all.data(), total_charge, q_all.data(), "charge equilibration",
+  const auto stats = solve(2 * member_index, chi_all.data(), total_charge, q_all.data(), "charge equilibration",
                            phi_all.data());
   last_iterations = stats.iterations;
   chemical_potential = stats.multiplier;
@@ -1429,9 +1533,8 @@ void PairSNAPQEq::equilibrate()
    adjoint bispectrum forces of E = sum_i beta_i . B_i (beta from autograd)
 ------------------------------------------------------------------------- */
 
-void PairSNAPQEq::adjoint_forces()
+void PairSNAPQEq::adjoint_forces(double *f)
 {
-  double **f = atom->f;
   const int nlocal = atom->nlocal;
   int *type = atom->type;
   const int nown = owned.size();
@@ -1451,12 +1554,10 @@ void PairSNAPQEq::adjoint_forces()
     for (int jj = 0; jj < nbr.offset[a + 1] - off; ++jj) {
       w->compute_deidrj(jj, dedr);    // dE_i/dr_ij = dE_i/dr_j = -dE_i/dr_i
       const int j = nbr.index[off + jj];
-      f[i][0] += dedr[0];
-      f[i][1] += dedr[1];
-      f[i][2] += dedr[2];
-      f[j][0] -= dedr[0];
-      f[j][1] -= dedr[1];
-      f[j][2] -= dedr[2];
+      for (int c = 0; c < 3; ++c) {
+        f[3 * (size_t) i + c] += dedr[c];
+        f[3 * (size_t) j + c] -= dedr[c];
+      }
       const double *rij = &nbr.rij[3 * (size_t) (off + jj)];
       if (evflag)
         ev_tally_xyz(i, j, nlocal, force->newton_pair, 0.0, 0.0, dedr[0], dedr[1], dedr[2], -rij[0],
@@ -1470,10 +1571,9 @@ void PairSNAPQEq::adjoint_forces()
    short-range network), on local and (periodic cells) ghost atoms
 ------------------------------------------------------------------------- */
 
-void PairSNAPQEq::electrostatic_forces(const std::vector<double> &b)
+void PairSNAPQEq::electrostatic_forces(const std::vector<double> &b, double *f)
 {
   double vir[6] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-  double *f = atom->nmax > 0 ? &atom->f[0][0] : nullptr;
   double *va = vflag_atom ? &vatom[0][0] : nullptr;
   electrostatics->forces(q_all.data(), b.data(), f, vir, va);
   if (vflag_global)
@@ -1489,41 +1589,189 @@ void PairSNAPQEq::compute(int eflag, int vflag)
 
   compute_descriptors();    // B_i of the owned atoms, neighbours kept
   check_guard();            // pairs and B_i against the training envelope
-  evaluate_network();       // chi_i; the autograd graph stays for beta_i
-  gather_system();          // all atoms of the charge equilibration on every rank
-  equilibrate();            // q, phi, chemical potential
-  if (has_olcao && (olcao_every || olcao_trigger)) compute_olcao();
 
-  // beta_i = w_i dchi_i/dB_i (+ dE_short_i/dB_i) and the electrostatic forces of
-  // 1/2 q^T A_es b: w = b = q for the variational CENT energy, plus the adjoint mu
-  // (w = q + mu, b = q + 2 mu) with a short-range network
-  const int first = displs[comm->me];
-  const int nown = owned.size();
-  std::vector<double> weight(q_all.begin() + first, q_all.begin() + first + nown);
-  std::vector<double> b_es = q_all;
-  std::vector<double> e_short(nown, 0.0);
-  int iterations = last_iterations;
-  if (has_short_range) iterations += short_range_adjoint(weight, b_es, e_short);
+  // every committee member in full, tallied with weight 1/n (a single model: once, w = 1);
+  // the forces of each member go into its own array first for the spread
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  const double w = 1.0 / n_members;
+  for (int i = 0; i < nlocal; ++i) q_atom[i] = chi_atom[i] = phi_atom[i] = 0.0;
+  if (n_members > 1) {
+    fmember.assign((size_t) n_members * nall * 3, 0.0);
+    fmember_nall = nall;
+  }
+  member_energy.assign(n_members, 0.0);
+  double mu_mean = 0.0, ecoul_mean = 0.0;
+  int iterations = 0;
+  for (int k = 0; k < n_members; ++k) {
+    use_member(k);
+    evaluate_network();       // chi_i; the autograd graph stays for beta_i
+    gather_system();          // all atoms of the charge equilibration on every rank
+    equilibrate();            // q, phi, chemical potential
+    if (has_olcao && (olcao_every || olcao_trigger)) compute_olcao();
 
-  beta.assign((size_t) nown * ncoeff_linear, 0.0);
-  if (nown > 0) {
-    try {
-      model->beta(weight, has_short_range, beta.data());
-    } catch (const std::exception &e) {
-      error->one(FLERR, "snapqeq model gradient failed: {}", e.what());
+    // beta_i = w_i dchi_i/dB_i (+ dE_short_i/dB_i) and the electrostatic forces of
+    // 1/2 q^T A_es b: w = b = q for the variational CENT energy, plus the adjoint mu
+    // (w = q + mu, b = q + 2 mu) with a short-range network
+    const int first = displs[comm->me];
+    const int nown = owned.size();
+    std::vector<double> weight(q_all.begin() + first, q_all.begin() + first + nown);
+    std::vector<double> b_es = q_all;
+    std::vector<double> e_short(nown, 0.0);
+    iterations += last_iterations;
+    if (has_short_range) iterations += short_range_adjoint(weight, b_es, e_short);
+
+    beta.assign((size_t) nown * ncoeff_linear, 0.0);
+    if (nown > 0) {
+      try {
+        model->beta(weight, has_short_range, beta.data());
+      } catch (const std::exception &e) {
+        error->one(FLERR, "snapqeq model gradient failed: {}", e.what());
+      }
+    }
+    if (n_members > 1) {    // forces and virials of this member with weight 1/n
+      for (double &v : beta) v *= w;
+      for (double &v : b_es) v *= w;
+    }
+
+    member_energy[k] = tally_energies(e_short, w);
+    double ecoul = 0.0;
+    for (size_t i = 0; i < q_all.size(); ++i) ecoul += 0.5 * q_all[i] * phi_all[i];
+    mu_mean += w * chemical_potential;
+    ecoul_mean += w * ecoul;
+
+    double *f = n_members > 1 ? fmember.data() + (size_t) k * nall * 3
+                              : (atom->nmax > 0 ? &atom->f[0][0] : nullptr);
+    adjoint_forces(f);
+    electrostatic_forces(b_es, f);
+    if (n_members > 1 && nall > 0) {
+      double *fa = &atom->f[0][0];
+      for (size_t m = 0; m < 3 * (size_t) nall; ++m) fa[m] += f[m];
     }
   }
+  if (atom->q_flag)
+    for (int a : owned) atom->q[a] = q_atom[a];
+  if (n_members > 1) committee_statistics();
 
-  tally_energies(e_short);
   // `compute pair snapqeq` sums pvector over the ranks: rank 0 carries the values
-  double ecoul_total = 0.0;
-  for (size_t i = 0; i < q_all.size(); ++i) ecoul_total += 0.5 * q_all[i] * phi_all[i];
-  pvector[0] = comm->me == 0 ? chemical_potential : 0.0;
-  pvector[1] = comm->me == 0 ? (double) iterations : 0.0;
-  pvector[2] = comm->me == 0 ? ecoul_total : 0.0;
+  const bool root = comm->me == 0;
+  pvector[0] = root ? mu_mean : 0.0;
+  pvector[1] = root ? (double) iterations : 0.0;
+  pvector[2] = root ? ecoul_mean : 0.0;
+  pvector[3] = root ? energy_std : 0.0;
+  pvector[4] = root ? force_std_max : 0.0;
+}
 
-  adjoint_forces();
-  electrostatic_forces(b_es);
+/* ----------------------------------------------------------------------
+   committee member k's networks, hardness and reference energies for the next evaluation
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::use_member(int k)
+{
+  member_index = k;
+  model->member = n_members > 1 ? k : -1;
+  hardness = member_hardness[k];
+  energy0 = member_e0[k];
+  for (size_t i = 0; i < elem_all.size(); ++i) hardness_all[i] = hardness[elem_all[i]];
+}
+
+/* ----------------------------------------------------------------------
+   spread of the committee (snapqeq.committee.committee_statistics): energy std of the
+   system, per-atom force std from the members' forces (ghost parts summed onto their
+   owners by a reverse communication), the largest over all atoms, and the threshold
+------------------------------------------------------------------------- */
+
+void PairSNAPQEq::committee_statistics()
+{
+  const int nm = n_members;
+  const int nlocal = atom->nlocal;
+  const size_t nall = fmember_nall;
+  comm->reverse_comm(this);
+
+  std::vector<double> e(nm);
+  MPI_Allreduce(member_energy.data(), e.data(), nm, MPI_DOUBLE, MPI_SUM, world);
+  double mean = 0.0, var = 0.0;
+  for (double v : e) mean += v / nm;
+  for (double v : e) var += (v - mean) * (v - mean) / nm;
+  energy_std = std::sqrt(var);
+
+  // the stored forces carry the weight 1/n: member k's force is n x its entry
+  for (int i = 0; i < nlocal; ++i) fstd_atom[i] = 0.0;
+  struct {
+    double value;
+    int rank;
+  } mine = {-1.0, comm->me}, worst;
+  double where[2] = {0.0, -1.0};    // ID and element of this rank's largest spread
+  for (int a : owned) {
+    double fmean[3] = {0.0, 0.0, 0.0}, sum = 0.0;
+    for (int k = 0; k < nm; ++k)
+      for (int c = 0; c < 3; ++c) fmean[c] += fmember[(k * nall + a) * 3 + c];
+    for (int k = 0; k < nm; ++k)
+      for (int c = 0; c < 3; ++c) {
+        const double d = nm * fmember[(k * nall + a) * 3 + c] - fmean[c];
+        sum += d * d / nm;
+      }
+    fstd_atom[a] = std::sqrt(sum);
+    if (fstd_atom[a] > mine.value) {
+      mine.value = fstd_atom[a];
+      where[0] = (double) atom->tag[a];
+      where[1] = type_elem[atom->type[a]];
+    }
+  }
+  MPI_Allreduce(&mine, &worst, 1, MPI_DOUBLE_INT, MPI_MAXLOC, world);
+  MPI_Bcast(where, 2, MPI_DOUBLE, worst.rank, world);
+  force_std_max = std::max(worst.value, 0.0);
+
+  // the threshold: the same decision on every rank (reduced values)
+  const int natoms = chi_all.size();
+  std::string message[2];
+  if (committee_ethr > 0.0 && natoms > 0 && energy_std / natoms > committee_ethr)
+    message[0] = fmt::format("snapqeq committee: energy std {:.6g} eV/atom ({:.6g} eV over {} "
+                             "atoms) exceeds committee_threshold {:g} eV/atom: the members "
+                             "disagree, the model extrapolates there",
+                             energy_std / natoms, energy_std, natoms, committee_ethr);
+  if (committee_fthr > 0.0 && worst.value > committee_fthr) {
+    const int elem = (int) where[1];
+    message[1] = fmt::format("snapqeq committee: force std {:.6g} eV/Angstrom of atom {} ({}) "
+                             "exceeds committee_threshold {:g} eV/Angstrom: the members "
+                             "disagree, the model extrapolates there",
+                             worst.value, (bigint) where[0], elem >= 0 ? elem_names[elem] : "?",
+                             committee_fthr);
+  }
+  for (int kind = 0; kind < 2; ++kind) {
+    if (message[kind].empty()) continue;
+    if (committee_stop)
+      error->all(FLERR, message[kind] + "; set committee_action to warn to go on with a "
+                 "warning, or add such structures to the training data");
+    if (++committee_warnings[kind] <= kMaxWarnings && comm->me == 0)
+      error->warning(FLERR, message[kind] + (committee_warnings[kind] == kMaxWarnings
+                                                 ? " (further warnings of this kind muted)" : ""));
+  }
+}
+
+/* ----------------------------------------------------------------------
+   reverse communication of the committee members' forces (ghosts to owners)
+------------------------------------------------------------------------- */
+
+int PairSNAPQEq::pack_reverse_comm(int n, int first, double *buf)
+{
+  int m = 0;
+  const size_t nall = fmember_nall;
+  for (int i = first; i < first + n; ++i)
+    for (int k = 0; k < n_members; ++k)
+      for (int c = 0; c < 3; ++c) buf[m++] = fmember[(k * nall + i) * 3 + c];
+  return m;
+}
+
+void PairSNAPQEq::unpack_reverse_comm(int n, int *list, double *buf)
+{
+  int m = 0;
+  const size_t nall = fmember_nall;
+  for (int i = 0; i < n; ++i) {
+    const int j = list[i];
+    for (int k = 0; k < n_members; ++k)
+      for (int c = 0; c < 3; ++c) fmember[(k * nall + j) * 3 + c] += buf[m++];
+  }
 }
 
 /* ----------------------------------------------------------------------
@@ -1622,24 +1870,24 @@ int PairSNAPQEq::short_range_adjoint(std::vector<double> &weight, std::vector<do
   MPI_Allgatherv(g_own.data(), nown, MPI_DOUBLE, g_all.data(), counts.data(), displs.data(),
                  MPI_DOUBLE, world);
   if (n == 0) return 0;
-  const int iterations = solve(1, g_all.data(), 0.0, mu.data(), "short-range adjoint").iterations;
+  const int iterations =
+      solve(2 * member_index + 1, g_all.data(), 0.0, mu.data(), "short-range adjoint").iterations;
   for (int i = 0; i < n; ++i) b_es[i] += 2.0 * mu[i];
   for (int a = 0; a < nown; ++a) weight[a] += mu[first + a];
   return iterations;
 }
 
 /* ----------------------------------------------------------------------
-   energies and per-atom outputs of the owned atoms:
+   energies and per-atom outputs of the owned atoms, with weight w (1/n in a committee):
    E0 + chi q + J q^2/2 (+ E_short) as the van der Waals part, q phi/2 (Gaussian
-   electrostatics incl. self energy) as the Coulomb part
+   electrostatics incl. self energy) as the Coulomb part; returns this rank's energy of
+   the current member (eV, unweighted)
 ------------------------------------------------------------------------- */
 
-void PairSNAPQEq::tally_energies(const std::vector<double> &e_short)
+double PairSNAPQEq::tally_energies(const std::vector<double> &e_short, double w)
 {
   const int first = displs[comm->me];
-  const int nlocal = atom->nlocal;
-  // local atoms outside the charge equilibration (NULL types) carry nothing from here
-  for (int i = 0; i < nlocal; ++i) q_atom[i] = chi_atom[i] = phi_atom[i] = 0.0;
+  double mine = 0.0;
   for (size_t a = 0; a < owned.size(); ++a) {
     const int i = owned[a];
     const int e = elem_own[a];
@@ -1647,16 +1895,17 @@ void PairSNAPQEq::tally_energies(const std::vector<double> &e_short)
     const double phi = phi_all[first + a];
     const double elocal = energy0[e] + chi_own[a] * q + 0.5 * hardness[e] * q * q + e_short[a];
     const double ees = 0.5 * q * phi;
+    mine += elocal + ees;
     if (eflag_global) {
-      eng_vdwl += elocal;
-      eng_coul += ees;
+      eng_vdwl += w * elocal;
+      eng_coul += w * ees;
     }
-    if (eflag_atom) eatom[i] += elocal + ees;
-    q_atom[i] = q;
-    chi_atom[i] = chi_own[a];
-    phi_atom[i] = phi;
-    if (atom->q_flag) atom->q[i] = q;
+    if (eflag_atom) eatom[i] += w * (elocal + ees);
+    q_atom[i] += w * q;
+    chi_atom[i] += w * chi_own[a];
+    phi_atom[i] += w * phi;
   }
+  return mine;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -1671,6 +1920,7 @@ double PairSNAPQEq::memory_usage()
                      olcao_nbr.weight.capacity()) *
       sizeof(double);
   if (has_olcao) bytes += 2.0 * nmax_atom * olcao_ncol * sizeof(double);
+  if (n_members > 1) bytes += (nmax_atom + (double) fmember.capacity()) * sizeof(double);
   const double n = chi_all.size();
   bytes += 12.0 * n * sizeof(double);
   bytes += 4.0 * (pair_gi.capacity() + pair_gj.capacity()) + pair_shift.capacity();

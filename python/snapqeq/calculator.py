@@ -11,6 +11,12 @@ beta_i = q_i dchi_i/dB_i, and with a short-range network the adjoint solve of SP
 A model with an OLCAO head also gives per-site potential coefficients A_i (Hartree) with
 their standard deviations, from this call's charges and site potentials; they are computed
 only when asked for (``calc.get_property("potential_coefficients", atoms)``).
+A committee model file (``snapqeq train`` with ``committee: n``) has every member evaluated
+completely (its own chi and charge equilibration); energy, per-atom energies, forces,
+stress, charges and chi are the members' means, and ``results`` add ``energy_std`` (eV),
+``forces_std`` (per atom, eV/Angstrom), ``energies_std`` (per atom, eV) and the members'
+``committee_energy`` / ``committee_forces`` / ``committee_charges``
+(:mod:`snapqeq.committee` defines them), with an optional threshold that warns or stops.
 Units: eV, Angstrom, e.
 """
 
@@ -25,6 +31,7 @@ from ase.calculators.calculator import Calculator, CalculatorSetupError, all_cha
 from snapqeq._electrostatics import GaussianElectrostatics
 from snapqeq._sna import accumulate_pair_forces
 from snapqeq.bispectrum import VOIGT, Bispectrum
+from snapqeq.committee import CommitteeCheck, committee_statistics
 from snapqeq.ewald import Electrostatics
 from snapqeq.export import LoadedModel, load_model
 from snapqeq.guard import Guard
@@ -57,6 +64,13 @@ class SnapQEqCalculator(Calculator):
         bispectrum component leaves the training range; ``"strict"`` raises for all
         three; ``"warn"`` only warns.  A model file without the training envelope (older
         versions) gets the checks it has and one warning saying so.
+    committee_threshold : (float or None, float or None), optional
+        For a committee model file (``snapqeq train`` with ``committee: n``): the largest
+        energy std per atom (eV/atom) and per-atom force std (eV/Angstrom) accepted, None
+        for either to skip it (:class:`snapqeq.committee.CommitteeCheck`).
+    committee_action : {"warn", "stop"}
+        What a spread above ``committee_threshold`` does: a warning, or ValueError naming
+        the threshold and the value.
     **solver_options
         Passed to :func:`snapqeq.qeq.equilibrate` (``method``, ``tol``, ...).
     """
@@ -66,10 +80,14 @@ class SnapQEqCalculator(Calculator):
     #: per-site results of a model with an OLCAO head: (N, D) Hartree, NaN beyond an
     #: element's exponent series (see :attr:`potential_exponents`)
     olcao_properties = ["potential_coefficients", "potential_coefficients_std"]
+    #: results of a committee model file (besides the members' mean as energy, forces,
+    #: stress, charges): energy std (eV), per-atom force std (eV/A) and energy std (eV)
+    committee_properties = ["energy_std", "forces_std", "energies_std"]
 
     def __init__(self, model="model.pt", total_charge: float | None = None,
                  device: str = "cpu", min_distance_factor: float | None = None,
-                 guard: str = "stop", **solver_options):
+                 guard: str = "stop", committee_threshold=None,
+                 committee_action: str = "warn", **solver_options):
         super().__init__()
         self.model = model if isinstance(model, LoadedModel) else load_model(model)
         self.device = torch.device(device)
@@ -88,7 +106,21 @@ class SnapQEqCalculator(Calculator):
         if self.guard.limitations:
             warnings.warn(f"{self.model.path}: {self.guard.limitations}", UserWarning,
                           stacklevel=2)
-        self._last_charges: np.ndarray | None = None
+        #: committee members in the file (1: a single model)
+        self.n_members = self.model.committee
+        self._member_params = [
+            {key: np.asarray(m[key], dtype=float) for key in ("hardness", "widths", "e0")}
+            for m in (meta["members"] if self.n_members > 1
+                      else [{"hardness": meta["hardness"], "widths": meta["widths"],
+                             "e0": meta["e0"]}])]
+        self.committee_check = CommitteeCheck(committee_threshold, committee_action)
+        if self.committee_check.active and self.n_members == 1:
+            raise CalculatorSetupError(f"committee_threshold needs a committee model file; "
+                                       f"{self.model.path} holds a single model")
+        if self.n_members > 1:
+            self.implemented_properties = (list(type(self).implemented_properties)
+                                           + self.committee_properties)
+        self._last_charges: list[np.ndarray | None] = [None] * self.n_members
         self._olcao: SiteFeaturizer | None = None
         self._site_state: tuple | None = None  # (b, q, phi) of the last call, for the head
         if self.model.olcao:
@@ -110,7 +142,7 @@ class SnapQEqCalculator(Calculator):
 
     def reset(self):
         super().reset()
-        self._last_charges = None
+        self._last_charges = [None] * self.n_members
         self._site_state = None
 
     # -------------------------------------------------------------- the physics
@@ -133,28 +165,68 @@ class SnapQEqCalculator(Calculator):
         b = torch.tensor(self.descriptor._with_quadratic(b_lin), device=self.device,
                          requires_grad=True)
         sp = torch.as_tensor(species, device=self.device)
-        chi_t = self.module(b, sp)
+        periodic = bool(np.all(atoms.pbc))
+        members = [self._member(k, atoms, b, b_lin, sp, species, pairs, args, total, periodic)
+                   for k in range(self.n_members)]
+        if self.n_members == 1:
+            out = members[0]
+        else:
+            stats = committee_statistics([m["energies"].sum() for m in members],
+                                         np.array([m["forces"] for m in members]),
+                                         np.array([m["energies"] for m in members]))
+            out = {key: np.mean([m[key] for m in members], axis=0)
+                   for key in ("charges", "electronegativities", "stress", "potential")}
+            out.update(energies=stats["energies"], forces=stats["forces"])
+            self.results["energy_std"] = float(stats["energy_std"])
+            self.results["forces_std"] = stats["forces_std"]
+            self.results["energies_std"] = stats["energies_std"]
+            self.results["committee_energy"] = np.array([m["energies"].sum() for m in members])
+            self.results["committee_forces"] = np.array([m["forces"] for m in members])
+            self.results["committee_charges"] = np.array([m["charges"] for m in members])
+            self.committee_check.check(self.results["energy_std"], stats["forces_std"],
+                                       atoms.get_chemical_symbols())
+
+        energies = out["energies"]
+        self.results["energies"] = energies
+        self.results["energy"] = self.results["free_energy"] = float(energies.sum())
+        self.results["forces"] = out["forces"]
+        self.results["charges"] = out["charges"]
+        self.results["electronegativities"] = out["electronegativities"]
+        if periodic:
+            self.results["stress"] = out["stress"]
+        self._site_state = (b.detach().cpu().numpy(), out["charges"], out["potential"])
+        if set(properties) & set(self.olcao_properties):
+            self._potential_coefficients()
+
+    def _member(self, k, atoms, b, b_lin, sp, species, pairs, args, total, periodic) -> dict:
+        """Energies, forces, stress, charges, chi and potentials of committee member k
+        (the model itself for a single model file) from this call's bispectrum ``b``."""
+        n = len(atoms)
+        single = self.n_members == 1
+        chi_t = self.module(b, sp) if single else self.module.member_chi(k, b, sp)
         chi = chi_t.detach().cpu().numpy().astype(float)
-        hard, wid = self.hardness[species], self.widths[species]
-        warm = self._last_charges if (self._last_charges is not None
-                                      and len(self._last_charges) == n) else None
+        params = self._member_params[k]
+        hard, wid = params["hardness"][species], params["widths"][species]
+        last = self._last_charges[k]
+        warm = last if (last is not None and len(last) == n) else None
         res = equilibrate(atoms, chi, hard, wid, total_charge=total, initial_charges=warm,
                           **self.solver_options)
         q = np.asarray(res.charges, dtype=float)
         phi = np.asarray(res.potential, dtype=float)
-        self._last_charges = q.copy()
+        self._last_charges[k] = q.copy()
 
         # per-atom energies: E_es = q.phi/2 split evenly
-        energies = self.e0[species] + chi * q + 0.5 * hard * q * q + 0.5 * q * phi
+        energies = params["e0"][species] + chi * q + 0.5 * hard * q * q + 0.5 * q * phi
         forces = np.array(res.forces, dtype=float)
-        periodic = bool(np.all(atoms.pbc))
         stress = np.array(res.stress, dtype=float) if periodic and res.stress is not None \
             else np.zeros(6)
         q_t = torch.tensor(q, device=self.device)
         weight = q_t  # dE/dchi_i
         grads = []
         if self.has_short:
-            e_short = self.module.short_energy(b, q_t.requires_grad_(True), sp)
+            q_t.requires_grad_(True)
+            e_short = (self.module.short_energy(b, q_t, sp) if single
+                       else self.module.member_short_energy(k, b, q_t, sp))
             energies = energies + e_short.detach().cpu().numpy()
             ds_dq, ds_db = torch.autograd.grad(e_short.sum(), (q_t, b), retain_graph=True)
             # adjoint solve: [A + J, 1; 1, 0] (mu, nu) = (-dE_short/dq, 0)
@@ -174,17 +246,8 @@ class SnapQEqCalculator(Calculator):
         if periodic:
             sym = 0.5 * (dedstrain + dedstrain.T) / atoms.get_volume()
             stress += np.array([sym[a, c] for a, c in VOIGT])
-
-        self.results["energies"] = energies
-        self.results["energy"] = self.results["free_energy"] = float(energies.sum())
-        self.results["forces"] = forces
-        self.results["charges"] = q
-        self.results["electronegativities"] = chi
-        if periodic:
-            self.results["stress"] = stress
-        self._site_state = (b.detach().cpu().numpy(), q, phi)
-        if set(properties) & set(self.olcao_properties):
-            self._potential_coefficients()
+        return {"energies": energies, "forces": forces, "stress": stress, "charges": q,
+                "electronegativities": chi, "potential": phi}
 
     def _potential_coefficients(self) -> None:
         """Mean and std of the OLCAO coefficients from the last call's B, q and phi."""

@@ -18,6 +18,22 @@ descriptor parameters, hardness, widths, reference energies, unit convention, wh
 short-range network is present, and ``olcao`` (the head's own metadata: feature recipe,
 exponent series, mixture size) or null.  It loads with ``torch.jit.load`` (and libtorch)
 without snapqeq installed; :func:`load_model` adds validation.
+
+A committee file (:func:`export_committee`, written by ``snapqeq train`` with
+``committee: n``) holds n complete models of the same descriptor and elements
+(:class:`ScriptableCommittee`) with the per-member methods
+
+- ``members() -> int``                                     n
+- ``member_chi(k, b, species) -> chi``                     member k's chi (eV/e)
+- ``member_short_energy(k, b, q, species) -> e_short``     member k's short-range energies
+- ``member_hardness(k) / member_widths(k) / member_e0(k)`` member k's J, alpha, E0
+
+and the metadata keys ``committee`` (n; absent or 1 for a single model) and ``members``
+(per member: ``hardness``, ``widths``, ``e0``).  The single-model methods and the
+top-level ``hardness`` / ``widths`` / ``e0`` are those of member 0, so that a reader that
+does not know committees sees member 0, a complete model of its own.  The members share
+the widths (the electrostatics matrix) and whether they have a short-range network; the
+format version stays 1.
 """
 
 from __future__ import annotations
@@ -27,6 +43,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,8 +56,9 @@ from snapqeq.olcao_model import OLCAOModel
 from snapqeq.site_features import energy_model_fingerprint
 
 __all__ = ["ENVELOPE_KEYS", "FORMAT", "FORMAT_VERSION", "METADATA_FILE", "LoadedModel",
-           "ScriptableCENT", "ScriptableCENTWithOLCAO", "build_metadata",
-           "copy_training_envelope", "export_model", "is_training_checkpoint", "load_model"]
+           "ScriptableCENT", "ScriptableCENTWithOLCAO", "ScriptableCommittee", "build_metadata",
+           "copy_training_envelope", "export_committee", "export_model",
+           "is_training_checkpoint", "load_model", "merge_envelopes"]
 
 FORMAT = "snapqeq-model"
 FORMAT_VERSION = 1
@@ -93,6 +111,95 @@ class ScriptableCENTWithOLCAO(ScriptableCENT):
     def potential_coefficients(self, x: torch.Tensor,
                                species: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.olcao(x, species)
+
+
+class ScriptableCommittee(nn.Module):
+    """TorchScript face of a committee of :class:`snapqeq.model.CENT` models (see the
+    module docstring); the single-model methods are member 0's."""
+
+    def __init__(self, models: list[CENT], metadata_json: str):
+        super().__init__()
+        self.committee = nn.ModuleList(models)
+        self.n_members = len(models)
+        self.meta = metadata_json
+
+    @torch.jit.export
+    def members(self) -> int:
+        return self.n_members
+
+    def _check(self, k: int) -> None:
+        if k < 0 or k >= self.n_members:
+            raise ValueError("committee member index out of range")
+
+    @torch.jit.export
+    def member_chi(self, k: int, b: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        self._check(k)
+        out = torch.empty(0, dtype=b.dtype)
+        for i, m in enumerate(self.committee):
+            if i == k:
+                out = m.electronegativity(b, species)
+        return out
+
+    @torch.jit.export
+    def member_short_energy(self, k: int, b: torch.Tensor, q: torch.Tensor,
+                            species: torch.Tensor) -> torch.Tensor:
+        self._check(k)
+        out = torch.empty(0, dtype=b.dtype)
+        for i, m in enumerate(self.committee):
+            if i == k:
+                out = m.short_energy(b, q, species)
+        return out
+
+    @torch.jit.export
+    def member_hardness(self, k: int) -> torch.Tensor:
+        self._check(k)
+        out = torch.empty(0, dtype=torch.float64)
+        for i, m in enumerate(self.committee):
+            if i == k:
+                out = m.hardness()
+        return out
+
+    @torch.jit.export
+    def member_widths(self, k: int) -> torch.Tensor:
+        self._check(k)
+        out = torch.empty(0, dtype=torch.float64)
+        for i, m in enumerate(self.committee):
+            if i == k:
+                out = m.widths
+        return out
+
+    @torch.jit.export
+    def member_e0(self, k: int) -> torch.Tensor:
+        self._check(k)
+        out = torch.empty(0, dtype=torch.float64)
+        for i, m in enumerate(self.committee):
+            if i == k:
+                out = m.e0
+        return out
+
+    def forward(self, b: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        return self.member_chi(0, b, species)
+
+    @torch.jit.export
+    def short_energy(self, b: torch.Tensor, q: torch.Tensor,
+                     species: torch.Tensor) -> torch.Tensor:
+        return self.member_short_energy(0, b, q, species)
+
+    @torch.jit.export
+    def hardness(self) -> torch.Tensor:
+        return self.member_hardness(0)
+
+    @torch.jit.export
+    def widths(self) -> torch.Tensor:
+        return self.member_widths(0)
+
+    @torch.jit.export
+    def e0(self) -> torch.Tensor:
+        return self.member_e0(0)
+
+    @torch.jit.export
+    def metadata(self) -> str:
+        return self.meta
 
 
 def build_metadata(model: CENT, elements: list[str], descriptor: dict,
@@ -165,6 +272,69 @@ def export_model(model: CENT, elements: list[str], descriptor: dict, path: str |
     return write_archive(ScriptableCENTWithOLCAO(model, text, olcao), text, path, overwrite)
 
 
+def merge_envelopes(metadata: list[dict]) -> tuple[dict | None, dict]:
+    """The union of the training envelopes of several model files' metadata (members of a
+    committee trained on different splits): the shortest distance per element pair, the
+    widest bispectrum range per element and component, the widest total-charge range.
+    Returns ``(min_distances, envelope)`` for :func:`export_model` /
+    :func:`export_committee`; a key missing from any file is left out (None)."""
+    def every(key):
+        values = [m.get(key) for m in metadata]
+        return values if values and all(values) else None
+
+    dists = every("min_distances")
+    min_distances = None if dists is None else {
+        pair: min(d[pair] for d in dists) for pair in dists[0] if all(pair in d for d in dists)}
+    ranges = every("descriptor_range")
+    descriptor_range = None if ranges is None else {
+        el: {"min": np.min([r[el]["min"] for r in ranges], axis=0).tolist(),
+             "max": np.max([r[el]["max"] for r in ranges], axis=0).tolist()}
+        for el in ranges[0] if all(el in r for r in ranges)}
+    charges = every("total_charge_range")
+    total = None if charges is None else [min(c[0] for c in charges), max(c[1] for c in charges)]
+    return min_distances, {"descriptor_range": descriptor_range, "total_charge_range": total}
+
+
+def export_committee(models: list[CENT], elements: list[str], descriptor: dict,
+                     path: str | Path, overwrite: bool = False,
+                     min_distances: dict | None = None, envelope: dict | None = None,
+                     training_samples: list | None = None) -> Path:
+    """Write one model file holding a committee of ``models`` (see the module docstring).
+
+    The members must share the elements, the descriptor (so the number of features), the
+    Gaussian widths and the presence of a short-range network; hardness and reference
+    energies may differ.  ``min_distances``, ``envelope`` and ``training_samples`` as in
+    :func:`export_model` (the committee's training envelope, e.g. :func:`merge_envelopes`
+    of the members' files).  A committee of one model is written as a single model file.
+    """
+    models = list(models)
+    if not models:
+        raise ValueError("a committee needs at least one model")
+    if len(models) == 1:
+        return export_model(models[0], elements, descriptor, path, overwrite,
+                            min_distances=min_distances, envelope=envelope,
+                            training_samples=training_samples)
+    first = models[0]
+    for k, m in enumerate(models[1:], start=1):
+        if (m.n_elements, m.n_features, m.has_short) != \
+                (first.n_elements, first.n_features, first.has_short):
+            raise ValueError(f"committee member {k} differs from member 0 in its elements, "
+                             "descriptor size or short-range network")
+        if not torch.equal(m.widths, first.widths):
+            raise ValueError(f"committee member {k} has other Gaussian widths than member 0 "
+                             f"({m.widths.tolist()} vs {first.widths.tolist()}); the members "
+                             "must share them")
+    if envelope is None and training_samples:
+        n_linear = Bispectrum.from_dict(descriptor).n_linear
+        envelope = training_envelope(training_samples, n_linear, list(elements))
+    meta = build_metadata(first, elements, descriptor, min_distances, envelope)
+    meta["committee"] = len(models)
+    meta["members"] = [{"hardness": m.hardness().detach().tolist(), "widths": m.widths.tolist(),
+                        "e0": m.e0.tolist()} for m in models]
+    text = json.dumps(meta)
+    return write_archive(ScriptableCommittee(models, text), text, path, overwrite)
+
+
 ENVELOPE_KEYS = ("min_distances", "descriptor_range", "total_charge_range", "guard")
 
 
@@ -205,6 +375,11 @@ class LoadedModel:
         return list(self.metadata["elements"])
 
     @property
+    def committee(self) -> int:
+        """Number of committee members (1 for a single model)."""
+        return int(self.metadata.get("committee") or 1)
+
+    @property
     def olcao(self) -> dict | None:
         """Metadata of the OLCAO head (recipe, exponents, ...), None without one."""
         return self.metadata.get("olcao")
@@ -234,4 +409,11 @@ def load_model(path: str | Path) -> LoadedModel:
     module, meta = read_archive(path, FORMAT, FORMAT_VERSION, REQUIRED)
     if meta.get("olcao") and not hasattr(module, "potential_coefficients"):
         raise ValueError(f"{path}: metadata announces an OLCAO head the archive lacks")
+    n = meta.get("committee") or 1
+    if n > 1:
+        if not hasattr(module, "member_chi") or len(meta.get("members") or []) != n:
+            raise ValueError(f"{path}: metadata announces a committee of {n} models the "
+                             "archive (or its 'members' list) lacks")
+        if meta.get("olcao"):
+            raise ValueError(f"{path}: a committee file with an OLCAO head is not supported")
     return LoadedModel(module, meta, Path(path))
