@@ -1509,7 +1509,8 @@ snapqeq::SolveStats PairSNAPQEq::solve(int slot, const double *c, double total, 
 void PairSNAPQEq::equilibrate()
 {
   const int n = chi_all.size();
-  setup_electrostatics();
+  // the geometry is the same for every committee member: set up once per step
+  if (member_index == 0) setup_electrostatics();
   if (!logged_setup && comm->me == 0) {
     if (periodic)
       utils::logmesg(lmp, "snapqeq: {} atoms in the charge equilibration, Ewald beta {:.4f}/A, "

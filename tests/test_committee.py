@@ -109,6 +109,9 @@ def test_training_writes_one_committee_file(committee):
     metrics = (committee / "metrics.json").read_text()
     assert "committee_spread" in metrics and "energy std" in (committee /
                                                               "metrics.txt").read_text()
+    # snapqeq export of the committee folder points to the members
+    assert cli_main(["export", str(committee), "--out", str(committee / "x.pt")]) == 2
+    assert not (committee / "x.pt").exists()
 
 
 @pytest.mark.parametrize("structure", ["cluster", "periodic"])
@@ -334,3 +337,23 @@ def test_plugin_refuses_committee_keywords_for_single_models(plugin, committee, 
     _expect_error(setup_commands(data, committee / "model.pt", "f f f", 1.0,
                                  options="committee_action maybe"),
                   "committee_action must be warn or stop", plugin)
+
+
+# ------------------------------------------------------------------------------ README
+def test_readme_snippet_runs_as_written(tmp_path):
+    """The Python block of the README section "Committee uncertainty", run from a folder
+    that looks like the repository root."""
+    import subprocess
+    import sys
+
+    text = (ROOT / "README.md").read_text()
+    section = re.search(r"^## Committee uncertainty\n(.*?)(?=^## )", text, re.S | re.M)
+    (snippet,) = re.findall(r"^```python\n(.*?)^```", section.group(1), re.S | re.M)
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    (tmp_path / "snippet.py").write_text(snippet)
+    proc = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    energy_std, force_std = map(float, proc.stdout.split()[-2:])
+    assert energy_std > 0 and force_std > 0
+    assert load_model(tmp_path / "committee_output" / "model.pt").committee == 2

@@ -92,6 +92,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         what = "does not exist" if not folder.exists() else "has no config.yaml"
         raise ValueError(f"{folder} {what}: pass the output folder of `snapqeq train` "
                          "(it holds config.yaml and checkpoint_best.pt)")
+    committee = (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("committee")
+    if committee and committee > 1:
+        raise ValueError(f"{folder} is the run of a committee of {committee}: its model.pt "
+                         f"holds all members; a member's checkpoint is exported with "
+                         f"`snapqeq export {folder / 'member_0'} --out member.pt`")
     path = export_checkpoint(args.training_dir, args.out, overwrite=args.force,
                              which=args.checkpoint)
     # the training data's envelope (guard) from the run's own model.pt, if it has one

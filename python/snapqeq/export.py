@@ -27,6 +27,7 @@ A committee file (:func:`export_committee`, written by ``snapqeq train`` with
 - ``member_chi(k, b, species) -> chi``                     member k's chi (eV/e)
 - ``member_short_energy(k, b, q, species) -> e_short``     member k's short-range energies
 - ``member_hardness(k) / member_widths(k) / member_e0(k)`` member k's J, alpha, E0
+  (together: ``member_parameters(k)``)
 
 and the metadata keys ``committee`` (n; absent or 1 for a single model) and ``members``
 (per member: ``hardness``, ``widths``, ``e0``).  The single-model methods and the
@@ -151,31 +152,27 @@ class ScriptableCommittee(nn.Module):
         return out
 
     @torch.jit.export
-    def member_hardness(self, k: int) -> torch.Tensor:
+    def member_parameters(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Member k's hardness J (eV/e^2), widths alpha (Angstrom), E0 (eV) per element."""
         self._check(k)
-        out = torch.empty(0, dtype=torch.float64)
+        empty = torch.empty(0, dtype=torch.float64)
+        out = (empty, empty, empty)
         for i, m in enumerate(self.committee):
             if i == k:
-                out = m.hardness()
+                out = (m.hardness(), m.widths, m.e0)
         return out
+
+    @torch.jit.export
+    def member_hardness(self, k: int) -> torch.Tensor:
+        return self.member_parameters(k)[0]
 
     @torch.jit.export
     def member_widths(self, k: int) -> torch.Tensor:
-        self._check(k)
-        out = torch.empty(0, dtype=torch.float64)
-        for i, m in enumerate(self.committee):
-            if i == k:
-                out = m.widths
-        return out
+        return self.member_parameters(k)[1]
 
     @torch.jit.export
     def member_e0(self, k: int) -> torch.Tensor:
-        self._check(k)
-        out = torch.empty(0, dtype=torch.float64)
-        for i, m in enumerate(self.committee):
-            if i == k:
-                out = m.e0
-        return out
+        return self.member_parameters(k)[2]
 
     def forward(self, b: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         return self.member_chi(0, b, species)
