@@ -28,6 +28,12 @@
         not variational for E, which costs one more (adjoint) solve with the same matrix
         (SPEC section 5): A mu = -dE_short/dq on sum mu = 0, beta_i gets mu_i dchi_i/dB_i +
         dE_short_i/dB_i, the electrostatic force gets the bilinear term -mu^T (dA/dr) q.
+   A committee model file (snapqeq.export.export_committee): steps 2-6 for every member
+   (its own chi, hardness, E0, charges, adjoint), step 1 and the electrostatics set-up
+   once; energies, forces, virials and per-atom outputs are tallied with weight 1/n, each
+   member's forces also into an array of its own (ghost parts summed by a reverse
+   communication of this style) for the per-atom force std; energy std from the reduced
+   member energies (snapqeq.committee.committee_statistics).
 ------------------------------------------------------------------------- */
 
 #include "pair_snapqeq.h"

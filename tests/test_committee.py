@@ -237,6 +237,8 @@ def _lammps(plugin, model, atoms, tmp_path, options: str = "") -> dict:
                                          options=options) + [
             "compute virial all pressure NULL virial",
             "compute extras all pair snapqeq",
+            "compute pe_atom all pe/atom",
+            "compute stress_atom all stress/atom NULL virial",
             "fix out all pair 1 snapqeq q 0 force_std 0",
             "thermo_style custom step pe c_virial[*] c_extras[*]", "run 0"])
         n = lmp.extract_global("nlocal")
@@ -248,6 +250,8 @@ def _lammps(plugin, model, atoms, tmp_path, options: str = "") -> dict:
             "forces": lmp.numpy.extract_atom("f")[:n].copy(),
             "charges": lmp.numpy.extract_atom("q")[:n].copy(),
             "fix_q": fix[:, 0], "forces_std": fix[:, 1],
+            "energies": lmp.numpy.extract_compute("pe_atom", 1, 1)[:n].copy(),
+            "virials": -lmp.numpy.extract_compute("stress_atom", 1, 2)[:n].copy() / nktv2p,
             "virial": np.array([lmp.extract_compute("virial", 0, 1)[k] for k in range(6)])
             * volume / nktv2p,
             "extras": np.array([lmp.extract_compute("extras", 0, 1)[k] for k in range(5)]),
@@ -266,9 +270,14 @@ def test_plugin_matches_the_calculator(plugin, committee, tmp_path, structure):
     assert_close(got["forces"], ref["forces"], rtol=RTOL, what="mean forces")
     assert_close(got["charges"], ref["charges"], rtol=RTOL, floor=1e-3, what="mean charges")
     assert_close(got["fix_q"], ref["charges"], rtol=RTOL, floor=1e-3, what="fix q")
+    assert_close(got["energies"], ref["energies"], rtol=RTOL, what="mean per-atom energies")
     assert abs(got["extras"][3] - ref["energy_std"]) < RTOL * ref["energy_std"]
     assert_close(got["forces_std"], ref["forces_std"], rtol=RTOL, what="force std")
     assert abs(got["extras"][4] - ref["forces_std"].max()) < RTOL * ref["forces_std"].max()
+    # the per-atom energies and virials (means over the members) add up to the totals
+    assert abs(got["energies"].sum() - got["energy"]) < 1e-10 * abs(got["energy"])
+    assert np.abs(got["virials"].sum(0) - got["virial"]).max() < 1e-10 * \
+        np.abs(got["virial"]).max()
     if structure == "periodic":
         virial = -ref["stress"] * atoms.get_volume()
         assert np.abs(got["virial"] - virial[VOIGT_TO_LAMMPS]).max() < \
@@ -288,15 +297,17 @@ run 0
 """
 
 
-def test_plugin_mpi_and_threshold_messages(plugin, committee, tmp_path):
+@pytest.mark.parametrize("structure", ["cluster", "periodic"])
+def test_plugin_mpi_and_threshold_messages(plugin, committee, tmp_path, structure):
     """np 1 and np 2 agree (mean energy and forces, charges, spreads); committee_action
     warn prints the calculator's message; stop stops the run."""
-    atoms = _structures()["cluster"]
+    atoms = _structures()[structure]
+    total = float(atoms.info.get("charge", 0.0))
     model = committee / "model.pt"
     ref = _evaluate(_calc(model), atoms)
     per_atom = ref["energy_std"] / len(atoms)
     data = write_data(tmp_path / "mpi.data", atoms)
-    setup = "\n".join(setup_commands(data, model, "f f f", 1.0, options=(
+    setup = "\n".join(setup_commands(data, model, boundary_of(atoms), total, options=(
         f"guard warn committee_threshold {per_atom / 2:.6g} none committee_action warn")))
     threshold = float(f"{per_atom / 2:.6g}")
     with pytest.raises(ValueError) as info:
@@ -319,7 +330,7 @@ def test_plugin_mpi_and_threshold_messages(plugin, committee, tmp_path):
     assert np.abs(d2[:, 1:] - d1[:, 1:]).max() < 1e-10 * np.abs(d1[:, 1:4]).max()
     assert_close(d1[:, 5], ref["forces_std"], rtol=RTOL, what="force std (np 1)")
 
-    _expect_error(setup_commands(data, model, "f f f", 1.0, options=(
+    _expect_error(setup_commands(data, model, boundary_of(atoms), total, options=(
         "guard warn committee_threshold none 1e-6 committee_action stop")) + ["run 0"],
         r"snapqeq committee: force std .* exceeds committee_threshold 1e-06 eV/Angstrom",
         plugin)

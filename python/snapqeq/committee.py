@@ -182,6 +182,7 @@ def train_committee(config):
     largest energy std (meV/atom) and the mean of the largest per-atom force std
     (meV/Angstrom) per structure.  With ``split: random`` the test structures of member 0
     may be training structures of other members: use ``snapqeq test`` on held-out data.
+    ``resume`` continues every member from its own ``checkpoint_last.pt``.
 
     Returns a :class:`snapqeq.training.TrainResult` whose ``model`` is member 0, whose
     ``model_path`` is the committee file, whose ``history`` has the rows of every member
@@ -198,8 +199,6 @@ def train_committee(config):
     if config.olcao is not None:
         raise ValueError("a committee with an OLCAO head is not supported: train the "
                          "OLCAO head on a single model (committee: 1)")
-    if config.resume:
-        raise ValueError("resume is not supported for committees; train again")
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     results = []
