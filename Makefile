@@ -30,8 +30,11 @@ test: install
 demo: install
 	$(PY) examples/demo.py $(if $(FULL),--full,)
 
+# ruff, and the import contracts of .importlinter (layers, no cycles): an import cycle or
+# an import from a higher layer fails
 lint: install
 	$(VENV)/bin/ruff check python tests examples benchmarks
+	$(VENV)/bin/lint-imports
 
 # API reference from the docstrings (Sphinx); any warning fails (tests/test_readme.py runs it)
 docs: install

@@ -29,7 +29,7 @@ from bench_bispectrum import lammps_time  # noqa: E402
 from snapqeq import Bispectrum, SnapQEqCalculator  # noqa: E402
 from snapqeq._sna import set_num_threads  # noqa: E402
 from snapqeq.clusters import nacl_cube  # noqa: E402
-from snapqeq.qeq import DENSE_MAX_ATOMS  # noqa: E402
+from snapqeq.qeq import DENSE_MAX_ATOMS, KERNEL_MAX_PERIODIC  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MASSES = {"Na": 22.99, "Cl": 35.45}
@@ -97,8 +97,8 @@ def calculator_time(atoms, model: Path, repeat: int) -> tuple[float, str]:
     periodic = bool(atoms.pbc.any())
     if len(atoms) <= DENSE_MAX_ATOMS["periodic" if periodic else "free"]:
         method = "dense"
-    else:  # torch conjugate gradients with PME, or the C++ kernel's for clusters
-        method = "cg" if periodic else "kernel"
+    else:  # the C++ kernel's conjugate gradients, or torch's with PME for large cells
+        method = "cg" if periodic and len(atoms) > KERNEL_MAX_PERIODIC else "kernel"
     return min(times), method
 
 

@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from snapqeq.units import BOHR, HARTREE
+
 ROOT = Path(__file__).resolve().parents[1]
-HARTREE, BOHR = 27.211386, 0.529177
 HARDNESS = {"Na": 0.2 * HARTREE, "Cl": 0.1 * HARTREE}
 WIDTHS = {"Na": 1.0 * BOHR, "Cl": 2.0 * BOHR}
 SECTION = "## Charge equilibration (benchmarks/bench_qeq.py)"

@@ -35,8 +35,7 @@ from snapqeq.evaluation import evaluate_structures
 from snapqeq.metrics import Record, compute_metrics, grouped_metrics
 from snapqeq.plots import parity_plot
 from snapqeq.training import TrainConfig, train
-
-BOHR = 0.529177210903  # Angstrom
+from snapqeq.units import BOHR, HARTREE
 
 #: training settings both benchmark recipes share (TrainConfig keys): trainable hardness,
 #: energies, forces and Hirshfeld charges in the loss, cosine learning-rate decay over 300
@@ -111,7 +110,7 @@ def report(system: dict, metrics: dict, sizes: dict, train_s: float,
         lines.append(_row(f"snapqeq, {name}", m))
     for name, (e, f_bohr, q) in system["published"].items():
         f = "-" if f_bohr is None else f"{f_bohr / BOHR:.1f}"
-        lines.append(f"| {name} | | {e:.3f} | {e / 27.211386:.4f} | {f} | "
+        lines.append(f"| {name} | | {e:.3f} | {e / HARTREE:.4f} | {f} | "
                      f"{'-' if q is None else f'{q:.4f}'} |")
     lines += ["", "Published figures: test RMSEs on the full data sets of the papers "
               "(forces converted from meV/bohr); "

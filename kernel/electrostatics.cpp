@@ -494,6 +494,22 @@ static double erfc_inverse(double y) {
   return x;
 }
 
+EwaldParameters ewald_truncation(double beta, double accuracy) {
+  if (!(accuracy > 0.0 && accuracy < 1.0))
+    throw std::invalid_argument("Ewald accuracy must lie in (0, 1)");
+  if (!(beta > 0.0 && std::isfinite(beta)))
+    throw std::invalid_argument("Ewald beta must be positive and finite");
+  // each truncation aims at accuracy/10 because the errors of the many terms near a
+  // cutoff add up
+  const double target = kTruncationSafety * accuracy;
+  EwaldParameters p;
+  p.accuracy = accuracy;
+  p.beta = beta;
+  p.real_cutoff = erfc_inverse(target) / beta;          // erfc(beta r_c) = target
+  p.kcut = 2.0 * std::sqrt(-std::log(target)) * beta;  // exp(-k_c^2 / 4 beta^2) = target
+  return p;
+}
+
 EwaldParameters ewald_parameters(double natoms, double volume, double max_width,
                                  double accuracy, double cutoff) {
   if (!(accuracy > 0.0 && accuracy < 1.0))
@@ -501,28 +517,19 @@ EwaldParameters ewald_parameters(double natoms, double volume, double max_width,
   if (!(volume > 0.0)) throw std::invalid_argument("Ewald sums need a cell of positive volume");
   if (!(max_width > 0.0)) throw std::invalid_argument("Gaussian widths must be positive");
   const double gamma_min = 1.0 / (kSqrt2 * max_width);
-  // each truncation aims at accuracy/10 because the errors of the many terms near a
-  // cutoff add up (the rule of snapqeq.ewald.ewald_parameters, so that an accuracy means
-  // the same cutoffs in Python and in LAMMPS for the same beta)
-  const double target = kTruncationSafety * accuracy;
-  const double s = erfc_inverse(target);      // erfc(beta r_c) = target
-  const double t = std::sqrt(-std::log(target));  // exp(-k_c^2 / 4 beta^2) = target
-  EwaldParameters p;
-  p.accuracy = accuracy;
   if (cutoff > 0.0) {
-    p.beta = s / cutoff;
-    if (p.beta > gamma_min * (1.0 + 1e-12))
+    const double s = ewald_truncation(1.0, accuracy).real_cutoff;  // beta r_c
+    if (s / cutoff > gamma_min * (1.0 + 1e-12))
       throw std::invalid_argument(
           "real-space cutoff " + std::to_string(cutoff) + " A is too short for widths up to " +
           std::to_string(max_width) + " A: it needs at least " +
           std::to_string(s / gamma_min) + " A");
-  } else {
-    p.beta = std::min(gamma_min,
-                      kBetaScale * std::pow(std::max(natoms, 1.0) / (volume * volume), 1.0 / 6.0));
+    return ewald_truncation(s / cutoff, accuracy);
   }
-  p.real_cutoff = s / p.beta;
-  p.kcut = 2.0 * t * p.beta;
-  return p;
+  return ewald_truncation(
+      std::min(gamma_min,
+               kBetaScale * std::pow(std::max(natoms, 1.0) / (volume * volume), 1.0 / 6.0)),
+      accuracy);
 }
 
 Electrostatics::Electrostatics(Communicator* comm) : comm_(comm ? comm : &serial_) {}

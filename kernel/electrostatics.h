@@ -31,7 +31,12 @@
 
 namespace snapqeq {
 
-constexpr double kCoulomb = 14.399645;  // k_e in eV Angstrom / e^2 (SPEC section 3)
+// Physical constants, CODATA 2018 (the edition of snapqeq.units, which tests/test_units.py
+// checks against these through the Cython binding).
+// k_e = e^2/(4 pi eps0) in eV Angstrom / e^2 (e = 1.602176634e-19 C, eps0 = 8.8541878128e-12 F/m)
+constexpr double kCoulomb = 14.399645478425672;
+constexpr double kHartree = 27.211386245988;  // eV
+constexpr double kBohr = 0.529177210903;      // Angstrom
 
 // The collective operations of the kernel.  Every rank calls them in the same order.
 // The defaults are those of a single process; the LAMMPS plugin derives an MPI version.
@@ -52,11 +57,11 @@ class Communicator {
   }
 };
 
-// Ewald parameters of a periodic cell, by the rule of snapqeq.ewald.ewald_parameters: each
-// sum is truncated where its terms fall below eps' = accuracy/10, i.e. the real-space
-// cutoff real_cutoff = erfcinv(eps')/beta and the reciprocal cutoff
-// kcut = 2 beta sqrt(-ln eps'); the relative error of energies and potentials is then
-// below accuracy.
+// Ewald parameters of a periodic cell: the one rule of the project (snapqeq.ewald and the
+// LAMMPS plugin both take their parameters from here).  Each sum is truncated where its
+// terms fall below eps' = accuracy/10, i.e. the real-space cutoff
+// real_cutoff = erfcinv(eps')/beta and the reciprocal cutoff kcut = 2 beta sqrt(-ln eps');
+// the relative error of energies and potentials is then below accuracy.
 struct EwaldParameters {
   double beta = 0.0;         // splitting parameter, 1/Angstrom
   double real_cutoff = 0.0;  // Angstrom
@@ -64,11 +69,15 @@ struct EwaldParameters {
   double accuracy = 0.0;     // relative truncation error the values come from
 };
 
+// The truncation of both sums for a given splitting parameter beta (1/Angstrom, > 0) and
+// accuracy in (0, 1): real_cutoff and kcut as above.
+EwaldParameters ewald_truncation(double beta, double accuracy);
+
 // Ewald parameters for natoms atoms in a cell of volume (Angstrom^3) with largest Gaussian
 // width max_width (Angstrom).  cutoff > 0 fixes the real-space cutoff (beta = s/cutoff;
 // throws std::invalid_argument if that beta would exceed min g = 1/(sqrt(2) max_width));
 // cutoff <= 0 balances the real-space against the reciprocal-space cost,
-// beta ~ (N/V^2)^(1/6), capped at min g.  accuracy in (0, 1).
+// beta = 2.3 (N/V^2)^(1/6), capped at min g.  accuracy in (0, 1).
 EwaldParameters ewald_parameters(double natoms, double volume, double max_width,
                                  double accuracy, double cutoff = 0.0);
 

@@ -136,10 +136,27 @@ def test_kernel_solver_on_a_chain():
     assert kernel.iterations < 60
 
 
+@pytest.mark.parametrize("total", [0.0, 1.0])
+def test_kernel_solver_periodic_matches_dense(total):
+    """Periodic cells through the C++ kernel: the Ewald parameters of the one rule, so
+    charges, energy, forces and stress equal the dense torch solve to the solver tolerance."""
+    atoms = rocksalt()
+    chi = electronegativity(atoms)
+    dense = equilibrate(atoms, chi, HARDNESS, WIDTHS, total, method="dense", tol=1e-12)
+    kernel = equilibrate(atoms, chi, HARDNESS, WIDTHS, total, method="kernel", tol=1e-12)
+    np.testing.assert_allclose(kernel.charges, dense.charges, rtol=0, atol=1e-11)
+    assert abs(kernel.energy - dense.energy) < 1e-11 * abs(dense.energy)
+    np.testing.assert_allclose(kernel.forces, dense.forces, rtol=0,
+                               atol=1e-10 * np.abs(dense.forces).max())
+    np.testing.assert_allclose(kernel.stress, dense.stress, rtol=0,
+                               atol=1e-10 * np.abs(dense.stress).max())
+
+
 def test_kernel_solver_errors():
-    with pytest.raises(ValueError, match="clusters"):
-        equilibrate(rocksalt(), electronegativity(rocksalt()), HARDNESS, WIDTHS,
-                    method="kernel")
+    with pytest.raises(ValueError, match="mixed boundary"):
+        atoms = rocksalt()
+        atoms.pbc = [True, True, False]
+        equilibrate(atoms, electronegativity(atoms), HARDNESS, WIDTHS, method="kernel")
     atoms = cluster(reps=(4, 4, 3))
     with pytest.raises(QEqConvergenceError, match="C\\+\\+ kernel"):
         equilibrate(atoms, electronegativity(atoms), HARDNESS, WIDTHS, method="kernel",

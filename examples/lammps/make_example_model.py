@@ -27,9 +27,7 @@ from snapqeq.export import build_metadata, export_model
 from snapqeq.model import CENT
 from snapqeq.olcao_model import OLCAOModel
 from snapqeq.site_features import FeatureRecipe, energy_model_fingerprint
-
-BOHR = 0.529177210903  # Angstrom
-HARTREE = 27.211386245988  # eV
+from snapqeq.units import BOHR, HARTREE
 
 
 def main(argv: list[str] | None = None) -> Path:

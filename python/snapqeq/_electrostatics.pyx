@@ -4,7 +4,8 @@
 
 The same code runs inside the LAMMPS plugin (``pair_style snapqeq``); here it runs in one
 process, without MPI, and without threads.  Units: Angstrom, e, eV (potentials eV/e,
-forces eV/Angstrom, virials eV); Coulomb constant k_e = 14.399645 eV Angstrom / e^2.
+forces eV/Angstrom, virials eV); Coulomb constant k_e = 14.399645478425672 eV Angstrom /
+e^2 (CODATA 2018, ``COULOMB``).
 
 Physics (SPEC section 5).  Atom i carries a Gaussian charge of width alpha_i; the
 electrostatic energy is E_es = 1/2 q^T A q with
@@ -15,9 +16,10 @@ electrostatic energy is E_es = 1/2 q^T A q with
   self energy, and a uniform background for net-charged cells, so the result does not
   depend on the splitting parameter beta <= min g_ij).  The real space runs over a pair
   list inside the real-space cutoff, the reciprocal space over the Ewald k vectors with
-  |k| <= kcut.  ``accuracy`` bounds the relative truncation error of both sums, by the
-  rule of :func:`snapqeq.ewald.ewald_parameters`: with eps' = accuracy / 10,
-  cutoff = erfcinv(eps') / beta and kcut = 2 beta sqrt(-ln eps').
+  |k| <= kcut.  ``accuracy`` bounds the relative truncation error of both sums: with
+  eps' = accuracy / 10, cutoff = erfcinv(eps') / beta and kcut = 2 beta sqrt(-ln eps').
+  This is the project's one Ewald parameter rule: :func:`snapqeq.ewald.ewald_parameters`
+  and the LAMMPS plugin take beta and both cutoffs from here.
 
 API
 ---
@@ -26,6 +28,13 @@ API
     ``accuracy``: the values the class below uses.  Without ``cutoff`` beta balances the
     real-space against the reciprocal-space work, beta ~ (N/V^2)^(1/6); with a cutoff,
     beta = erfcinv(accuracy / 10) / cutoff (which must not exceed min g).
+
+``ewald_truncation(beta, accuracy=1e-6)``
+    the same dict for a given beta (the two cutoffs of the rule above).
+
+``COULOMB``, ``HARTREE``, ``BOHR``
+    the kernel's constants (eV Angstrom / e^2, eV, Angstrom; CODATA 2018, as
+    :mod:`snapqeq.units`).
 
 ``GaussianElectrostatics(positions, cell, widths, i=None, j=None, vectors=None, *,
 shifts=None, accuracy=1e-6, cutoff=None, full_list=True)``
@@ -94,6 +103,10 @@ cdef extern from "electrostatics.h" namespace "snapqeq" nogil:
 
     EwaldParameters c_ewald_parameters "snapqeq::ewald_parameters" (
         double, double, double, double, double) except +
+    EwaldParameters c_ewald_truncation "snapqeq::ewald_truncation" (double, double) except +
+    const double kCoulomb "snapqeq::kCoulomb"
+    const double kHartree "snapqeq::kHartree"
+    const double kBohr "snapqeq::kBohr"
 
     cdef cppclass PairList:
         long size
@@ -142,6 +155,24 @@ def _widths(widths, n):
     return w
 
 
+#: the kernel's physical constants (kernel/electrostatics.h, CODATA 2018): k_e in
+#: eV Angstrom / e^2, the Hartree in eV, the bohr in Angstrom; tests/test_units.py checks
+#: them against snapqeq.units
+COULOMB = kCoulomb
+HARTREE = kHartree
+BOHR = kBohr
+
+
+cdef dict _parameters_dict(EwaldParameters p):
+    return {"beta": p.beta, "cutoff": p.real_cutoff, "kcut": p.kcut, "accuracy": p.accuracy}
+
+
+def ewald_truncation(beta, accuracy=1e-6):
+    """Real-space and reciprocal cutoffs for the splitting parameter ``beta`` (1/Angstrom):
+    the dict of :func:`ewald_parameters` for a given beta."""
+    return _parameters_dict(c_ewald_truncation(float(beta), float(accuracy)))
+
+
 def ewald_parameters(n_atoms, cell, widths, accuracy=1e-6, cutoff=None):
     """Ewald parameters (beta, cutoff, kcut, accuracy) for a periodic cell; see the module
     docstring."""
@@ -149,10 +180,9 @@ def ewald_parameters(n_atoms, cell, widths, accuracy=1e-6, cutoff=None):
     w = np.asarray(widths, dtype=np.float64).reshape(-1)
     if w.size == 0 or not np.all(w > 0.0):
         raise ValueError("Gaussian widths must be positive")
-    cdef EwaldParameters p = c_ewald_parameters(float(n_atoms), abs(float(np.linalg.det(c))),
-                                                float(w.max()), float(accuracy),
-                                                0.0 if cutoff is None else float(cutoff))
-    return {"beta": p.beta, "cutoff": p.real_cutoff, "kcut": p.kcut, "accuracy": p.accuracy}
+    return _parameters_dict(c_ewald_parameters(float(n_atoms), abs(float(np.linalg.det(c))),
+                                               float(w.max()), float(accuracy),
+                                               0.0 if cutoff is None else float(cutoff)))
 
 
 cdef class GaussianElectrostatics:

@@ -15,6 +15,7 @@ from ase import Atoms
 
 from snapqeq._sna import SNAKernel, accumulate_pair_forces
 from snapqeq.neighbors import PairList, build_pairs, check_geometry, csr_offsets
+from snapqeq.snap_files import read_snapcoeff, read_snapparam
 
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))  # xx yy zz yz xz xy
 #: Keys of :meth:`Bispectrum.to_dict` (LAMMPS ``compute sna/atom`` keyword names).
@@ -362,15 +363,13 @@ class Bispectrum:
     @classmethod
     def from_snapparam(cls, param_file, coeff_file) -> Bispectrum:
         """The descriptor of a LAMMPS SNAP potential (``.snapparam`` + ``.snapcoeff``)."""
-        from snapqeq.snap import read_snapcoeff, read_snapparam
-
         params = read_snapparam(param_file)
         coeff = read_snapcoeff(coeff_file)
         return cls.from_snap(params, coeff)
 
     @classmethod
     def from_snap(cls, params: dict, coeff) -> Bispectrum:
-        """Build from parsed SNAP parameter and coefficient files (see snapqeq.snap)."""
+        """Build from parsed SNAP parameter and coefficient files (see snapqeq.snap_files)."""
         keywords = {k: params[k] for k in (
             "rfac0", "rmin0", "switchflag", "bzeroflag", "quadraticflag", "chemflag",
             "bnormflag", "wselfallflag", "switchinnerflag") if k in params}

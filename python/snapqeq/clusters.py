@@ -49,6 +49,8 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation
 from ase.optimize import FIRE
 
+from snapqeq.units import COULOMB as COULOMB_CONSTANT  # k_e, eV Angstrom / e^2
+
 try:  # ASE >= 3.29
     from ase.md.velocitydistribution import thermalize_momenta
 except ImportError:  # pragma: no cover
@@ -78,9 +80,6 @@ NA, CL = 11, 17
 
 #: Cluster sizes of the CENT paper: 8 to 80 atoms in steps of 4 (N/2 Na + N/2 Cl).
 CLUSTER_SIZES: tuple[int, ...] = tuple(range(8, 81, 4))
-
-#: Coulomb constant k_e in eV Å / e² (SPEC §3).
-COULOMB_CONSTANT = 14.399645
 
 #: Experimental rock-salt lattice constant of bulk NaCl (Å).
 NACL_BULK_LATTICE = 5.64

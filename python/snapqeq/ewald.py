@@ -31,7 +31,7 @@ positions, cell and widths.
 geometry (sparse matrices, no autograd) for iterative solvers, and the dense matrix for
 small systems.
 
-Units: Angstrom, e, eV; k_e = 14.399645 eV Angstrom / e^2.
+Units: Angstrom, e, eV; k_e = :data:`snapqeq.units.COULOMB` eV Angstrom / e^2.
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ import torch
 import vesin
 from torch import Tensor
 
+from snapqeq._electrostatics import ewald_parameters as kernel_ewald_parameters
+from snapqeq._electrostatics import ewald_truncation as kernel_ewald_truncation
+from snapqeq.units import COULOMB
+
 __all__ = [
     "COULOMB",
     "DEFAULT_ACCURACY",
@@ -54,16 +58,15 @@ __all__ = [
     "Electrostatics",
     "bspline_modulus",
     "bspline_weights",
+    "check_structure",
     "electrostatic_energy",
     "ewald_parameters",
     "fft_size",
+    "half_pairs",
     "reciprocal_norms",
     "spline_weights",
     "spreading_matrix",
 ]
-
-COULOMB = 14.399645
-"""Coulomb constant k_e in eV Angstrom / e^2 (SPEC §3)."""
 
 MIN_DISTANCE = 0.1
 """Closest allowed approach of two atoms (or of an atom and its own image), Angstrom.
@@ -74,8 +77,10 @@ they are nevertheless rejected because they always mean a broken structure."""
 DEFAULT_ACCURACY = 1e-6
 """Default truncation target of the Ewald sums (relative; see :func:`ewald_parameters`)."""
 
-EWALD_MAX_ATOMS = 400
-"""``kspace="auto"`` uses the direct k-sum up to this many atoms and PME above."""
+EWALD_MAX_ATOMS = 2000
+"""``kspace="auto"`` uses the direct k-sum up to this many atoms and PME above: with the
+kernel's parameters, the direct sum gives the LAMMPS plugin's numbers to round-off (the
+torch PME at 10k atoms would be ~9x slower with them, measured)."""
 
 PME_ORDERS = (4, 6, 8)
 """Supported B-spline orders of PME; by default the cheapest for the accuracy (see
@@ -140,11 +145,13 @@ def fft_size(n: float, minimum: int = 1) -> int:
 _PME_ERROR = {4: 3e-4, 6: 1.5e-5, 8: 1e-6}
 
 
+# PME grids aim at an interpolation error of accuracy / 10, as the truncations do
+_PME_SAFETY = 0.1
+
 # Measured single-core costs (seconds) of one equilibration with PME: set-up, ~20
 # conjugate-gradient products and the forces, per real-space pair (neighbour list,
 # kernel, sparse products), per PME grid point (influence function, FFTs) and per spline
 # weight (N p^3: weights, spreading, interpolation). They set beta and the order.
-_SAFETY = 0.1
 _COST_PER_PAIR = 7e-7
 _COST_PER_GRID_POINT = 6e-7
 _COST_PER_WEIGHT = 9e-8
@@ -165,21 +172,30 @@ def ewald_parameters(cell, widths, n_atoms: int, accuracy: float = DEFAULT_ACCUR
                      order: int | None = None) -> EwaldParameters:
     """Choose the Ewald parameters for a periodic cell.
 
-    Rule (eps = ``accuracy``):
+    beta, the real-space cutoff r_c and the reciprocal cutoff k_c come from the C++ kernel
+    (:func:`snapqeq._electrostatics.ewald_parameters` and ``ewald_truncation``), the one
+    rule that the LAMMPS plugin applies as well (eps = ``accuracy``):
 
-    - beta: for the direct sum the classical optimum sqrt(pi) (N / V^2)^(1/6); for PME
-      (together with the order) the minimum of an estimated run time, measured cost per
-      real-space pair times N rho (2 pi / 3) r_c^3, plus cost per grid point times the
-      grid size, plus cost per spline weight times N p^3; in both cases capped at
-      min gamma_ij = 1 / (sqrt(2) max alpha), as SPEC §5 requires.
-    - each truncation below aims at eps' = eps / 10, because the errors of the many terms
-      near a cutoff add up;
-    - real cutoff r_c with erfc(beta r_c) = eps', so the neglected real-space kernel
-      [erfc(beta r) - erfc(gamma r)] / r < eps' / r.
-    - reciprocal cutoff k_c = 2 beta sqrt(-ln eps'), so exp(-k^2 / 4 beta^2) < eps' beyond.
-    - PME grid: K_d >= s * k_c |a_d| / pi points along cell vector a_d, rounded up to a
-      2-3-5 FFT size, at least 2 * order; the oversampling s = (c_p / eps')^(1/p) (>= 1)
-      comes from the measured interpolation error c_p s^-p of order-p B-splines.
+    - each truncation aims at eps' = eps / 10, because the errors of the many terms near a
+      cutoff add up: r_c with erfc(beta r_c) = eps' (the neglected real-space kernel
+      [erfc(beta r) - erfc(gamma r)] / r < eps' / r) and k_c = 2 beta sqrt(-ln eps'), so
+      exp(-k^2 / 4 beta^2) < eps' beyond;
+    - beta: the kernel's balance of real- against reciprocal-space work of the direct sum,
+      2.3 (N / V^2)^(1/6), capped at min gamma_ij = 1 / (sqrt(2) max alpha) as SPEC §5
+      requires. The direct sum (``kspace="ewald"``, and ``"auto"`` up to
+      :data:`EWALD_MAX_ATOMS` atoms) always uses it, so its energies, potentials, forces and
+      stresses are those of the plugin to round-off.
+    - PME (``kspace="pme"``) without a given beta picks beta (and the B-spline order) that
+      minimise its estimated run time, measured cost per real-space pair times
+      N rho (2 pi / 3) r_c^3, plus cost per grid point times the grid size, plus cost per
+      spline weight times N p^3, with r_c and k_c of that beta from the kernel's
+      truncation: the direct-sum beta makes the real space ~10x too expensive for this
+      path at 10k atoms (r_c 21.7 instead of 8.9 Angstrom). Such sums agree with the
+      plugin's to their truncation error (~accuracy / 10), not to round-off.
+    - PME grid, derived from k_c of that beta: K_d >= s * k_c |a_d| / pi points along cell
+      vector a_d, rounded up to a 2-3-5 FFT size, at least 2 * order; the oversampling
+      s = (c_p / eps')^(1/p) (>= 1) comes from the measured interpolation error c_p s^-p of
+      order-p B-splines.
 
     With these choices the relative error of energies and potentials is below eps
     (checked in the tests against converged sums; typically eps / 10 to eps / 2).
@@ -213,35 +229,34 @@ def ewald_parameters(cell, widths, n_atoms: int, accuracy: float = DEFAULT_ACCUR
     if kspace == "auto":
         kspace = "ewald" if n_atoms <= EWALD_MAX_ATOMS else "pme"
     gamma_min = 1.0 / (math.sqrt(2.0) * float(widths.max()))
-    # each truncation aims at eps / 10: the errors of the many terms near the cutoffs add up
-    target = _SAFETY * accuracy
-    s = float(scipy.special.erfcinv(target))
-    t = math.sqrt(-math.log(target))
+    target = _PME_SAFETY * accuracy
     lengths = np.linalg.norm(cell, axis=1)
     if beta is not None and not 0.0 < beta <= gamma_min * (1.0 + 1e-12):
         raise ValueError(f"beta = {beta} must be in (0, min gamma = {gamma_min:.6g}] 1/Angstrom")
     if beta is None and kspace == "ewald":
-        beta = min(_SQRT_PI * (max(n_atoms, 1) / volume**2) ** (1.0 / 6.0), gamma_min)
+        rule = kernel_ewald_parameters(max(n_atoms, 1), cell, widths, accuracy)
+    else:
+        if kspace == "pme":  # the cheapest beta and order, truncated by the kernel's rule
+            unit = kernel_ewald_truncation(1.0, accuracy)  # r_c = s / beta, k_c = 2 t beta
 
-    def cost(b: float, p: int) -> float:
-        pairs = n_atoms**2 / volume * (2.0 * math.pi / 3.0) * (s / b) ** 3
-        ngrid = math.prod(_pme_grid(lengths, 2.0 * b * t, target, p))
-        return (_COST_PER_PAIR * pairs + _COST_PER_GRID_POINT * ngrid
-                + _COST_PER_WEIGHT * n_atoms * p**3)
+            def cost(b: float, p: int) -> float:
+                pairs = n_atoms**2 / volume * (2.0 * math.pi / 3.0) * (unit["cutoff"] / b) ** 3
+                ngrid = math.prod(_pme_grid(lengths, unit["kcut"] * b, target, p))
+                return (_COST_PER_PAIR * pairs + _COST_PER_GRID_POINT * ngrid
+                        + _COST_PER_WEIGHT * n_atoms * p**3)
 
-    if kspace == "pme":
-        betas = [beta] if beta is not None else [
-            b for b in gamma_min * np.geomspace(0.1, 1.0, 41) if s / b <= 40.0] or [gamma_min]
-        orders = [order] if order is not None else PME_ORDERS
-        beta, order = min(((float(b), p) for b in betas for p in orders),
-                          key=lambda bp: cost(*bp))
-    cutoff = s / beta
-    kcut = 2.0 * beta * t
+            betas = [beta] if beta is not None else [
+                b for b in gamma_min * np.geomspace(0.1, 1.0, 41)
+                if unit["cutoff"] / b <= 40.0] or [gamma_min]
+            orders = [order] if order is not None else PME_ORDERS
+            beta, order = min(((float(b), p) for b in betas for p in orders),
+                              key=lambda bp: cost(*bp))
+        rule = kernel_ewald_truncation(beta, accuracy)
     order = PME_ORDERS[1] if order is None else order
-    grid = _pme_grid(lengths, kcut, target, order)
-    return EwaldParameters(beta=float(beta), cutoff=float(cutoff), kspace=kspace,
-                           kcut=float(kcut), grid=grid, order=int(order),
-                           accuracy=float(accuracy))
+    grid = _pme_grid(lengths, rule["kcut"], target, order)
+    return EwaldParameters(beta=float(rule["beta"]), cutoff=float(rule["cutoff"]),
+                           kspace=kspace, kcut=float(rule["kcut"]), grid=grid,
+                           order=int(order), accuracy=float(accuracy))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -385,8 +400,31 @@ def rfft_multiplicity(k3: int) -> Tensor:
     return mult
 
 
-def _self_gamma(widths: Tensor) -> Tensor:
-    return 1.0 / (math.sqrt(2.0) * widths)
+def _self_coefficient(widths, beta: float = 0.0):
+    """c_i = k_e (gamma_ii - beta) / sqrt(pi) (eV/e^2), gamma_ii = 1 / (sqrt(2) alpha_i): the
+    Gaussian self energy, less the beta part of the Ewald split for periodic cells
+    (beta = 0: free boundaries). E_self = sum_i c_i q_i^2, so it adds 2 c_i q_i to phi_i and
+    2 c_i to A_ii. widths: (N,) tensor or ndarray (Angstrom)."""
+    return COULOMB / _SQRT_PI * (1.0 / (math.sqrt(2.0) * widths) - beta)
+
+
+def _background(q, widths, volume, beta: float, diagonal: bool = False):
+    """Uniform-background term of the Ewald sum of a net charge: phi_bg = B q (eV/e) with
+    B_ij = -(pi k_e / V) (1 / beta^2 - alpha_i^2 - alpha_j^2) and E_bg = q . B q / 2.
+
+    q: (N,) charges (e), or (N, M) columns (the identity gives the matrix B); widths alpha
+    (N,) Angstrom; volume V (Angstrom^3, float or tensor). Tensors or ndarrays alike,
+    differentiable in all tensor arguments. ``diagonal=True`` returns B_ii instead (q is
+    then ignored). E_bg depends on the cell only through 1/V, so dE_bg/d strain =
+    -E_bg * identity."""
+    w2 = widths * widths
+    scale = -math.pi * COULOMB / volume
+    if diagonal:
+        return scale * (1.0 / beta**2 - 2.0 * w2)
+    total = q.sum(0)
+    if q.ndim == 1:
+        return scale * (total / beta**2 - w2 @ q - w2 * total)
+    return scale * (total[None, :] / beta**2 - (w2 @ q)[None, :] - w2[:, None] * total[None, :])
 
 
 def _check_geometry(positions: np.ndarray, cell: np.ndarray, periodic: bool,
@@ -417,8 +455,10 @@ def _check_geometry(positions: np.ndarray, cell: np.ndarray, periodic: bool,
                              f"overlap their own images")
 
 
-def _pairs(positions: np.ndarray, cell: np.ndarray, periodic: bool, cutoff: float):
-    """Half neighbour list (each pair and each +-image pair once) from vesin."""
+def half_pairs(positions: np.ndarray, cell: np.ndarray, periodic: bool, cutoff: float):
+    """Half neighbour list from vesin: each pair and each +-image pair once within
+    ``cutoff`` (Angstrom). Returns i, j (int64), the integer cell shifts S (float, (P, 3))
+    and the displacements r_j + S cell - r_i (P, 3)."""
     box = cell if periodic else np.zeros((3, 3))
     nl = vesin.NeighborList(cutoff=float(cutoff), full_list=False)
     i, j, s, d = nl.compute(positions, box, bool(periodic), quantities="ijSD", copy=True)
@@ -428,7 +468,7 @@ def _pairs(positions: np.ndarray, cell: np.ndarray, periodic: bool, cutoff: floa
 def _check_min_distance(positions: np.ndarray, cell: np.ndarray, periodic: bool) -> None:
     # vesin's cell grid follows the cutoff: searching at 0.1 Angstrom directly would build
     # ~1e6 cells for a 20 Angstrom cluster (7 ms); search at 1 Angstrom and filter instead
-    i, j, _, d = _pairs(positions, cell, periodic, max(MIN_DISTANCE, 1.0))
+    i, j, _, d = half_pairs(positions, cell, periodic, max(MIN_DISTANCE, 1.0))
     r = np.linalg.norm(d, axis=1)
     close = r < MIN_DISTANCE
     if np.any(close):
@@ -437,6 +477,29 @@ def _check_min_distance(positions: np.ndarray, cell: np.ndarray, periodic: bool)
         raise ValueError(f"atoms {int(i[k])} and {int(j[k])} are {r[k]:.3g} Angstrom apart "
                          f"(< {MIN_DISTANCE} Angstrom, including periodic images): "
                          f"overlapping atoms; fix the structure")
+
+
+def _periodic(pbc) -> bool:
+    pbc_arr = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+    if pbc_arr.any() and not pbc_arr.all():
+        raise ValueError(f"mixed boundary conditions pbc={pbc_arr.tolist()} are not "
+                         f"supported; use all True (periodic) or all False (cluster)")
+    return bool(pbc_arr.all())
+
+
+def check_structure(positions, cell, pbc, widths) -> None:
+    """The input checks of :class:`Electrostatics` (ValueError with a message naming the
+    atoms): positions (N, 3) finite, widths (N,) finite and > 0 Angstrom, pbc all True or
+    all False, a periodic cell finite, not singular and not thinner than
+    :data:`MIN_DISTANCE`, and no two atoms (or an atom and its image) closer than
+    :data:`MIN_DISTANCE`. Also used before the C++ kernel, which assumes valid input."""
+    periodic = _periodic(pbc)
+    positions = np.asarray(positions, dtype=np.float64)
+    widths = np.asarray(widths, dtype=np.float64)
+    cell = np.asarray(cell, dtype=np.float64) if periodic else np.zeros((3, 3))
+    _check_geometry(positions, cell, periodic, widths)
+    if len(positions):
+        _check_min_distance(positions, cell, periodic)
 
 
 # --------------------------------------------------------------------------- main class
@@ -473,30 +536,24 @@ class Electrostatics:
 
     def __init__(self, positions, cell, pbc, widths, *, accuracy: float = DEFAULT_ACCURACY,
                  kspace: str = "auto", parameters: EwaldParameters | None = None):
-        pbc_arr = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
-        if pbc_arr.any() and not pbc_arr.all():
-            raise ValueError(f"mixed boundary conditions pbc={pbc_arr.tolist()} are not "
-                             f"supported; use all True (periodic) or all False (cluster)")
-        self.periodic = bool(pbc_arr.all())
+        self.periodic = _periodic(pbc)
         pos = _tensor(positions).detach().clone()
         wid = _tensor(widths).detach().clone()
         cel = (_tensor(cell).detach().clone().reshape(3, 3) if self.periodic
                else torch.zeros(3, 3, dtype=_F64))
         pos_np, cell_np, wid_np = pos.numpy(), cel.numpy(), wid.numpy()
-        _check_geometry(pos_np, cell_np, self.periodic, wid_np)
+        check_structure(pos_np, cell_np, self.periodic, wid_np)
         self.n_atoms = len(pos_np)
         self.positions, self.cell, self.widths = pos, cel, wid
         self.parameters: EwaldParameters | None = None
         self.volume = abs(float(np.linalg.det(cell_np))) if self.periodic else math.inf
-        if self.n_atoms:
-            _check_min_distance(pos_np, cell_np, self.periodic)
         if self.periodic:
             if parameters is None:
                 parameters = ewald_parameters(cell_np, wid_np, self.n_atoms, accuracy, kspace)
             elif parameters.beta > 1.0 / (math.sqrt(2.0) * wid_np.max()) * (1 + 1e-12):
                 raise ValueError("parameters.beta exceeds min gamma of these widths")
             self.parameters = parameters
-            i, j, s, _ = _pairs(pos_np, cell_np, True, parameters.cutoff)
+            i, j, s, _ = half_pairs(pos_np, cell_np, True, parameters.cutoff)
             self._i, self._j = torch.from_numpy(i), torch.from_numpy(j)
             self._shift = torch.from_numpy(s)
             if parameters.kspace == "ewald":
@@ -534,13 +591,10 @@ class Electrostatics:
         if not self.periodic:
             return self._free_energy(q, pos, wid)
         p = self.parameters
-        gamma = _self_gamma(wid)
         e = self._real_energy(q, pos, cel, wid)
-        e = e + COULOMB / _SQRT_PI * torch.sum(q * q * (gamma - p.beta))
+        e = e + torch.sum(_self_coefficient(wid, p.beta) * q * q)
         volume = torch.abs(torch.linalg.det(cel))
-        total = q.sum()
-        e = e - math.pi * COULOMB / (2.0 * volume) * (
-            total * total / p.beta**2 - 2.0 * total * torch.sum(q * wid * wid))
+        e = e + 0.5 * torch.dot(q, _background(q, wid, volume, p.beta))
         if p.kspace == "pme":
             e = e + self._pme_energy(q, pos, cel)
         else:
@@ -560,13 +614,10 @@ class Electrostatics:
         if not self.periodic:
             return self._free_potential(q, pos, wid)
         p = self.parameters
-        gamma = _self_gamma(wid)
         phi = self._real_potential(q, pos, cel, wid)
-        phi = phi + 2.0 * COULOMB / _SQRT_PI * (gamma - p.beta) * q
+        phi = phi + 2.0 * _self_coefficient(wid, p.beta) * q
         volume = torch.abs(torch.linalg.det(cel))
-        total = q.sum()
-        phi = phi - math.pi * COULOMB / volume * (
-            total / p.beta**2 - torch.sum(q * wid * wid) - total * wid * wid)
+        phi = phi + _background(q, wid, volume, p.beta)
         if p.kspace == "pme":
             phi = phi + self._pme_potential(q, pos, cel)
         else:
@@ -589,9 +640,7 @@ class Electrostatics:
             return self._free_potential_blocks(q)
         qn = q.numpy()
         phi = f["real"] @ qn + f["diag"] * qn
-        total = float(qn.sum())
-        phi -= f["bg_scale"] * (total / self.parameters.beta**2 - float(qn @ f["w2"])
-                                - total * f["w2"])
+        phi += _background(qn, f["widths"], self.volume, self.parameters.beta)
         if self.parameters.kspace == "pme":
             grid = torch.from_numpy(f["spread"].T @ qn).reshape(self.parameters.grid)
             pot = torch.fft.irfftn(f["theta"] * torch.fft.rfftn(grid), s=self.parameters.grid)
@@ -613,10 +662,10 @@ class Electrostatics:
         if "dense" in f:
             return torch.diagonal(f["dense"]).clone()
         if not self.periodic:
-            return 2.0 * COULOMB / _SQRT_PI * _self_gamma(self.widths)
+            return 2.0 * _self_coefficient(self.widths)
         p = self.parameters
         d = f["real"].diagonal() + f["diag"]
-        d = d - f["bg_scale"] * (1.0 / p.beta**2 - 2.0 * f["w2"])
+        d = d + _background(None, f["widths"], self.volume, p.beta, diagonal=True)
         if p.kspace == "ewald":
             c, s, fk = f["cos"], f["sin"], f["fk"]
             d = d + (c * c) @ fk + (s * s) @ fk
@@ -645,10 +694,8 @@ class Electrostatics:
         v = self._real_kernel(self.positions, self.cell, self.widths)
         a.index_put_((self._i, self._j), v, accumulate=True)
         a.index_put_((self._j, self._i), v, accumulate=True)
-        gamma = _self_gamma(self.widths)
-        a.diagonal().add_(2.0 * COULOMB / _SQRT_PI * (gamma - p.beta))
-        w2 = self.widths**2
-        a -= math.pi * COULOMB / self.volume * (1.0 / p.beta**2 - w2[:, None] - w2[None, :])
+        a.diagonal().add_(2.0 * _self_coefficient(self.widths, p.beta))
+        a += _background(torch.eye(n, dtype=_F64), self.widths, self.volume, p.beta)
         mvec = self._mvec if p.kspace == "ewald" else self._kvectors(self.cell.numpy(), p.kcut)
         recip = torch.linalg.inv(self.cell).T
         for k0 in range(0, len(mvec), max(1, _BLOCK // max(n, 1))):
@@ -677,11 +724,8 @@ class Electrostatics:
             return e.detach(), -grad, None
         p = self.parameters
         e, forces, virial = self._real_forces_virial(q)
-        gamma = _self_gamma(self.widths)
-        e = e + COULOMB / _SQRT_PI * float(torch.sum(q * q * (gamma - p.beta)))
-        total = float(q.sum())
-        e_bg = -math.pi * COULOMB / (2.0 * self.volume) * (
-            total * total / p.beta**2 - 2.0 * total * float(torch.sum(q * self.widths**2)))
+        e = e + float(torch.sum(_self_coefficient(self.widths, p.beta) * q * q))
+        e_bg = 0.5 * float(torch.dot(q, _background(q, self.widths, self.volume, p.beta)))
         virial -= e_bg * np.eye(3)  # E_bg ~ 1/V
         e += e_bg
         e_rec, f_rec, v_rec = (self._pme_forces_virial(q) if p.kspace == "pme"
@@ -752,14 +796,14 @@ class Electrostatics:
         return [(a, min(a + step, self.n_atoms)) for a in range(0, self.n_atoms, step)]
 
     def _free_energy(self, q, pos, wid) -> Tensor:
-        e = COULOMB / _SQRT_PI * torch.sum(_self_gamma(wid) * q * q)
+        e = torch.sum(_self_coefficient(wid) * q * q)
         for r0, r1 in self._rows():
             e = e + 0.5 * torch.sum(q[r0:r1] * (self._free_block(pos, wid, r0, r1) @ q))
         return e
 
     def _free_potential(self, q, pos, wid) -> Tensor:
         rows = [self._free_block(pos, wid, r0, r1) @ q for r0, r1 in self._rows()]
-        return torch.cat(rows) + 2.0 * COULOMB / _SQRT_PI * _self_gamma(wid) * q
+        return torch.cat(rows) + 2.0 * _self_coefficient(wid) * q
 
     def _free_potential_blocks(self, q: Tensor) -> Tensor:
         return self._free_potential(q, self.positions, self.widths)
@@ -767,7 +811,7 @@ class Electrostatics:
     def _free_matrix(self) -> Tensor:
         a = torch.cat([self._free_block(self.positions, self.widths, r0, r1)
                        for r0, r1 in self._rows()])
-        a.diagonal().add_(2.0 * COULOMB / _SQRT_PI * _self_gamma(self.widths))
+        a.diagonal().add_(2.0 * _self_coefficient(self.widths))
         return a
 
     # direct reciprocal sum
@@ -942,10 +986,8 @@ class Electrostatics:
         f["real"] = scipy.sparse.csr_matrix(
             (np.concatenate([v, v]), (np.concatenate([i, j]), np.concatenate([j, i]))),
             shape=(n, n))
-        gamma = _self_gamma(self.widths).numpy()
-        f["diag"] = 2.0 * COULOMB / _SQRT_PI * (gamma - p.beta)
-        f["w2"] = (self.widths**2).numpy()
-        f["bg_scale"] = math.pi * COULOMB / self.volume
+        f["widths"] = self.widths.numpy()
+        f["diag"] = 2.0 * _self_coefficient(f["widths"], p.beta)
         if p.kspace == "pme":
             f["spread"] = spreading_matrix(self.positions, self.cell, p.grid, p.order)
             f["theta"] = 2.0 * math.prod(p.grid) * self._pme_influence(self.cell)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-HARTREE = 27.211386245988  # eV
+from snapqeq.units import HARTREE  # eV
 
 
 @dataclass

@@ -96,6 +96,8 @@ from ase import Atoms
 from ase.data import atomic_numbers
 from ase.geometry import cell_to_cellpar, cellpar_to_cell
 
+from snapqeq.units import BOHR  # Angstrom (CODATA 2018)
+
 __all__ = [
     "BOHR",
     "OLCAO_EXPONENT_DEFAULTS",
@@ -129,9 +131,6 @@ __all__ = [
     "write_site_targets",
     "write_skl",
 ]
-
-BOHR = 0.529177210903
-"""Bohr radius in Angstrom (CODATA 2018)."""
 
 TARGETS_KEY = "potential_coefficients"
 """``Atoms.arrays`` key of the per-site coefficient targets, shape (N, N_alpha), Hartree."""

@@ -20,9 +20,11 @@ Two solvers share one operator:
   removed in Fourier space, which keeps the iteration count flat with system size
   (:class:`_ScreeningPreconditioner`); clusters use Jacobi.
 
-For clusters above :data:`DENSE_MAX_ATOMS`, :func:`equilibrate` uses the conjugate
+For clusters above :data:`DENSE_MAX_ATOMS`, and periodic cells above it up to
+:data:`KERNEL_MAX_PERIODIC` atoms, :func:`equilibrate` uses the conjugate
 gradients of the C++ electrostatics kernel instead (``"kernel"``: the solver of the LAMMPS
-plugin, the same physics with a two-level preconditioner over spatial blocks).
+plugin, with its Ewald parameters and its preconditioners), so that the ASE calculator and
+the plugin give the same numbers (to the solver tolerance) at their default settings.
 
 :func:`equilibrate` is the user-facing entry point (numpy in, :class:`QEqResult` out).
 :func:`qeq_energy` is the same physics for the model: it returns U(q*) and q* as torch tensors
@@ -42,16 +44,20 @@ import torch
 from torch import Tensor
 
 from snapqeq.ewald import (
-    COULOMB,
     DEFAULT_ACCURACY,
     Electrostatics,
+    check_structure,
+    ewald_parameters,
     fft_size,
+    half_pairs,
     reciprocal_norms,
     spreading_matrix,
 )
+from snapqeq.units import COULOMB
 
 __all__ = [
     "DENSE_MAX_ATOMS",
+    "KERNEL_MAX_PERIODIC",
     "QEqConvergenceError",
     "QEqResult",
     "ConstrainedSolver",
@@ -64,6 +70,11 @@ __all__ = [
 DENSE_MAX_ATOMS = {"free": 250, "periodic": 300}
 """``method="auto"`` solves densely up to these sizes (free clusters / periodic cells) and
 with conjugate gradients above; the crossover measured by benchmarks/bench_qeq.py."""
+
+KERNEL_MAX_PERIODIC = 2000
+"""``method="auto"`` equilibrates periodic cells above the dense limit and up to this many
+atoms with the C++ kernel (direct Ewald sum, the LAMMPS plugin's solver and parameters),
+larger ones with ``"cg"`` (PME, cheaper there); crossover measured at ~1700-2700 atoms."""
 
 _F64 = torch.float64
 
@@ -468,10 +479,12 @@ def equilibrate(atoms, chi, hardness, widths, total_charge: float = 0.0,
     method : {"auto", "dense", "cg", "kernel"}
         Solver: ``"dense"``, ``"cg"`` (torch, the operator of :mod:`snapqeq.ewald`), or
         ``"kernel"``: conjugate gradients of the C++ electrostatics kernel that the LAMMPS
-        plugin runs (:mod:`snapqeq._electrostatics`; clusters only, with a two-level
-        preconditioner; 15-40x faster than ``"cg"`` for 1000-2000 atoms).  ``"auto"`` is
-        dense up to :data:`DENSE_MAX_ATOMS`, above that ``"kernel"`` for clusters and
-        ``"cg"`` (PME) for periodic cells.
+        plugin runs (:mod:`snapqeq._electrostatics`; direct Ewald sum for periodic cells;
+        15-40x faster than ``"cg"`` for clusters of 1000-2000 atoms, as fast as ``"cg"``
+        for periodic cells of ~1700 atoms).  ``"auto"`` is dense up to
+        :data:`DENSE_MAX_ATOMS`, above that ``"kernel"`` for clusters and for periodic
+        cells up to :data:`KERNEL_MAX_PERIODIC` atoms, ``"cg"`` (PME) for larger
+        periodic cells.
     tol : float
         Relative residual tolerance (see :class:`QEqResult`).
     initial_charges : (N,) array, optional
@@ -501,10 +514,10 @@ def equilibrate(atoms, chi, hardness, widths, total_charge: float = 0.0,
     if initial_charges is not None:
         x0 = torch.from_numpy(per_atom(initial_charges, symbols, "initial_charges", "e"))
     periodic = bool(np.any(atoms.pbc))
-    if method == "kernel" or (method == "auto" and not periodic
-                              and n > DENSE_MAX_ATOMS["free"]):
+    if method == "kernel" or (method == "auto" and n > DENSE_MAX_ATOMS[
+            "periodic" if periodic else "free"] and (not periodic or n <= KERNEL_MAX_PERIODIC)):
         return _equilibrate_kernel(atoms, chi_np, j_np, w_np, total, x0, tol, max_iter,
-                                   compute_forces)
+                                   compute_forces, accuracy)
     method = _resolve_method(method, n, periodic)
     if n == 0:
         if total != 0.0:
@@ -533,19 +546,26 @@ def equilibrate(atoms, chi, hardness, widths, total_charge: float = 0.0,
 
 def _equilibrate_kernel(atoms, chi: np.ndarray, hardness: np.ndarray, widths: np.ndarray,
                         total: float, initial: Tensor | None, tol: float,
-                        max_iter: int | None, compute_forces: bool) -> QEqResult:
-    """:func:`equilibrate` of a cluster with the C++ kernel (method ``"kernel"``)."""
+                        max_iter: int | None, compute_forces: bool,
+                        accuracy: float | None = None) -> QEqResult:
+    """:func:`equilibrate` with the C++ kernel (method ``"kernel"``)."""
     from snapqeq._electrostatics import GaussianElectrostatics, solve_qeq
 
-    if np.any(atoms.pbc):
-        raise ValueError("method 'kernel' solves clusters (pbc all False) only; periodic "
-                         "cells use 'dense' or 'cg'")
     n = len(atoms)
-    # the checks of the torch path (finite positions, no overlapping atoms), which then
-    # hold for the kernel's input as well
-    Electrostatics(atoms.positions, None, False, widths)
+    periodic = bool(np.any(atoms.pbc))
+    # the checks of the torch path (finite positions, no overlapping atoms, pbc all or
+    # nothing, a proper cell), which then hold for the kernel's input as well
+    check_structure(atoms.positions, atoms.cell.array, atoms.pbc, widths)
     positions = np.ascontiguousarray(atoms.positions, dtype=np.float64)
-    es = GaussianElectrostatics(positions, None, widths)
+    accuracy = DEFAULT_ACCURACY if accuracy is None else accuracy
+    if periodic:  # vesin's half list: twice faster to build and to use than a full one
+        cell = atoms.cell.array
+        cutoff = ewald_parameters(cell, widths, n, accuracy, "ewald").cutoff
+        i, j, shifts, _ = half_pairs(positions, cell, True, cutoff * (1.0 + 1e-9))
+        es = GaussianElectrostatics(positions, cell, widths, i, j, shifts=shifts,
+                                    accuracy=accuracy, full_list=False)
+    else:
+        es = GaussianElectrostatics(positions, None, widths)
     maxiter = int(max_iter) if max_iter is not None else max(1000, int(10 * n**0.5))
     q, mu, iterations, converged = solve_qeq(
         es, hardness, chi, total, None if initial is None else initial.numpy(), tol, maxiter)
@@ -562,9 +582,13 @@ def _equilibrate_kernel(atoms, chi: np.ndarray, hardness: np.ndarray, widths: np
             f"QEq conjugate gradients (C++ kernel) did not converge: relative residual "
             f"{residual:.3g} after {iterations} iterations (tol {tol:g}); raise max_iter or "
             f"tol, or check the input (hardness, widths, geometry)")
-    forces = es.forces(q)[0] if compute_forces else None
+    forces = stress = None
+    if compute_forces:
+        forces, virial = es.forces(q)
+        if periodic:  # ASE stress (1/V) dE/d strain = -W / V, Voigt xx yy zz yz xz xy
+            stress = -virial[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]] / es.volume
     energy = float(chi @ q + 0.5 * hardness @ (q * q) + 0.5 * q @ phi)
-    return QEqResult(charges=q, energy=energy, potential=phi, forces=forces, stress=None,
+    return QEqResult(charges=q, energy=energy, potential=phi, forces=forces, stress=stress,
                      iterations=int(iterations), residual=residual,
                      chemical_potential=float(mu), method="kernel")
 

@@ -81,7 +81,10 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
-from ase.units import Bohr, Hartree, kB
+from ase.units import kB
+
+from snapqeq.units import BOHR as Bohr
+from snapqeq.units import HARTREE as Hartree
 
 __all__ = [
     "SCF_FALLBACKS",
