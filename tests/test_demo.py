@@ -8,7 +8,6 @@ import json
 import math
 import re
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -44,10 +43,12 @@ def test_small_demo_runs_every_stage_and_reports(tmp_path):
         assert (root / name).stat().st_size > 0, name
     assert json.loads((root / "results.json").read_text())["mode"] == "small"
 
-    # models: real, finite errors in the paper's unit, for both models and every group
+    # models: real, finite errors in the paper's unit, for both models and every group.
+    # Measured (2026-12-02, seeded): CENT 2.3 / 15.5 / 13.7 and 4G 1.7 / 4.4 / 2.3 mHa/atom
+    # (train+validation / neutral / ionized test); the bound leaves ~3x for other machines.
     for name, m in results["evaluation"]["models"].items():
         rmse = [m[k] for k in ("train/validation", "test neutral", "test ionized")]
-        assert finite(*rmse) and all(0 < v < 1000 for v in rmse), (name, rmse)
+        assert finite(*rmse) and all(0 < v < 50.0 for v in rmse), (name, rmse)
         assert finite(m["test force RMSE (meV/Å)"], m["test charge RMSE (e)"])
     assert results["export"]["energy_difference_eV"] < 1e-9
 
@@ -59,14 +60,15 @@ def test_small_demo_runs_every_stage_and_reports(tmp_path):
     assert nve["steps"] == 100 and finite(nve["drift_meV_per_atom_ps"],
                                           nve["mean_temperature_K"])
 
-    # LAMMPS agrees with ASE; serial and MPI agree to the printed digits
+    # LAMMPS agrees with ASE (measured 9e-13 eV, 7e-13 eV/A, 5e-13 e); serial and MPI
+    # runs start from the same energy (measured identical; summation order may differ)
     single = results["lammps"]["single_point"]
     assert single["atoms"] == 64 and single["charge"] == 1.0
-    assert single["energy_difference_eV"] < 1e-6
-    assert single["max_force_difference_eV_per_A"] < 1e-6
-    assert single["max_charge_difference_e"] < 1e-8
+    assert single["energy_difference_eV"] < 1e-8
+    assert single["max_force_difference_eV_per_A"] < 1e-8
+    assert single["max_charge_difference_e"] < 1e-9
     assert [r["nprocs"] for r in results["lammps"]["md"]] == [1, 2]
-    assert results["lammps"]["serial_vs_mpi_initial_eV"] < 1e-3
+    assert results["lammps"]["serial_vs_mpi_initial_eV"] < 1e-9
     assert all(finite(r["drift_meV_per_atom_ps"]) for r in results["lammps"]["md"])
 
     # OLCAO files of the held-out 8-atom Si crystal, from a model trained on real OLCAO data
@@ -82,10 +84,8 @@ def test_small_demo_runs_every_stage_and_reports(tmp_path):
     assert "Not available" not in report and not re.search(r"\bnan\b", report.lower())
 
     # a second run reuses every stage
-    start = time.perf_counter()
     again = demo.main(["--small", "--out", str(tmp_path)])
     assert {r["status"] for r in again["stages"].values()} == {"cached"}
-    assert time.perf_counter() - start < 60
 
 
 def test_demo_refuses_a_foreign_folder(tmp_path, monkeypatch):
