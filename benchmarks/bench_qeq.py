@@ -65,7 +65,7 @@ def worker(task: dict) -> dict:
 
     torch.set_num_threads(1)
     from snapqeq.ewald import Electrostatics
-    from snapqeq.qeq import equilibrate
+    from snapqeq.qeq import CG_PME_MIN_ATOMS, equilibrate
 
     n, kind, accuracy = task["n"], task["kind"], task["accuracy"]
     atoms, chi = structure(n)
@@ -79,7 +79,8 @@ def worker(task: dict) -> dict:
     if kind == "cg":
         es = Electrostatics(atoms.positions, atoms.cell.array, True,  # as equilibrate does
                             [WIDTHS[s] for s in atoms.get_chemical_symbols()],
-                            accuracy=accuracy)
+                            accuracy=accuracy,
+                            kspace="pme" if len(atoms) >= CG_PME_MIN_ATOMS else "ewald")
         p = es.parameters
         out["params"] = (f"PME {p.grid[0]}^3, p = {p.order}" if p.kspace == "pme"
                          else "direct sum") + f", r_c {p.cutoff:.1f}"
@@ -221,7 +222,8 @@ def main() -> None:
         f"Fitted exponents t ~ N^x over {min(r['n_atoms'] for r in big) if big else '-'}-"
         f"{max(r['n_atoms'] for r in big) if big else '-'} atoms: {fit_text}.",
         f"Dense faster than CG at: {faster or 'no size measured'} atoms "
-        f"(`method='auto'` switches to CG above 300 atoms for periodic cells).",
+        f"(`method='auto'` leaves the dense solver above 300 atoms for periodic cells: the "
+        f"C++ kernel's CG up to 2000 atoms, this CG above).",
     ]
     if largest:
         c = largest["cg"]
