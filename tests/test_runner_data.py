@@ -16,11 +16,10 @@ from ase.io import write
 
 from snapqeq.data import DataKeys, check_reference_keys, read_structures
 from snapqeq.training import validate_config
+from snapqeq.units import BOHR, HARTREE
 
 ROOT = Path(__file__).resolve().parents[1]
 CARBON = ROOT / "examples" / "ko2021_carbon_chain" / "data" / "input.data"
-BOHR = 0.529177210903
-HARTREE = 27.211386245988
 
 
 def _first_frame_raw(path: Path) -> tuple[np.ndarray, np.ndarray, float, float]:

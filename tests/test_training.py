@@ -26,7 +26,8 @@ from snapqeq.olcao import exponent_series, set_site_targets
 from snapqeq.olcao_cli import predict_command
 from snapqeq.potential import predict
 from snapqeq.site_features import FeatureRecipe, SiteFeaturizer
-from snapqeq.training import BOHR, HARTREE, TrainConfig, export_checkpoint, train
+from snapqeq.training import TrainConfig, export_checkpoint, train
+from snapqeq.units import BOHR, HARTREE
 
 DESCRIPTOR = {"twojmax": 4, "rcutfac": 1.0, "radii": {"Na": 3.0, "Cl": 3.0},
               "weights": {"Na": 1.0, "Cl": 0.5}}

@@ -29,7 +29,8 @@ from snapqeq.data import read_structures
 from snapqeq.evaluation import evaluate_structures
 from snapqeq.metrics import HARTREE, grouped_metrics
 from snapqeq.plots import energy_curves, parity_plot
-from snapqeq.training import BOHR, TrainConfig, train
+from snapqeq.training import TrainConfig, train
+from snapqeq.units import BOHR
 
 HERE = Path(__file__).resolve().parent
 PAPER = {"train/validation": 0.26, "test neutral": 0.13, "test ionized": 0.44}  # mHa/atom

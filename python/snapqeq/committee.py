@@ -1,6 +1,7 @@
-"""Committee (ensemble) models: training, statistics and the uncertainty threshold.
+"""Committee (ensemble) models: statistics and the uncertainty threshold.
 
-``snapqeq train`` with ``committee: n`` trains n members (:func:`train_committee`) and
+``snapqeq train`` with ``committee: n`` trains n members
+(:func:`snapqeq.training.train_committee`) and
 writes them into one model file (:func:`snapqeq.export.export_committee`).  The ASE
 calculator and ``pair_style snapqeq`` evaluate every member completely (its own chi, its
 own charge equilibration, energy, forces, stress, charges), report the members' mean as the
@@ -22,15 +23,14 @@ AIMNet2 and many active-learning schemes rely on it).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 
+from snapqeq.metrics import Record
+
 __all__ = ["ACTIONS", "CommitteeCheck", "committee_statistics", "energy_message",
-           "force_message", "train_committee"]
+           "force_message", "mean_records", "spread_summary"]
 
 ACTIONS = ("warn", "stop")
 #: warnings per kind (energy, forces) and calculator / LAMMPS run before they are muted
@@ -137,11 +137,9 @@ class CommitteeCheck:
 
 
 # ------------------------------------------------------------------------------ training
-def _mean_records(member_records: list[list]) -> tuple[list, list[dict]]:
+def mean_records(member_records: list[list]) -> tuple[list, list[dict]]:
     """The committee-mean record of every structure and its spread (energy std per atom,
     eV/atom; largest per-atom force std, eV/A)."""
-    from snapqeq.metrics import Record
-
     mean, spread = [], []
     for recs in zip(*member_records, strict=True):
         r0 = recs[0]
@@ -159,89 +157,9 @@ def _mean_records(member_records: list[list]) -> tuple[list, list[dict]]:
     return mean, spread
 
 
-def _spread_summary(spread: list[dict]) -> dict:
+def spread_summary(spread: list[dict]) -> dict:
     e = [s["energy_std"] for s in spread]
     f = [s["force_std_max"] for s in spread if s["force_std_max"] is not None]
     return {"count": len(spread), "energy_std_mean_mev": 1e3 * float(np.mean(e)),
             "energy_std_max_mev": 1e3 * float(np.max(e)),
             "force_std_max_mean_mev": 1e3 * float(np.mean(f)) if f else None}
-
-
-def train_committee(config):
-    """Train ``config.committee`` members and write them into one model file.
-
-    Member k is :func:`snapqeq.training.train` of the same configuration with seed
-    ``config.seed + k`` in ``OUTPUT/member_k`` (its own initial weights, batch order and
-    reference-energy fit; with ``split: random`` of one data file also its own random
-    train/validation/test split, as RuNNer committees do; with ``split: info`` / ``size``
-    or separate files every member sees the same sets).  Then ``OUTPUT/model.pt`` holds
-    all members (:func:`snapqeq.export.export_committee`) with the union of the members'
-    training envelopes, and ``OUTPUT/metrics.txt`` / ``metrics.json`` give, on the sets of
-    seed ``config.seed``, the metrics of the committee-mean prediction (the training-path
-    evaluation of :func:`snapqeq.training.evaluate`, forces by autograd) and the mean and
-    largest energy std (meV/atom) and the mean of the largest per-atom force std
-    (meV/Angstrom) per structure.  With ``split: random`` the test structures of member 0
-    may be training structures of other members: use ``snapqeq test`` on held-out data.
-    ``resume`` continues every member from its own ``checkpoint_last.pt``.
-
-    Returns a :class:`snapqeq.training.TrainResult` whose ``model`` is member 0, whose
-    ``model_path`` is the committee file, whose ``history`` has the rows of every member
-    (key ``member``) and whose ``seconds`` sum the members' training times.
-    """
-    from snapqeq.bispectrum import Bispectrum
-    from snapqeq.export import export_committee, load_model, merge_envelopes
-    from snapqeq.metrics import format_table, grouped_metrics
-    from snapqeq.training import TrainResult, _load, evaluate, train
-
-    n = int(config.committee)
-    if n < 2:
-        raise ValueError(f"train_committee needs committee >= 2, got {n}")
-    if config.olcao is not None:
-        raise ValueError("a committee with an OLCAO head is not supported: train the "
-                         "OLCAO head on a single model (committee: 1)")
-    out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for k in range(n):
-        if config.progress:
-            print(f"committee member {k + 1}/{n} (seed {config.seed + k})", flush=True)
-        results.append(train(dataclasses.replace(
-            config, committee=1, seed=config.seed + k, output=str(out / f"member_{k}"))))
-    descriptor = Bispectrum(**config.descriptor)
-    elements = list(descriptor.elements)
-    min_distances, envelope = merge_envelopes(
-        [load_model(r.model_path).metadata for r in results])
-    models = [r.model for r in results]
-    model_path = export_committee(models, elements, descriptor.to_dict(), out / "model.pt",
-                                  overwrite=True, min_distances=min_distances,
-                                  envelope=envelope)
-
-    sets = _load(dataclasses.replace(config, committee=1, progress=False), descriptor)
-    metrics, tables = {}, []
-    for name, samples in sets.items():
-        if not samples:
-            continue
-        records, spread = _mean_records([evaluate(m, samples) for m in models])
-        groups = grouped_metrics(records)
-        metrics[name] = {k: m.as_dict() for k, m in groups.items()}
-        metrics[name]["committee_spread"] = _spread_summary(spread)
-        s = metrics[name]["committee_spread"]
-        force = ("-" if s["force_std_max_mean_mev"] is None
-                 else f"{s['force_std_max_mean_mev']:.2f} meV/A")
-        tables.append(f"[{name}] committee mean of {n} members\n{format_table(groups)}\n"
-                      f"energy std {s['energy_std_mean_mev']:.3f} meV/atom on average, "
-                      f"{s['energy_std_max_mev']:.3f} at most; largest per-atom force std "
-                      f"{force} on average")
-    metrics["members"] = [r.metrics for r in results]
-    (out / "metrics.txt").write_text("\n\n".join(tables) + "\n")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    history = [{"member": k, **row} for k, r in enumerate(results) for row in r.history]
-    (out / "history.json").write_text(json.dumps(history))
-    import yaml
-
-    (out / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(config),
-                                                    sort_keys=False))
-    seconds = sum(r.seconds for r in results)
-    seen = sum(r.seconds * r.structures_per_second for r in results)
-    return TrainResult(models[0], model_path, history, metrics, seconds,
-                       seen / seconds if seconds > 0 else float("nan"))

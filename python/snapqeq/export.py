@@ -55,6 +55,7 @@ from snapqeq.guard import GUARD_DEFAULTS, training_envelope
 from snapqeq.model import CENT
 from snapqeq.olcao_model import OLCAOModel
 from snapqeq.site_features import energy_model_fingerprint
+from snapqeq.units import COULOMB
 
 __all__ = ["ENVELOPE_KEYS", "FORMAT", "FORMAT_VERSION", "METADATA_FILE", "LoadedModel",
            "ScriptableCENT", "ScriptableCENTWithOLCAO", "ScriptableCommittee", "build_metadata",
@@ -65,7 +66,7 @@ FORMAT = "snapqeq-model"
 FORMAT_VERSION = 1
 REQUIRED = ("format", "format_version", "elements", "descriptor", "hardness", "widths", "e0",
             "units", "has_short_range")
-UNITS = {"energy": "eV", "length": "Angstrom", "charge": "e", "coulomb_constant": 14.399645}
+UNITS = {"energy": "eV", "length": "Angstrom", "charge": "e", "coulomb_constant": COULOMB}
 
 
 class ScriptableCENT(nn.Module):

@@ -14,6 +14,7 @@ OLCAO coefficients.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from snapqeq.batch import batch_loss
 from snapqeq.bispectrum import DICT_KEYS, Bispectrum
+from snapqeq.committee import mean_records, spread_summary
 from snapqeq.data import (
     DataKeys,
     Sample,
@@ -36,13 +38,11 @@ from snapqeq.data import (
     split_samples,
     training_distances,
 )
-from snapqeq.export import export_model
+from snapqeq.export import export_committee, export_model, load_model, merge_envelopes
 from snapqeq.metrics import Record, format_table, grouped_metrics
 from snapqeq.model import CENT
 from snapqeq.potential import predict
-
-HARTREE = 27.211386245988
-BOHR = 0.529177210903
+from snapqeq.units import BOHR, HARTREE
 
 
 @dataclass
@@ -125,6 +125,10 @@ def validate_config(raw: dict, source: str = "config") -> None:
                    if k not in raw["descriptor"]]
         if missing:
             raise ValueError(f"{source}: section 'descriptor' lacks {', '.join(missing)}")
+    committee = raw.get("committee", 1)
+    if not isinstance(committee, int) or isinstance(committee, bool) or committee < 1:
+        raise ValueError(f"{source}: committee must be a whole number >= 1 (members), "
+                         f"got {committee!r}")
     if raw.get("lr_schedule", "constant") not in LR_SCHEDULES:
         raise ValueError(f"{source}: lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                          f"got {raw['lr_schedule']!r}")
@@ -194,7 +198,7 @@ _EVAL_BATCH = 64
 def _mean_loss(model, samples, w) -> float:
     if not samples:
         return float("nan")
-    total = sum(float(batch_loss(model, samples[k:k + _EVAL_BATCH], w, create_graph=False))
+    total = sum(float(batch_loss(model, samples[k:k + _EVAL_BATCH], w, False).detach())
                 for k in range(0, len(samples), _EVAL_BATCH))
     return total / len(samples)
 
@@ -209,17 +213,22 @@ class TrainResult:
     structures_per_second: float
 
 
-def build_model(config: TrainConfig, descriptor: Bispectrum, train: list[Sample]) -> CENT:
+def new_model(config: TrainConfig, descriptor: Bispectrum) -> CENT:
+    """The untrained CENT model of ``config`` (networks, widths, hardness; E0 zero)."""
     elements = list(descriptor.elements)
     for name in ("widths", "hardness"):
         missing = set(elements) - set(getattr(config, name))
         if missing:
             raise ValueError(f"config '{name}' lacks elements {sorted(missing)}")
-    model = CENT(len(elements), descriptor.n_components, list(config.hidden),
-                 [config.widths[e] for e in elements], [config.hardness[e] for e in elements],
-                 [0.0] * len(elements),
-                 learn_hardness=config.learn_hardness, chi_scale=config.chi_scale,
-                 short_hidden=config.short_hidden)
+    return CENT(len(elements), descriptor.n_components, list(config.hidden),
+                [config.widths[e] for e in elements], [config.hardness[e] for e in elements],
+                [0.0] * len(elements), learn_hardness=config.learn_hardness,
+                chi_scale=config.chi_scale, short_hidden=config.short_hidden)
+
+
+def build_model(config: TrainConfig, descriptor: Bispectrum, train: list[Sample]) -> CENT:
+    """:func:`new_model` with feature scaling and reference energies from ``train``."""
+    model = new_model(config, descriptor)
     b = torch.cat([s.b for s in train])
     sp = torch.cat([s.species for s in train])
     model.set_feature_scaling(b, sp)
@@ -237,10 +246,7 @@ def export_checkpoint(training_dir: str | Path, out: str | Path, overwrite: bool
         raise ValueError(f"no checkpoint {ckpt}; train first")
     descriptor = Bispectrum(**config.descriptor)
     elements = list(descriptor.elements)
-    model = CENT(len(elements), descriptor.n_components, list(config.hidden),
-                 [config.widths[e] for e in elements], [config.hardness[e] for e in elements],
-                 [0.0] * len(elements), learn_hardness=config.learn_hardness,
-                 chi_scale=config.chi_scale, short_hidden=config.short_hidden)
+    model = new_model(config, descriptor)
     model.load_state_dict(torch.load(ckpt, weights_only=False)["model"])
     train_file = config.data.get("train") if isinstance(config.data, dict) else config.data
     shortest = (training_distances(read_structures(train_file, config.format), descriptor)
@@ -294,8 +300,6 @@ def train(config: TrainConfig) -> TrainResult:
     :func:`snapqeq.committee.train_committee` and exported as one model file.
     """
     if config.committee > 1:
-        from snapqeq.committee import train_committee
-
         return train_committee(config)
     seed_everything(config.seed)
     out = Path(config.output)
@@ -404,3 +408,76 @@ def train(config: TrainConfig) -> TrainResult:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return TrainResult(model, model_path, history, metrics, train_seconds,
                        n_seen / train_seconds if train_seconds > 0 else float("nan"))
+
+
+def train_committee(config: TrainConfig) -> TrainResult:
+    """Train ``config.committee`` members and write them into one model file.
+
+    Member k is :func:`snapqeq.training.train` of the same configuration with seed
+    ``config.seed + k`` in ``OUTPUT/member_k`` (its own initial weights, batch order and
+    reference-energy fit; with ``split: random`` of one data file also its own random
+    train/validation/test split, as RuNNer committees do; with ``split: info`` / ``size``
+    or separate files every member sees the same sets).  Then ``OUTPUT/model.pt`` holds
+    all members (:func:`snapqeq.export.export_committee`) with the union of the members'
+    training envelopes, and ``OUTPUT/metrics.txt`` / ``metrics.json`` give, on the sets of
+    seed ``config.seed``, the metrics of the committee-mean prediction (the training-path
+    evaluation of :func:`snapqeq.training.evaluate`, forces by autograd) and the mean and
+    largest energy std (meV/atom) and the mean of the largest per-atom force std
+    (meV/Angstrom) per structure.  With ``split: random`` the test structures of member 0
+    may be training structures of other members: use ``snapqeq test`` on held-out data.
+    ``resume`` continues every member from its own ``checkpoint_last.pt``.
+
+    Returns a :class:`snapqeq.training.TrainResult` whose ``model`` is member 0, whose
+    ``model_path`` is the committee file, whose ``history`` has the rows of every member
+    (key ``member``) and whose ``seconds`` sum the members' training times.
+    """
+    n = int(config.committee)
+    if n < 2:
+        raise ValueError(f"train_committee needs committee >= 2, got {n}")
+    if config.olcao is not None:
+        raise ValueError("a committee with an OLCAO head is not supported: train the "
+                         "OLCAO head on a single model (committee: 1)")
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for k in range(n):
+        if config.progress:
+            print(f"committee member {k + 1}/{n} (seed {config.seed + k})", flush=True)
+        results.append(train(dataclasses.replace(
+            config, committee=1, seed=config.seed + k, output=str(out / f"member_{k}"))))
+    descriptor = Bispectrum(**config.descriptor)
+    elements = list(descriptor.elements)
+    min_distances, envelope = merge_envelopes(
+        [load_model(r.model_path).metadata for r in results])
+    models = [r.model for r in results]
+    model_path = export_committee(models, elements, descriptor.to_dict(), out / "model.pt",
+                                  overwrite=True, min_distances=min_distances,
+                                  envelope=envelope)
+
+    sets = _load(dataclasses.replace(config, committee=1, progress=False), descriptor)
+    metrics, tables = {}, []
+    for name, samples in sets.items():
+        if not samples:
+            continue
+        records, spread = mean_records([evaluate(m, samples) for m in models])
+        groups = grouped_metrics(records)
+        metrics[name] = {k: m.as_dict() for k, m in groups.items()}
+        metrics[name]["committee_spread"] = spread_summary(spread)
+        s = metrics[name]["committee_spread"]
+        force = ("-" if s["force_std_max_mean_mev"] is None
+                 else f"{s['force_std_max_mean_mev']:.2f} meV/A")
+        tables.append(f"[{name}] committee mean of {n} members\n{format_table(groups)}\n"
+                      f"energy std {s['energy_std_mean_mev']:.3f} meV/atom on average, "
+                      f"{s['energy_std_max_mev']:.3f} at most; largest per-atom force std "
+                      f"{force} on average")
+    metrics["members"] = [r.metrics for r in results]
+    (out / "metrics.txt").write_text("\n\n".join(tables) + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    history = [{"member": k, **row} for k, r in enumerate(results) for row in r.history]
+    (out / "history.json").write_text(json.dumps(history))
+    (out / "config.yaml").write_text(yaml.safe_dump(asdict(config),
+                                                    sort_keys=False))
+    seconds = sum(r.seconds for r in results)
+    seen = sum(r.seconds * r.structures_per_second for r in results)
+    return TrainResult(models[0], model_path, history, metrics, seconds,
+                       seen / seconds if seconds > 0 else float("nan"))
