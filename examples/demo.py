@@ -61,7 +61,7 @@ class Protocol:
     name: str
     data_options: tuple[str, ...]  # examples/nacl_clusters/make_data.py options
     example_small: bool  # the NaCl example's small or full training configuration
-    epochs: int | None  # None: the NaCl example's own number
+    epochs: dict[str, int] | None  # per model (cent, 4g); None: the NaCl example's own
     mh_clusters: tuple[str, ...]  # minima hopping: cluster names (e.g. Na4Cl4+)
     mh_minima: int  # minima per cluster
     nve_steps: int  # ASE NVE, 1 fs steps
@@ -80,11 +80,12 @@ PROTOCOLS = {
         "for sizes 8-20, one 44- and one 64-atom cluster per charge"),
     "default": Protocol(
         "default", ("--n-train", "8", "--n-validation", "1", "--n-test", "3", "--ratios",
-                    *DEFAULT_RATIOS), False, 100, ("Na4Cl4", "Na4Cl4+", "Na8Cl8"), 5,
+                    *DEFAULT_RATIOS), False, {"cent": 100, "4g": 300},
+        ("Na4Cl4", "Na4Cl4+", "Na8Cl8"), 5,
         1000, 1000, True,
         "reduced CENT protocol: all sizes 8-80 and charges 0, +1, +2 with 8/1/3 "
-        "structures per (size, charge) in train/validation/test; up to 100 epochs, as "
-        "many updates as the full protocol's 40"),
+        "structures per (size, charge) in train/validation/test; CENT up to 100 epochs, "
+        "as many updates as the full protocol's 40; 4G 300 epochs"),
     "full": Protocol(
         "full", (), False, None, ("Na4Cl4", "Na4Cl4+", "Na8Cl8", "Na8Cl8+", "Na16Cl16"),
         10, 5000, 5000, False,
@@ -211,7 +212,7 @@ def training_config(name: str, work: Path, protocol: Protocol):
     """The NaCl example's training configuration of model ``name`` for this mode."""
     cfg = stages.NACL.config(name, work / "data", work, protocol.example_small, MODELS[name])
     if protocol.epochs is not None:
-        cfg = dataclasses.replace(cfg, epochs=protocol.epochs)
+        cfg = dataclasses.replace(cfg, epochs=protocol.epochs[name])
     return cfg
 
 

@@ -161,7 +161,7 @@ def main(system: dict, argv: list[str] | None = None) -> dict:
     split_note += (f"; of the training structures {len(sets['validation'])} (numpy seed 1) "
                    "are the validation set for early stopping")
 
-    recipe = dict(COMMON_RECIPE, **system["config"], epochs=args.epochs, seed=args.seed)
+    recipe = {**COMMON_RECIPE, **system["config"], "epochs": args.epochs, "seed": args.seed}
     config = TrainConfig(data={k: str(data_dir / f"{k}.extxyz") for k in sets},
                          output=str(out / "training"), cache=str(out / "descriptor_cache"),
                          split="info", **recipe)
