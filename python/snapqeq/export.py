@@ -40,8 +40,6 @@ format version stays 1.
 from __future__ import annotations
 
 import json
-import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,10 +47,17 @@ import torch
 from torch import nn
 
 from snapqeq import __version__
-from snapqeq.archive import METADATA_FILE, quiet_torchscript, read_archive, write_archive
+from snapqeq.archive import METADATA_FILE, quiet_torchscript, write_archive
 from snapqeq.bispectrum import Bispectrum
 from snapqeq.guard import GUARD_DEFAULTS, training_envelope
 from snapqeq.model import CENT
+from snapqeq.model_file import (
+    FORMAT,
+    FORMAT_VERSION,
+    LoadedModel,
+    is_training_checkpoint,
+    load_model,
+)
 from snapqeq.olcao_model import OLCAOModel
 from snapqeq.site_features import energy_model_fingerprint
 from snapqeq.units import COULOMB
@@ -62,10 +67,6 @@ __all__ = ["ENVELOPE_KEYS", "FORMAT", "FORMAT_VERSION", "METADATA_FILE", "Loaded
            "copy_training_envelope", "export_committee", "export_model",
            "is_training_checkpoint", "load_model", "merge_envelopes"]
 
-FORMAT = "snapqeq-model"
-FORMAT_VERSION = 1
-REQUIRED = ("format", "format_version", "elements", "descriptor", "hardness", "widths", "e0",
-            "units", "has_short_range")
 UNITS = {"energy": "eV", "length": "Angstrom", "charge": "e", "coulomb_constant": COULOMB}
 
 
@@ -360,58 +361,3 @@ def copy_training_envelope(source: str | Path, target: str | Path) -> bool:
     return True
 
 
-@dataclass
-class LoadedModel:
-    """A validated model file: the scripted module and its metadata."""
-
-    module: torch.jit.ScriptModule
-    metadata: dict
-    path: Path
-
-    @property
-    def elements(self) -> list[str]:
-        return list(self.metadata["elements"])
-
-    @property
-    def committee(self) -> int:
-        """Number of committee members (1 for a single model)."""
-        return int(self.metadata.get("committee") or 1)
-
-    @property
-    def olcao(self) -> dict | None:
-        """Metadata of the OLCAO head (recipe, exponents, ...), None without one."""
-        return self.metadata.get("olcao")
-
-
-def is_training_checkpoint(path: str | Path) -> bool:
-    """True for a ``torch.save`` file (a training checkpoint such as checkpoint_best.pt):
-    a zip archive with pickled data but none of TorchScript's code and constants."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (OSError, zipfile.BadZipFile):
-        return False
-    return (any(n.endswith("/data.pkl") for n in names)
-            and not any(n.endswith("/constants.pkl") for n in names))
-
-
-def load_model(path: str | Path) -> LoadedModel:
-    """Load and validate a model file (format name, version, required fields).
-
-    Raises ValueError with a clear message for anything else, e.g. a training checkpoint
-    (which ``snapqeq export`` turns into a model file).
-    """
-    if is_training_checkpoint(path):
-        raise ValueError(f"{path} is a training checkpoint, not a model file: run `snapqeq "
-                         f"export TRAINING_DIR --out model.pt` on its training folder")
-    module, meta = read_archive(path, FORMAT, FORMAT_VERSION, REQUIRED)
-    if meta.get("olcao") and not hasattr(module, "potential_coefficients"):
-        raise ValueError(f"{path}: metadata announces an OLCAO head the archive lacks")
-    n = meta.get("committee") or 1
-    if n > 1:
-        if not hasattr(module, "member_chi") or len(meta.get("members") or []) != n:
-            raise ValueError(f"{path}: metadata announces a committee of {n} models the "
-                             "archive (or its 'members' list) lacks")
-        if meta.get("olcao"):
-            raise ValueError(f"{path}: a committee file with an OLCAO head is not supported")
-    return LoadedModel(module, meta, Path(path))

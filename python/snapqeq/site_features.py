@@ -37,6 +37,7 @@ import torch
 from ase import Atoms
 
 from snapqeq.bispectrum import Bispectrum
+from snapqeq.model_file import LoadedModel, load_model
 from snapqeq.qeq import equilibrate, total_charge_of
 
 __all__ = [
@@ -284,8 +285,6 @@ class SiteFeaturizer:
             if energy_model is None:
                 raise ValueError("this feature recipe takes chi from an energy model; pass "
                                  "energy_model (the snapqeq model file it was trained with)")
-            from snapqeq.export import LoadedModel, load_model
-
             model = (energy_model if isinstance(energy_model, LoadedModel)
                      else load_model(energy_model))
             missing = sorted(set(recipe.elements) - set(model.elements))
@@ -382,7 +381,5 @@ def compute_site_features(atoms: Atoms, recipe: FeatureRecipe, energy_model=None
 def recipe_from_energy_model(path: str | Path, **kwargs) -> FeatureRecipe:
     """A recipe whose local block is the energy model's own descriptor and whose chi comes
     from that model; ``kwargs`` go to :class:`FeatureRecipe` (e.g. ``medium``)."""
-    from snapqeq.export import load_model
-
     meta = load_model(path).metadata
     return FeatureRecipe(local=dict(meta["descriptor"]), chi_source="energy_model", **kwargs)
