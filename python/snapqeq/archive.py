@@ -11,11 +11,25 @@ import warnings
 import zipfile
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from snapqeq import __version__
+
+
+@dataclass
+class LoadedArchive:
+    """A validated snapqeq archive: the scripted module, its metadata and its path."""
+
+    module: torch.jit.ScriptModule
+    metadata: dict
+    path: Path
+
+    @property
+    def elements(self) -> list[str]:
+        return list(self.metadata["elements"])
 
 METADATA_FILE = "snapqeq.json"
 KINDS = {"snapqeq-model": "snapqeq energy model",

@@ -11,9 +11,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from snapqeq.archive import read_archive
+from snapqeq.archive import LoadedArchive, read_archive
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "REQUIRED", "LoadedModel", "is_training_checkpoint",
            "load_model"]
@@ -25,16 +23,8 @@ REQUIRED = ("format", "format_version", "elements", "descriptor", "hardness", "w
 
 
 @dataclass
-class LoadedModel:
+class LoadedModel(LoadedArchive):
     """A validated model file: the scripted module and its metadata."""
-
-    module: torch.jit.ScriptModule
-    metadata: dict
-    path: Path
-
-    @property
-    def elements(self) -> list[str]:
-        return list(self.metadata["elements"])
 
     @property
     def committee(self) -> int:

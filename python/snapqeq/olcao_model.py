@@ -41,7 +41,7 @@ from ase import Atoms
 from torch import nn
 
 from snapqeq import __version__
-from snapqeq.archive import METADATA_FILE, read_archive, write_archive
+from snapqeq.archive import METADATA_FILE, LoadedArchive, read_archive, write_archive
 from snapqeq.mdn import ONE_SIGMA_COVERAGE, MixtureDensityHead
 from snapqeq.olcao import TARGETS_KEY, exponent_series, get_site_targets
 from snapqeq.site_features import FeatureRecipe, SiteFeatures, SiteFeaturizer, species_index
@@ -618,16 +618,8 @@ def export_olcao_model(model: OLCAOModel, path: str | Path, overwrite: bool = Fa
 
 
 @dataclass
-class LoadedOLCAOModel:
+class LoadedOLCAOModel(LoadedArchive):
     """A validated OLCAO model file: the scripted module and its metadata."""
-
-    module: torch.jit.ScriptModule
-    metadata: dict
-    path: Path
-
-    @property
-    def elements(self) -> list[str]:
-        return list(self.metadata["elements"])
 
     @property
     def recipe(self) -> FeatureRecipe:
