@@ -28,14 +28,19 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, CalculatorSetupError, all_changes
 
-from snapqeq._electrostatics import GaussianElectrostatics
 from snapqeq._sna import accumulate_pair_forces
 from snapqeq.bispectrum import VOIGT, Bispectrum
 from snapqeq.committee import CommitteeCheck, committee_statistics
 from snapqeq.ewald import Electrostatics
 from snapqeq.export import LoadedModel, load_model
 from snapqeq.guard import Guard
-from snapqeq.qeq import DENSE_MAX_ATOMS, equilibrate, total_charge_of
+from snapqeq.qeq import (
+    DENSE_MAX_ATOMS,
+    KERNEL_MAX_PERIODIC,
+    equilibrate,
+    kernel_electrostatics,
+    total_charge_of,
+)
 from snapqeq.site_features import FeatureRecipe, SiteFeaturizer
 
 
@@ -268,12 +273,17 @@ class SnapQEqCalculator(Calculator):
     def _mu_dphi(atoms, widths, q, mu, accuracy=None):
         """Forces and stress of -mu . phi(q): the electrostatic part of the adjoint term."""
         periodic = bool(np.all(atoms.pbc))
-        if not periodic and len(atoms) > DENSE_MAX_ATOMS["free"]:
-            # the C++ kernel (as in equilibrate): forces of 1/2 mu.A.q, twice
-            es = GaussianElectrostatics(np.ascontiguousarray(atoms.positions, dtype=float),
-                                        None, widths)
-            forces, _ = es.forces(np.asarray(mu, dtype=float), np.asarray(q, dtype=float))
-            return 2.0 * forces, np.zeros(6)
+        n = len(atoms)
+        kernel = n <= KERNEL_MAX_PERIODIC if periodic else n > DENSE_MAX_ATOMS["free"]
+        if kernel:
+            # the C++ kernel, with the parameters the torch direct sum uses up to
+            # KERNEL_MAX_PERIODIC atoms: forces and virial of 1/2 mu.A.q, twice
+            es = kernel_electrostatics(atoms, widths, accuracy)
+            forces, virial = es.forces(np.asarray(mu, dtype=float), np.asarray(q, dtype=float))
+            if not periodic:
+                return 2.0 * forces, np.zeros(6)
+            # ASE stress (1/V) dE/d strain = -W / V, Voigt xx yy zz yz xz xy
+            return 2.0 * forces, -2.0 * virial[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]] / es.volume
         kwargs = {} if accuracy is None else {"accuracy": accuracy}
         es = Electrostatics(atoms.positions, atoms.cell.array, periodic, widths, **kwargs)
         with torch.enable_grad():

@@ -551,28 +551,39 @@ def equilibrate(atoms, chi, hardness, widths, total_charge: float = 0.0,
                      chemical_potential=float(sol.mu), method=method)
 
 
+def kernel_electrostatics(atoms, widths: np.ndarray, accuracy: float | None = None):
+    """The C++ kernel's Gaussian-charge electrostatics of ``atoms`` (widths in Angstrom):
+    free boundaries for a cluster, direct Ewald with the kernel's parameters for the
+    requested relative ``accuracy`` (default :data:`DEFAULT_ACCURACY`) for a periodic cell.
+    """
+    from snapqeq._electrostatics import GaussianElectrostatics
+
+    positions = np.ascontiguousarray(atoms.positions, dtype=np.float64)
+    widths = np.ascontiguousarray(widths, dtype=np.float64)
+    if not bool(np.any(atoms.pbc)):
+        return GaussianElectrostatics(positions, None, widths)
+    accuracy = DEFAULT_ACCURACY if accuracy is None else accuracy
+    cell = atoms.cell.array
+    cutoff = ewald_parameters(cell, widths, len(atoms), accuracy, "ewald").cutoff
+    # vesin's half list: twice faster to build and to use than a full one
+    i, j, shifts, _ = half_pairs(positions, cell, True, cutoff * (1.0 + 1e-9))
+    return GaussianElectrostatics(positions, cell, widths, i, j, shifts=shifts,
+                                  accuracy=accuracy, full_list=False)
+
+
 def _equilibrate_kernel(atoms, chi: np.ndarray, hardness: np.ndarray, widths: np.ndarray,
                         total: float, initial: Tensor | None, tol: float,
                         max_iter: int | None, compute_forces: bool,
                         accuracy: float | None = None) -> QEqResult:
     """:func:`equilibrate` with the C++ kernel (method ``"kernel"``)."""
-    from snapqeq._electrostatics import GaussianElectrostatics, solve_qeq
+    from snapqeq._electrostatics import solve_qeq
 
     n = len(atoms)
     periodic = bool(np.any(atoms.pbc))
     # the checks of the torch path (finite positions, no overlapping atoms, pbc all or
     # nothing, a proper cell), which then hold for the kernel's input as well
     check_structure(atoms.positions, atoms.cell.array, atoms.pbc, widths)
-    positions = np.ascontiguousarray(atoms.positions, dtype=np.float64)
-    accuracy = DEFAULT_ACCURACY if accuracy is None else accuracy
-    if periodic:  # vesin's half list: twice faster to build and to use than a full one
-        cell = atoms.cell.array
-        cutoff = ewald_parameters(cell, widths, n, accuracy, "ewald").cutoff
-        i, j, shifts, _ = half_pairs(positions, cell, True, cutoff * (1.0 + 1e-9))
-        es = GaussianElectrostatics(positions, cell, widths, i, j, shifts=shifts,
-                                    accuracy=accuracy, full_list=False)
-    else:
-        es = GaussianElectrostatics(positions, None, widths)
+    es = kernel_electrostatics(atoms, widths, accuracy)
     maxiter = int(max_iter) if max_iter is not None else max(1000, int(10 * n**0.5))
     q, mu, iterations, converged = solve_qeq(
         es, hardness, chi, total, None if initial is None else initial.numpy(), tol, maxiter)
