@@ -25,16 +25,18 @@ Units: eV, e, Angstrom.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from snapqeq.data import Sample
 from snapqeq.descriptor_autograd import bispectrum_of_positions
-from snapqeq.ewald import COULOMB
+from snapqeq.ewald import gaussian_coulomb, self_coefficient
 from snapqeq.model import CENT
 from snapqeq.potential import predict
+
+__all__ = ["BATCH_MAX_ATOMS", "Batch", "batch_loss", "batch_losses", "batchable", "collate",
+           "equilibrate_batch", "free_coulomb_matrix", "predict_batch", "structure_loss"]
 
 #: largest cluster evaluated in a padded batch (dense N^2 matrices per structure)
 BATCH_MAX_ATOMS = 300
@@ -99,20 +101,14 @@ def free_coulomb_matrix(positions: torch.Tensor, widths: torch.Tensor,
     """Gaussian-charge Coulomb matrices A_es (B, M, M) (eV/e^2) of padded clusters.
 
     ``positions`` (B, M, 3) Angstrom, ``widths`` (B, M) Angstrom, ``mask`` (B, M) True for
-    real atoms; rows and columns of padding atoms are zero. Differentiable (the distance
-    of excluded pairs is replaced by 1 before the square root, so no NaN gradients).
+    real atoms; rows and columns of padding atoms are zero. The pair and self terms are
+    those of :class:`snapqeq.ewald.Electrostatics` with free boundaries.
     """
-    d = positions[:, None, :, :] - positions[:, :, None, :]
-    r2 = torch.sum(d * d, dim=3)
     m = positions.shape[1]
-    pair = mask[:, :, None] & mask[:, None, :]
-    off = pair & ~torch.eye(m, dtype=torch.bool)[None]
-    r = torch.sqrt(torch.where(off, r2, torch.ones_like(r2)))
-    gamma = torch.rsqrt(widths[:, :, None] ** 2 + widths[:, None, :] ** 2)
-    a = torch.where(off, COULOMB * torch.erf(gamma * r) / r, torch.zeros_like(r))
-    self_term = torch.where(mask, 2.0 * COULOMB / math.sqrt(math.pi)
-                            / (math.sqrt(2.0) * widths), torch.zeros_like(widths))
-    return a + torch.diag_embed(self_term)
+    excluded = ~(mask[:, :, None] & mask[:, None, :]) | torch.eye(m, dtype=torch.bool)[None]
+    a = gaussian_coulomb(positions, positions, widths, widths, excluded)
+    diag = torch.where(mask, 2.0 * self_coefficient(widths), torch.zeros_like(widths))
+    return a + torch.diag_embed(diag)
 
 
 def _padded(values: torch.Tensor, batch: Batch, fill: float) -> torch.Tensor:
@@ -232,7 +228,3 @@ def batch_loss(model: CENT, samples: list[Sample], w: dict,
     for group in groups.values():
         total = total + batch_losses(model, collate(group), w, create_graph).sum()
     return total
-
-
-__all__ = ["BATCH_MAX_ATOMS", "Batch", "batch_loss", "batch_losses", "batchable", "collate",
-           "equilibrate_batch", "free_coulomb_matrix", "predict_batch", "structure_loss"]

@@ -62,8 +62,10 @@ __all__ = [
     "electrostatic_energy",
     "ewald_parameters",
     "fft_size",
+    "gaussian_coulomb",
     "half_pairs",
     "reciprocal_norms",
+    "self_coefficient",
     "spline_weights",
     "spreading_matrix",
 ]
@@ -400,12 +402,29 @@ def rfft_multiplicity(k3: int) -> Tensor:
     return mult
 
 
-def _self_coefficient(widths, beta: float = 0.0):
+def self_coefficient(widths, beta: float = 0.0):
     """c_i = k_e (gamma_ii - beta) / sqrt(pi) (eV/e^2), gamma_ii = 1 / (sqrt(2) alpha_i): the
     Gaussian self energy, less the beta part of the Ewald split for periodic cells
     (beta = 0: free boundaries). E_self = sum_i c_i q_i^2, so it adds 2 c_i q_i to phi_i and
     2 c_i to A_ii. widths: (N,) tensor or ndarray (Angstrom)."""
     return COULOMB / _SQRT_PI * (1.0 / (math.sqrt(2.0) * widths) - beta)
+
+
+def gaussian_coulomb(pos_a: Tensor, pos_b: Tensor, wid_a: Tensor, wid_b: Tensor,
+                     excluded: Tensor) -> Tensor:
+    """Pair interactions k_e erf(gamma_ab r_ab) / r_ab (eV/e^2) of unit Gaussian charges
+    without periodic images, gamma_ab = 1 / sqrt(alpha_a^2 + alpha_b^2).
+
+    ``pos_a`` (..., M, 3) and ``pos_b`` (..., N, 3) Angstrom, widths (..., M) / (..., N)
+    Angstrom; leading dimensions broadcast (batches of clusters). Pairs where ``excluded``
+    (..., M, N) is True (an atom with itself, padding) are 0; their distance is replaced by
+    1 before the square root, so that no NaN reaches the gradients.
+    """
+    d = pos_b[..., None, :, :] - pos_a[..., :, None, :]
+    r2 = torch.sum(d * d, dim=-1)
+    r = torch.sqrt(torch.where(excluded, torch.ones_like(r2), r2))
+    gamma = torch.rsqrt(wid_a[..., :, None] ** 2 + wid_b[..., None, :] ** 2)
+    return torch.where(excluded, torch.zeros_like(r), COULOMB * torch.erf(gamma * r) / r)
 
 
 def _background(q, widths, volume, beta: float, diagonal: bool = False):
@@ -592,7 +611,7 @@ class Electrostatics:
             return self._free_energy(q, pos, wid)
         p = self.parameters
         e = self._real_energy(q, pos, cel, wid)
-        e = e + torch.sum(_self_coefficient(wid, p.beta) * q * q)
+        e = e + torch.sum(self_coefficient(wid, p.beta) * q * q)
         volume = torch.abs(torch.linalg.det(cel))
         e = e + 0.5 * torch.dot(q, _background(q, wid, volume, p.beta))
         if p.kspace == "pme":
@@ -615,7 +634,7 @@ class Electrostatics:
             return self._free_potential(q, pos, wid)
         p = self.parameters
         phi = self._real_potential(q, pos, cel, wid)
-        phi = phi + 2.0 * _self_coefficient(wid, p.beta) * q
+        phi = phi + 2.0 * self_coefficient(wid, p.beta) * q
         volume = torch.abs(torch.linalg.det(cel))
         phi = phi + _background(q, wid, volume, p.beta)
         if p.kspace == "pme":
@@ -662,7 +681,7 @@ class Electrostatics:
         if "dense" in f:
             return torch.diagonal(f["dense"]).clone()
         if not self.periodic:
-            return 2.0 * _self_coefficient(self.widths)
+            return 2.0 * self_coefficient(self.widths)
         p = self.parameters
         d = f["real"].diagonal() + f["diag"]
         d = d + _background(None, f["widths"], self.volume, p.beta, diagonal=True)
@@ -694,7 +713,7 @@ class Electrostatics:
         v = self._real_kernel(self.positions, self.cell, self.widths)
         a.index_put_((self._i, self._j), v, accumulate=True)
         a.index_put_((self._j, self._i), v, accumulate=True)
-        a.diagonal().add_(2.0 * _self_coefficient(self.widths, p.beta))
+        a.diagonal().add_(2.0 * self_coefficient(self.widths, p.beta))
         a += _background(torch.eye(n, dtype=_F64), self.widths, self.volume, p.beta)
         mvec = self._mvec if p.kspace == "ewald" else self._kvectors(self.cell.numpy(), p.kcut)
         recip = torch.linalg.inv(self.cell).T
@@ -724,7 +743,7 @@ class Electrostatics:
             return e.detach(), -grad, None
         p = self.parameters
         e, forces, virial = self._real_forces_virial(q)
-        e = e + float(torch.sum(_self_coefficient(self.widths, p.beta) * q * q))
+        e = e + float(torch.sum(self_coefficient(self.widths, p.beta) * q * q))
         e_bg = 0.5 * float(torch.dot(q, _background(q, self.widths, self.volume, p.beta)))
         virial -= e_bg * np.eye(3)  # E_bg ~ 1/V
         e += e_bg
@@ -784,26 +803,22 @@ class Electrostatics:
 
     def _free_block(self, pos: Tensor, wid: Tensor, r0: int, r1: int) -> Tensor:
         """Rows r0:r1 of the off-diagonal free-BC matrix k_e erf(gamma r) / r."""
-        d = pos[None, :, :] - pos[r0:r1, None, :]
-        r2 = torch.sum(d * d, dim=2)
         eye = torch.arange(r0, r1)[:, None] == torch.arange(self.n_atoms)[None, :]
-        r = torch.sqrt(torch.where(eye, torch.ones_like(r2), r2))
-        gamma = torch.rsqrt(wid[r0:r1, None] ** 2 + wid[None, :] ** 2)
-        return torch.where(eye, torch.zeros_like(r), COULOMB * torch.erf(gamma * r) / r)
+        return gaussian_coulomb(pos[r0:r1], pos, wid[r0:r1], wid, eye)
 
     def _rows(self):
         step = max(1, _BLOCK // max(self.n_atoms, 1))
         return [(a, min(a + step, self.n_atoms)) for a in range(0, self.n_atoms, step)]
 
     def _free_energy(self, q, pos, wid) -> Tensor:
-        e = torch.sum(_self_coefficient(wid) * q * q)
+        e = torch.sum(self_coefficient(wid) * q * q)
         for r0, r1 in self._rows():
             e = e + 0.5 * torch.sum(q[r0:r1] * (self._free_block(pos, wid, r0, r1) @ q))
         return e
 
     def _free_potential(self, q, pos, wid) -> Tensor:
         rows = [self._free_block(pos, wid, r0, r1) @ q for r0, r1 in self._rows()]
-        return torch.cat(rows) + 2.0 * _self_coefficient(wid) * q
+        return torch.cat(rows) + 2.0 * self_coefficient(wid) * q
 
     def _free_potential_blocks(self, q: Tensor) -> Tensor:
         return self._free_potential(q, self.positions, self.widths)
@@ -811,7 +826,7 @@ class Electrostatics:
     def _free_matrix(self) -> Tensor:
         a = torch.cat([self._free_block(self.positions, self.widths, r0, r1)
                        for r0, r1 in self._rows()])
-        a.diagonal().add_(2.0 * _self_coefficient(self.widths))
+        a.diagonal().add_(2.0 * self_coefficient(self.widths))
         return a
 
     # direct reciprocal sum
@@ -987,7 +1002,7 @@ class Electrostatics:
             (np.concatenate([v, v]), (np.concatenate([i, j]), np.concatenate([j, i]))),
             shape=(n, n))
         f["widths"] = self.widths.numpy()
-        f["diag"] = 2.0 * _self_coefficient(f["widths"], p.beta)
+        f["diag"] = 2.0 * self_coefficient(f["widths"], p.beta)
         if p.kspace == "pme":
             f["spread"] = spreading_matrix(self.positions, self.cell, p.grid, p.order)
             f["theta"] = 2.0 * math.prod(p.grid) * self._pme_influence(self.cell)

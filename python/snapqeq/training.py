@@ -297,7 +297,7 @@ def train(config: TrainConfig) -> TrainResult:
     """Train, checkpoint, plot, evaluate and export; returns the trained model.
 
     With ``committee > 1`` the members are trained by
-    :func:`snapqeq.committee.train_committee` and exported as one model file.
+    :func:`train_committee` and exported as one model file.
     """
     if config.committee > 1:
         return train_committee(config)
