@@ -27,9 +27,10 @@ import warnings
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, CalculatorSetupError, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from snapqeq._sna import accumulate_pair_forces
-from snapqeq.bispectrum import VOIGT, Bispectrum
+from snapqeq.bispectrum import Bispectrum
 from snapqeq.committee import CommitteeCheck, committee_statistics
 from snapqeq.ewald import Electrostatics
 from snapqeq.export import LoadedModel, load_model
@@ -249,8 +250,7 @@ class SnapQEqCalculator(Calculator):
         f_desc, dedstrain = accumulate_pair_forces(dedr, pairs.i, pairs.j, pairs.rij, n)
         forces += f_desc
         if periodic:
-            sym = 0.5 * (dedstrain + dedstrain.T) / atoms.get_volume()
-            stress += np.array([sym[a, c] for a, c in VOIGT])
+            stress += full_3x3_to_voigt_6_stress(dedstrain / atoms.get_volume())
         return {"energies": energies, "forces": forces, "stress": stress, "charges": q,
                 "electronegativities": chi, "potential": phi}
 
@@ -282,8 +282,8 @@ class SnapQEqCalculator(Calculator):
             forces, virial = es.forces(np.asarray(mu, dtype=float), np.asarray(q, dtype=float))
             if not periodic:
                 return 2.0 * forces, np.zeros(6)
-            # ASE stress (1/V) dE/d strain = -W / V, Voigt xx yy zz yz xz xy
-            return 2.0 * forces, -2.0 * virial[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]] / es.volume
+            # ASE stress (1/V) dE/d strain = -W / V
+            return 2.0 * forces, full_3x3_to_voigt_6_stress(-2.0 * virial / es.volume)
         kwargs = {} if accuracy is None else {"accuracy": accuracy}
         es = Electrostatics(atoms.positions, atoms.cell.array, periodic, widths, **kwargs)
         with torch.enable_grad():
@@ -297,6 +297,5 @@ class SnapQEqCalculator(Calculator):
         forces = -g_pos.numpy()
         stress = np.zeros(6)
         if periodic and g_strain is not None:
-            g = 0.5 * (g_strain + g_strain.T).numpy() / atoms.get_volume()
-            stress = np.array([g[a, c] for a, c in VOIGT])
+            stress = full_3x3_to_voigt_6_stress(g_strain.numpy() / atoms.get_volume())
         return forces, stress

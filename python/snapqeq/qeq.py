@@ -41,6 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from ase.stress import full_3x3_to_voigt_6_stress
 from torch import Tensor
 
 from snapqeq.ewald import (
@@ -604,7 +605,7 @@ def _equilibrate_kernel(atoms, chi: np.ndarray, hardness: np.ndarray, widths: np
     if compute_forces:
         forces, virial = es.forces(q)
         if periodic:  # ASE stress (1/V) dE/d strain = -W / V, Voigt xx yy zz yz xz xy
-            stress = -virial[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]] / es.volume
+            stress = full_3x3_to_voigt_6_stress(-virial / es.volume)
     energy = float(chi @ q + 0.5 * hardness @ (q * q) + 0.5 * q @ phi)
     return QEqResult(charges=q, energy=energy, potential=phi, forces=forces, stress=stress,
                      iterations=int(iterations), residual=residual,
