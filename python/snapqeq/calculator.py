@@ -22,11 +22,18 @@ Units: eV, Angstrom, e.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import numpy as np
 import torch
-from ase.calculators.calculator import Calculator, CalculatorSetupError, all_changes
+from ase.calculators.calculator import (
+    Calculator,
+    CalculatorSetupError,
+    Parameters,
+    all_changes,
+    equal,
+)
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from snapqeq._sna import accumulate_pair_forces
@@ -39,19 +46,40 @@ from snapqeq.qeq import (
     DENSE_MAX_ATOMS,
     KERNEL_MAX_PERIODIC,
     equilibrate,
+    fixed_charge_forces,
     kernel_electrostatics,
     total_charge_of,
 )
 from snapqeq.site_features import FeatureRecipe, SiteFeaturizer
 
+#: the keyword arguments of :func:`snapqeq.qeq.equilibrate` that are calculator parameters
+SOLVER_PARAMETERS = ("method", "tol", "accuracy", "max_iter")
+#: the values of the ``method`` parameter (:func:`snapqeq.qeq.equilibrate`)
+METHODS = ("auto", "dense", "cg", "kernel")
+#: results that need the force computation (the adjoint terms, the pair forces)
+FORCE_PROPERTIES = frozenset({"forces", "stress", "forces_std"})
+
+
+def _solver_defaults() -> dict:
+    signature = inspect.signature(equilibrate).parameters
+    return {key: signature[key].default for key in SOLVER_PARAMETERS}
+
 
 class SnapQEqCalculator(Calculator):
     """ASE calculator of a snapqeq model file.
 
+    Every setting is a calculator parameter (:attr:`default_parameters`): it lives in
+    ``calc.parameters``, ``calc.set(key=value)`` changes it (and discards the results;
+    a new ``model`` is loaded), ``calc.todict()`` returns the non-default ones (the model
+    as its path) and ``SnapQEqCalculator(**calc.todict())`` rebuilds the calculator.
+    ASE's own keywords (``label``, ``directory``, ``atoms``) are accepted as well; any
+    other keyword is a TypeError naming the allowed ones.
+
     Parameters
     ----------
-    model : str or LoadedModel
-        Path of the exported TorchScript model (``snapqeq export`` / training output).
+    model : str, Path or LoadedModel
+        Path of the exported TorchScript model (``snapqeq export`` / training output),
+        or a model file loaded with :func:`snapqeq.export.load_model`.
     total_charge : float, optional
         Total charge Q (e); default: ``atoms.info["charge"]``, else the sum of
         ``atoms.get_initial_charges()``, else 0.
@@ -77,8 +105,13 @@ class SnapQEqCalculator(Calculator):
     committee_action : {"warn", "stop"}
         What a spread above ``committee_threshold`` does: a warning, or ValueError naming
         the threshold and the value.
-    **solver_options
-        Passed to :func:`snapqeq.qeq.equilibrate` (``method``, ``tol``, ...).
+    method, tol, accuracy, max_iter
+        Charge-equilibration solver options, passed to :func:`snapqeq.qeq.equilibrate`
+        (defaults: its own).
+
+    Only what is asked for is computed: an energy (or charges) call skips the forces,
+    stress and adjoint terms; a later forces call for the same geometry adds them to the
+    same solve, so the results equal those of one call asking for everything.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress",
@@ -89,54 +122,151 @@ class SnapQEqCalculator(Calculator):
     #: results of a committee model file (besides the members' mean as energy, forces,
     #: stress, charges): energy std (eV), per-atom force std (eV/A) and energy std (eV)
     committee_properties = ["energy_std", "forces_std", "energies_std"]
+    default_parameters = {
+        "model": "model.pt",
+        "total_charge": None,
+        "device": "cpu",
+        "min_distance_factor": None,
+        "guard": "stop",
+        "committee_threshold": None,
+        "committee_action": "warn",
+        **_solver_defaults(),
+    }
+    #: keywords of :class:`ase.calculators.calculator.Calculator` itself
+    ase_keywords = ("restart", "label", "atoms", "directory")
 
-    def __init__(self, model="model.pt", total_charge: float | None = None,
-                 device: str = "cpu", min_distance_factor: float | None = None,
-                 guard: str = "stop", committee_threshold=None,
-                 committee_action: str = "warn", **solver_options):
-        super().__init__()
-        self.model = model if isinstance(model, LoadedModel) else load_model(model)
-        self.device = torch.device(device)
-        self.module = self.model.module.to(self.device)
-        meta = self.model.metadata
-        self.descriptor = Bispectrum.from_dict(meta["descriptor"])
-        if list(self.descriptor.elements) != list(meta["elements"]):
-            raise CalculatorSetupError("model descriptor and element list disagree")
-        self.total_charge = total_charge
-        self.solver_options = solver_options
+    def __init__(self, model=None, **kwargs):
+        self.model: LoadedModel | None = None  # the loaded file of parameters["model"]
+        self._in_init = False
+        self._state: dict | None = None
+        self._last_charges: list[np.ndarray | None] = []
+        self._site_state: tuple | None = None
+        if model is not None:
+            kwargs["model"] = model
+        self._check_keywords(set(kwargs) - set(self.ase_keywords))
+        self._in_init = True  # (the stack level of the guard's warning)
+        Calculator.__init__(self, **kwargs)  # its set() loads the model
+        self._in_init = False
+
+    @classmethod
+    def _check_keywords(cls, keys) -> None:
+        unknown = sorted(set(keys) - set(cls.default_parameters))
+        if unknown:
+            raise TypeError(
+                f"SnapQEqCalculator: unknown parameter{'s' if len(unknown) > 1 else ''} "
+                f"{', '.join(map(repr, unknown))}; the parameters are "
+                f"{', '.join(cls.default_parameters)} (and ASE's "
+                f"{', '.join(cls.ase_keywords)})")
+
+    def set(self, **kwargs) -> dict:
+        """Change parameters; returns the changed ones (and then discards the results).
+
+        A new ``model`` is loaded; the guard and the committee check are rebuilt from the
+        parameters they depend on.  Unknown keys raise TypeError before anything changes.
+        """
+        if "parameters" in kwargs:  # ASE: parameters read from a file
+            filename = kwargs.pop("parameters")
+            kwargs = dict(Parameters.read(filename), **kwargs)
+        self._check_keywords(kwargs)
+        loaded = None
+        if isinstance(kwargs.get("model"), LoadedModel):
+            loaded = kwargs["model"]
+            kwargs["model"] = str(loaded.path)
+        elif "model" in kwargs:
+            kwargs["model"] = str(kwargs["model"])
+        candidate = dict(self.parameters, **kwargs)
+        changed = {key for key, value in kwargs.items()
+                   if key not in self.parameters or not equal(value, self.parameters[key])}
+        if loaded is not None and loaded is not self.model:
+            changed.add("model")
+        if self.model is None:
+            changed |= set(self.default_parameters)
+        if changed:
+            # build everything first: a bad value leaves the calculator as it was
+            self._setup(candidate, changed, loaded)
+        out = Calculator.set(self, **kwargs)
+        if changed:
+            self.reset()
+        return out
+
+    def _setup(self, params: dict, changed: set, loaded: LoadedModel | None) -> None:
+        """The objects derived from the parameters: the model file and its constants,
+        the guard, the committee check, the torch device."""
+        new_model = self.model is None or "model" in changed
+        model = self.model
+        if new_model:
+            model = loaded if loaded is not None else load_model(params["model"])
+            meta = model.metadata
+            descriptor = Bispectrum.from_dict(meta["descriptor"])
+            if list(descriptor.elements) != list(meta["elements"]):
+                raise CalculatorSetupError("model descriptor and element list disagree")
+        meta = model.metadata
+        device = torch.device(params["device"])
+        if params["method"] not in METHODS:  # equilibrate would refuse it at the first call
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, not "
+                             f"{params['method']!r}")
+        guard = self.guard if hasattr(self, "guard") else None
+        if new_model or changed & {"guard", "min_distance_factor"}:
+            guard = Guard(meta, params["guard"], params["min_distance_factor"])
+        check = self.committee_check if hasattr(self, "committee_check") else None
+        if new_model or changed & {"committee_threshold", "committee_action"}:
+            check = CommitteeCheck(params["committee_threshold"], params["committee_action"])
+            if check.active and model.committee == 1:
+                raise CalculatorSetupError(f"committee_threshold needs a committee model "
+                                           f"file; {model.path} holds a single model")
+        # nothing raised: commit
+        self.guard, self.committee_check = guard, check
+        if guard.limitations and (new_model or changed & {"guard", "min_distance_factor"}):
+            warnings.warn(f"{model.path}: {guard.limitations}", UserWarning,
+                          stacklevel=5 if self._in_init else 3)
+        if new_model:
+            self._load(model, descriptor)
+        if new_model or "device" in changed:
+            self.module = self.model.module.to(device)
+
+    def _load(self, model: LoadedModel, descriptor: Bispectrum) -> None:
+        self.model = model
+        meta = model.metadata
+        self.descriptor = descriptor
         self.hardness = np.asarray(meta["hardness"], dtype=float)
         self.widths = np.asarray(meta["widths"], dtype=float)
         self.e0 = np.asarray(meta["e0"], dtype=float)
         self.has_short = bool(meta["has_short_range"])
-        self.guard = Guard(meta, guard, min_distance_factor)
-        if self.guard.limitations:
-            warnings.warn(f"{self.model.path}: {self.guard.limitations}", UserWarning,
-                          stacklevel=2)
         #: committee members in the file (1: a single model)
-        self.n_members = self.model.committee
+        self.n_members = model.committee
         self._member_params = [
             {key: np.asarray(m[key], dtype=float) for key in ("hardness", "widths", "e0")}
             for m in (meta["members"] if self.n_members > 1
                       else [{"hardness": meta["hardness"], "widths": meta["widths"],
                              "e0": meta["e0"]}])]
-        self.committee_check = CommitteeCheck(committee_threshold, committee_action)
-        if self.committee_check.active and self.n_members == 1:
-            raise CalculatorSetupError(f"committee_threshold needs a committee model file; "
-                                       f"{self.model.path} holds a single model")
+        self.implemented_properties = list(type(self).implemented_properties)
         if self.n_members > 1:
-            self.implemented_properties = (list(type(self).implemented_properties)
-                                           + self.committee_properties)
-        self._last_charges: list[np.ndarray | None] = [None] * self.n_members
+            self.implemented_properties += self.committee_properties
         self._olcao: SiteFeaturizer | None = None
-        self._site_state: tuple | None = None  # (b, q, phi) of the last call, for the head
-        if self.model.olcao:
-            recipe = FeatureRecipe.from_dict(self.model.olcao["features"])
+        if model.olcao:
+            recipe = FeatureRecipe.from_dict(model.olcao["features"])
             # the head takes this model's chi, so q and phi come from calculate()'s solve
-            self._olcao = SiteFeaturizer(recipe, energy_model=self.model)
+            self._olcao = SiteFeaturizer(recipe, energy_model=model)
             self._olcao_recipe = recipe
             self._local_is_model_descriptor = recipe.local == meta["descriptor"]
-            self.implemented_properties = (list(type(self).implemented_properties)
-                                           + self.olcao_properties)
+            self.implemented_properties += self.olcao_properties
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.parameters["device"])
+
+    @property
+    def solver_options(self) -> dict:
+        """The keyword arguments of :func:`snapqeq.qeq.equilibrate` from the parameters."""
+        return {key: self.parameters[key] for key in SOLVER_PARAMETERS}
+
+    def todict(self, skip_default: bool = True) -> dict:
+        """The parameters (JSON types; the model as its path, always included)."""
+        out = Calculator.todict(self, skip_default)
+        out["model"] = str(self.parameters["model"])
+        if out.get("committee_threshold") is not None:
+            out["committee_threshold"] = list(out["committee_threshold"])
+        return out
 
     @property
     def potential_exponents(self) -> dict[str, np.ndarray]:
@@ -148,8 +278,13 @@ class SnapQEqCalculator(Calculator):
 
     def reset(self):
         super().reset()
-        self._last_charges = [None] * self.n_members
+        self._last_charges = [None] * getattr(self, "n_members", 0)
         self._site_state = None
+        self._state = None
+
+    def _needs_forces(self, properties) -> bool:
+        return bool(FORCE_PROPERTIES & set(properties)) or (
+            self.n_members > 1 and self.committee_check.force is not None)
 
     # -------------------------------------------------------------- the physics
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
@@ -157,56 +292,50 @@ class SnapQEqCalculator(Calculator):
         if olcao_only and not system_changes and self._site_state is not None:
             self._potential_coefficients()  # the energy call of this geometry is done
             return
+        # the same geometry as the last call, which skipped the forces: add them to it
+        resume = not system_changes and self._state is not None
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
+        with_forces = self._needs_forces(properties)
+        if resume:
+            state = self._state
+        else:
+            state = self._state = self._evaluate(atoms, with_forces)
+        members = state["members"]
+        if with_forces:
+            for k, m in enumerate(members):
+                if "forces" not in m:
+                    self._member_forces(k, m, state)
+        self._store(state, members, with_forces, first=not resume)
+        if set(properties) & set(self.olcao_properties):
+            self._potential_coefficients()
+
+    def _evaluate(self, atoms, with_forces: bool) -> dict:
+        """Descriptor, guard checks and every member's energies and charges."""
         n = len(atoms)
         if n == 0:
             raise ValueError("the structure has no atoms: nothing to compute")
         species = self.descriptor.species(atoms)  # clear error for unknown elements
-        total = total_charge_of(atoms, self.total_charge)
+        total = total_charge_of(atoms, self.parameters["total_charge"])
         self.guard.check_total_charge(total)
         b_lin, pairs, args = self.descriptor.compute_linear_with_pairs(atoms)
         self.guard.check_distances(species, pairs.i, pairs.j, pairs.rij)
         self.guard.check_descriptors(species, b_lin)
-        b = torch.tensor(self.descriptor._with_quadratic(b_lin), device=self.device,
+        device = self.device
+        b = torch.tensor(self.descriptor._with_quadratic(b_lin), device=device,
                          requires_grad=True)
-        sp = torch.as_tensor(species, device=self.device)
-        periodic = bool(np.all(atoms.pbc))
-        members = [self._member(k, atoms, b, b_lin, sp, species, pairs, args, total, periodic)
-                   for k in range(self.n_members)]
-        if self.n_members == 1:
-            out = members[0]
-        else:
-            stats = committee_statistics([m["energies"].sum() for m in members],
-                                         np.array([m["forces"] for m in members]),
-                                         np.array([m["energies"] for m in members]))
-            out = {key: np.mean([m[key] for m in members], axis=0)
-                   for key in ("charges", "electronegativities", "stress", "potential")}
-            out.update(energies=stats["energies"], forces=stats["forces"])
-            self.results["energy_std"] = float(stats["energy_std"])
-            self.results["forces_std"] = stats["forces_std"]
-            self.results["energies_std"] = stats["energies_std"]
-            self.results["committee_energy"] = np.array([m["energies"].sum() for m in members])
-            self.results["committee_forces"] = np.array([m["forces"] for m in members])
-            self.results["committee_charges"] = np.array([m["charges"] for m in members])
-            self.committee_check.check(self.results["energy_std"], stats["forces_std"],
-                                       atoms.get_chemical_symbols())
+        state = {"atoms": atoms, "b": b, "b_lin": b_lin, "pairs": pairs, "args": args,
+                 "species": species, "sp": torch.as_tensor(species, device=device),
+                 "periodic": bool(np.all(atoms.pbc))}
+        state["members"] = [self._member_energy(k, state, total, with_forces)
+                            for k in range(self.n_members)]
+        return state
 
-        energies = out["energies"]
-        self.results["energies"] = energies
-        self.results["energy"] = self.results["free_energy"] = float(energies.sum())
-        self.results["forces"] = out["forces"]
-        self.results["charges"] = out["charges"]
-        self.results["electronegativities"] = out["electronegativities"]
-        if periodic:
-            self.results["stress"] = out["stress"]
-        self._site_state = (b.detach().cpu().numpy(), out["charges"], out["potential"])
-        if set(properties) & set(self.olcao_properties):
-            self._potential_coefficients()
-
-    def _member(self, k, atoms, b, b_lin, sp, species, pairs, args, total, periodic) -> dict:
-        """Energies, forces, stress, charges, chi and potentials of committee member k
-        (the model itself for a single model file) from this call's bispectrum ``b``."""
+    def _member_energy(self, k: int, state: dict, total: float, with_forces: bool) -> dict:
+        """Energies, charges, chi and potentials of committee member k (the model itself
+        for a single model file) from this call's bispectrum, with the electrostatic
+        forces at fixed charges when ``with_forces``."""
+        atoms, b, sp, species = state["atoms"], state["b"], state["sp"], state["species"]
         n = len(atoms)
         single = self.n_members == 1
         chi_t = self.module(b, sp) if single else self.module.member_chi(k, b, sp)
@@ -216,43 +345,100 @@ class SnapQEqCalculator(Calculator):
         last = self._last_charges[k]
         warm = last if (last is not None and len(last) == n) else None
         res = equilibrate(atoms, chi, hard, wid, total_charge=total, initial_charges=warm,
-                          **self.solver_options)
+                          compute_forces=with_forces, **self.solver_options)
         q = np.asarray(res.charges, dtype=float)
         phi = np.asarray(res.potential, dtype=float)
         self._last_charges[k] = q.copy()
 
         # per-atom energies: E_es = q.phi/2 split evenly
         energies = params["e0"][species] + chi * q + 0.5 * hard * q * q + 0.5 * q * phi
-        forces = np.array(res.forces, dtype=float)
-        stress = np.array(res.stress, dtype=float) if periodic and res.stress is not None \
-            else np.zeros(6)
         q_t = torch.tensor(q, device=self.device)
-        weight = q_t  # dE/dchi_i
-        grads = []
+        member = {"chi_t": chi_t, "charges": q, "electronegativities": chi, "potential": phi,
+                  "hard": hard, "wid": wid, "q_t": q_t, "method": res.method}
+        if with_forces:
+            member["es_forces"] = (res.forces, res.stress)
         if self.has_short:
             q_t.requires_grad_(True)
             e_short = (self.module.short_energy(b, q_t, sp) if single
                        else self.module.member_short_energy(k, b, q_t, sp))
             energies = energies + e_short.detach().cpu().numpy()
-            ds_dq, ds_db = torch.autograd.grad(e_short.sum(), (q_t, b), retain_graph=True)
+            member["e_short"] = e_short
+        member["energies"] = energies
+        return member
+
+    def _member_forces(self, k: int, m: dict, state: dict) -> None:
+        """Forces and stress of member k: -dE_es/dr at fixed charges, the descriptor term
+        and (short-range network) the adjoint term."""
+        atoms, b, b_lin = state["atoms"], state["b"], state["b_lin"]
+        pairs, periodic = state["pairs"], state["periodic"]
+        n = len(atoms)
+        options = self.solver_options
+        es_forces, es_stress = m.pop("es_forces", None) or fixed_charge_forces(
+            atoms, m["wid"], m["charges"], m["method"], options["accuracy"])
+        forces = np.array(es_forces, dtype=float)
+        stress = np.array(es_stress, dtype=float) if periodic and es_stress is not None \
+            else np.zeros(6)
+        q_t = m["q_t"]
+        weight = q_t  # dE/dchi_i
+        grads = []
+        if self.has_short:
+            ds_dq, ds_db = torch.autograd.grad(m["e_short"].sum(), (q_t, b), retain_graph=True)
             # adjoint solve: [A + J, 1; 1, 0] (mu, nu) = (-dE_short/dq, 0)
-            mu = np.asarray(equilibrate(atoms, ds_dq.cpu().numpy(), hard, wid,
-                                        total_charge=0.0, **self.solver_options).charges)
+            mu = np.asarray(equilibrate(atoms, ds_dq.cpu().numpy(), m["hard"], m["wid"],
+                                        total_charge=0.0, compute_forces=False,
+                                        **options).charges)
             weight = q_t.detach() + torch.tensor(mu, device=self.device)
             grads.append(ds_db)
-            f_mu, s_mu = self._mu_dphi(atoms, wid, q, mu, self.solver_options.get("accuracy"))
+            f_mu, s_mu = self._mu_dphi(atoms, m["wid"], m["charges"], mu, options["accuracy"])
             forces += f_mu
             stress += s_mu
-        (dchi_db,) = torch.autograd.grad(chi_t, b, grad_outputs=weight.detach())
+        (dchi_db,) = torch.autograd.grad(m["chi_t"], b, grad_outputs=weight.detach())
         beta = dchi_db + sum(grads) if grads else dchi_db
         beta_lin = self.descriptor._effective_beta(beta.detach().cpu().numpy(), b_lin)
-        dedr = self.descriptor.pair_forces(args, beta_lin)
+        dedr = self.descriptor.pair_forces(state["args"], beta_lin)
         f_desc, dedstrain = accumulate_pair_forces(dedr, pairs.i, pairs.j, pairs.rij, n)
         forces += f_desc
         if periodic:
             stress += full_3x3_to_voigt_6_stress(dedstrain / atoms.get_volume())
-        return {"energies": energies, "forces": forces, "stress": stress, "charges": q,
-                "electronegativities": chi, "potential": phi}
+        m["forces"], m["stress"] = forces, stress
+
+    def _store(self, state: dict, members: list[dict], with_forces: bool,
+               first: bool) -> None:
+        """The results of this geometry: the model's, or the committee's mean and spread."""
+        atoms = state["atoms"]
+        if self.n_members == 1:
+            out = members[0]
+        else:
+            stats = committee_statistics(
+                [m["energies"].sum() for m in members],
+                np.array([m["forces"] for m in members]) if with_forces else None,
+                np.array([m["energies"] for m in members]))
+            out = {key: np.mean([m[key] for m in members], axis=0)
+                   for key in ("charges", "electronegativities", "potential")}
+            out.update(energies=stats["energies"])
+            self.results["energy_std"] = float(stats["energy_std"])
+            self.results["energies_std"] = stats["energies_std"]
+            self.results["committee_energy"] = np.array([m["energies"].sum() for m in members])
+            self.results["committee_charges"] = np.array([m["charges"] for m in members])
+            if with_forces:
+                out.update(forces=stats["forces"],
+                           stress=np.mean([m["stress"] for m in members], axis=0))
+                self.results["forces_std"] = stats["forces_std"]
+                self.results["committee_forces"] = np.array([m["forces"] for m in members])
+            if first:  # once per geometry (a force threshold computes the forces at once)
+                self.committee_check.check(self.results["energy_std"],
+                                           stats.get("forces_std", np.zeros(0)),
+                                           atoms.get_chemical_symbols())
+        energies = out["energies"]
+        self.results["energies"] = energies
+        self.results["energy"] = self.results["free_energy"] = float(energies.sum())
+        self.results["charges"] = out["charges"]
+        self.results["electronegativities"] = out["electronegativities"]
+        if with_forces:
+            self.results["forces"] = out["forces"]
+            if state["periodic"]:
+                self.results["stress"] = out["stress"]
+        self._site_state = (state["b"].detach().cpu().numpy(), out["charges"], out["potential"])
 
     def _potential_coefficients(self) -> None:
         """Mean and std of the OLCAO coefficients from the last call's B, q and phi."""

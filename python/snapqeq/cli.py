@@ -70,12 +70,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_keys(pairs: list[str] | None):
+    """DataKeys from ``NAME=KEY`` words (the ``keys`` section of a training config)."""
+    from snapqeq.data import DataKeys
+
+    allowed = tuple(DataKeys.__dataclass_fields__)
+    keys = {}
+    for pair in pairs or []:
+        name, sep, key = pair.partition("=")
+        if not sep or not key or name not in allowed:
+            raise ValueError(f"--key {pair!r}: expected NAME=KEY with NAME one of "
+                             f"{', '.join(allowed)}")
+        keys[name] = key
+    return DataKeys(**keys)
+
+
 def _cmd_test(args: argparse.Namespace) -> int:
     from snapqeq.evaluation import evaluate_file
     from snapqeq.metrics import format_table
 
-    metrics = evaluate_file(args.model, args.data, progress=not args.json,
-                            format=args.format)
+    metrics = evaluate_file(args.model, args.data, keys=_data_keys(args.key),
+                            progress=not args.json, format=args.format)
     if args.json:
         print(json.dumps({k: m.as_dict() for k, m in metrics.items()}, indent=1))
     else:
@@ -161,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "'runnerdata' for RuNNer input.data)")
     p.add_argument("--model", required=True,
                    help="model file (snapqeq export / training output model.pt)")
+    p.add_argument("--key", action="append", metavar="NAME=KEY",
+                   help="where the reference values live, as in the 'keys' section of the "
+                   "training config (e.g. --key charge=total_charge; repeatable): the total "
+                   "charge is read by the same rule as in training")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_cmd_test)
 

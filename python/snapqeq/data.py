@@ -19,6 +19,9 @@ from tqdm import tqdm
 from snapqeq.bispectrum import Bispectrum
 from snapqeq.neighbors import build_pairs, shortest_distances
 
+#: per-atom charges summing to more than this (e) need a declared total charge
+UNDECLARED_CHARGE_TOL = 1e-3
+
 
 @dataclass(frozen=True)
 class DataKeys:
@@ -220,13 +223,45 @@ def _is_default(keys: DataKeys, name: str) -> bool:
     return getattr(keys, name) == DataKeys.__dataclass_fields__[name].default
 
 
-def total_charge(atoms: Atoms, keys: DataKeys = DataKeys()) -> float:
-    """Total charge (e) of a reference structure: ``info[keys.charge]``, else 0.
+def _undeclared_charge(atoms: Atoms, keys: DataKeys) -> float | None:
+    """The net charge of a structure's per-atom charges (reference charges, else ASE initial
+    charges) when it has no total charge ``info[keys.charge]`` and they do not sum to 0."""
+    if keys.charge in atoms.info:
+        return None
+    per_atom = _reference(atoms, keys)[2]
+    if per_atom is None and atoms.has("initial_charges"):
+        per_atom = atoms.get_initial_charges()
+    if per_atom is not None and abs(float(np.sum(per_atom))) > UNDECLARED_CHARGE_TOL:
+        return float(np.sum(per_atom))
+    return None
 
-    Training and testing use this one rule.  See :func:`check_reference_keys` for the
-    data sets in which a missing total charge is an error.
+
+def total_charge(atoms: Atoms, keys: DataKeys = DataKeys(),
+                 override: float | None = None) -> float:
+    """Total charge (e) of a reference structure, the one rule of ``snapqeq train`` and
+    ``snapqeq test``:
+
+    1. ``override`` when given (the ``total_charge`` parameter of the calculator
+       ``snapqeq test`` evaluates with);
+    2. else ``info[keys.charge]`` (extended XYZ ``charge=``; RuNNer ``charge`` lines);
+    3. else 0, but a structure whose per-atom charges (``arrays[keys.ref_charges]``, else
+       ASE initial charges) sum to a non-zero charge is a ValueError: it would be trained
+       or tested as neutral.
+
+    See :func:`check_reference_keys` for the data sets in which a missing total charge
+    is an error.
     """
-    return float(atoms.info.get(keys.charge, 0.0))
+    if override is not None:
+        return float(override)
+    if keys.charge in atoms.info:
+        return float(atoms.info[keys.charge])
+    net = _undeclared_charge(atoms, keys)
+    if net is not None:
+        raise ValueError(f"a structure ({atoms.get_chemical_formula()}) has no total charge "
+                         f"info[{keys.charge!r}] but its per-atom charges sum to {net:.4g} e; "
+                         f"set info[{keys.charge!r}] (or keys.charge) so it is not treated "
+                         f"as neutral")
+    return 0.0
 
 
 def check_reference_keys(structures: list[Atoms], keys: DataKeys, source: str,
@@ -262,12 +297,14 @@ def check_reference_keys(structures: list[Atoms], keys: DataKeys, source: str,
             raise ValueError(
                 f"{source}: structure {k} has no total charge info[{keys.charge!r}] while "
                 f"structure {first} has one; give every structure its total charge")
-        ref_q = refs[k][2]
-        if ref_q is not None and abs(float(np.sum(ref_q))) > 1e-3:
+        net = _undeclared_charge(structures[k], keys)
+        if net is not None:
+            what = (f"reference charges {keys.ref_charges!r}" if refs[k][2] is not None
+                    else "initial charges")
             raise ValueError(
                 f"{source}: structure {k} has no total charge info[{keys.charge!r}] but its "
-                f"reference charges {keys.ref_charges!r} sum to {float(np.sum(ref_q)):.4g} e; "
-                f"set info[{keys.charge!r}] (or keys.charge) so it is not trained as neutral")
+                f"{what} sum to {net:.4g} e; set info[{keys.charge!r}] (or keys.charge) so "
+                f"it is not treated as neutral")
     if need_energy:
         missing = [k for k in range(n) if not found["energy"][k]]
         if missing:

@@ -63,6 +63,7 @@ __all__ = [
     "QEqResult",
     "ConstrainedSolver",
     "equilibrate",
+    "fixed_charge_forces",
     "per_atom",
     "qeq_energy",
     "total_charge_of",
@@ -541,15 +542,45 @@ def equilibrate(atoms, chi, hardness, widths, total_charge: float = 0.0,
     phi = sol.ax - j_t * q
     forces = stress = None
     if compute_forces:
-        e_es, f, s = es.forces_stress(q)
-        forces = f.numpy()
-        stress = None if s is None else s.numpy()
+        e_es, forces, stress = _torch_forces(es, q)
     else:
         e_es = 0.5 * torch.dot(q, phi)
     energy = float(torch.dot(chi_t, q) + 0.5 * torch.dot(j_t * q, q) + e_es)
     return QEqResult(charges=q.numpy(), energy=energy, potential=phi.numpy(), forces=forces,
                      stress=stress, iterations=sol.iterations, residual=sol.residual,
                      chemical_potential=float(sol.mu), method=method)
+
+
+def _torch_forces(es: Electrostatics, q: Tensor):
+    """Electrostatic energy, forces and (periodic) stress at fixed charges, torch path."""
+    e_es, f, s = es.forces_stress(q)
+    return e_es, f.numpy(), None if s is None else s.numpy()
+
+
+def _kernel_forces(es, q: np.ndarray, periodic: bool):
+    """Electrostatic forces and (periodic) stress at fixed charges, C++ kernel path."""
+    forces, virial = es.forces(q)
+    stress = None
+    if periodic:  # ASE stress (1/V) dE/d strain = -W / V, Voigt xx yy zz yz xz xy
+        stress = full_3x3_to_voigt_6_stress(-virial / es.volume)
+    return forces, stress
+
+
+def fixed_charge_forces(atoms, widths, charges, method: str,
+                        accuracy: float | None = None):
+    """Forces (N, 3) and stress (6,) or None of the electrostatic energy at fixed
+    ``charges``: the numbers :func:`equilibrate` returns with ``compute_forces=True`` for a
+    solve whose :attr:`QEqResult.method` was ``method`` (so that a caller which solved
+    without forces can add them later for the same geometry)."""
+    w_np = per_atom(widths, atoms.get_chemical_symbols(), "widths", "Angstrom",
+                    positive=True)
+    q = np.ascontiguousarray(charges, dtype=np.float64)
+    if method == "kernel":
+        es = kernel_electrostatics(atoms, w_np, accuracy)
+        return _kernel_forces(es, q, bool(np.any(atoms.pbc)))
+    es = _electrostatics(atoms.positions, atoms.cell.array, atoms.pbc, w_np, method, accuracy)
+    _, forces, stress = _torch_forces(es, torch.from_numpy(q))
+    return forces, stress
 
 
 def kernel_electrostatics(atoms, widths: np.ndarray, accuracy: float | None = None):
@@ -603,9 +634,7 @@ def _equilibrate_kernel(atoms, chi: np.ndarray, hardness: np.ndarray, widths: np
             f"tol, or check the input (hardness, widths, geometry)")
     forces = stress = None
     if compute_forces:
-        forces, virial = es.forces(q)
-        if periodic:  # ASE stress (1/V) dE/d strain = -W / V, Voigt xx yy zz yz xz xy
-            stress = full_3x3_to_voigt_6_stress(-virial / es.volume)
+        forces, stress = _kernel_forces(es, q, periodic)
     energy = float(chi @ q + 0.5 * hardness @ (q * q) + 0.5 * q @ phi)
     return QEqResult(charges=q, energy=energy, potential=phi, forces=forces, stress=stress,
                      iterations=int(iterations), residual=residual,
