@@ -10,8 +10,11 @@ Stages:
    protocol (examples/nacl_clusters/make_data.py; tblite);
 2. training of a CENT model and of its 4G variant with a short-range network
    (examples/nacl_clusters/run.py, snapqeq.training) and their test against the paper's
-   RMSEs; parity plots, energy versus compression of the 64-atom cube;
-3. export of the better model (validation RMSE) as a TorchScript file (``snapqeq export``);
+   RMSEs; parity plots, energy versus compression of the 64-atom cube; one round of
+   active learning on the better model (validation RMSE): minima hopping and MD, the
+   structures a committee disagrees on labelled with GFN2-xTB, retraining
+   (examples/nacl_clusters/active_learning.py);
+3. export of the retrained model as a TorchScript file (``snapqeq export``);
 4. ASE: minima hopping (examples/minima_hopping/run.py) and NVE MD with VelocityVerlet;
 5. LAMMPS: ``pair_style snapqeq`` plugin (``snapqeq build-lammps-plugin``), energy, forces
    and charges against ASE, and MD with examples/lammps/in.nacl_cluster serially and under
@@ -67,6 +70,7 @@ class Protocol:
     nve_steps: int  # ASE NVE, 1 fs steps
     lammps_steps: int  # LAMMPS NVE, 1 fs steps
     olcao_quick: bool  # the Si OLCAO example's quick mode
+    active_learning: dict  # settings of the active-learning round (its Round), clusters aside
     description: str = ""
 
 
@@ -76,24 +80,26 @@ PROTOCOLS = {
     "small": Protocol(
         "small", ("--small", "--ratios", "0.9", "1.0", "1.1"), True, None, ("Na4Cl4",), 2,
         100, 100, True,
+        {"hops": 1, "md_temperatures": (300.0,), "md_steps": 20, "members": 2,
+         "member_epochs": 3, "budget": 3, "epochs": 3},
         "smallest run that exercises every stage (CI): 3 structures per (size, charge) "
         "for sizes 8-20, one 44- and one 64-atom cluster per charge"),
     "default": Protocol(
         "default", ("--n-train", "8", "--n-validation", "1", "--n-test", "3", "--ratios",
                     *DEFAULT_RATIOS), False, {"cent": 100, "4g": 300},
         ("Na4Cl4", "Na4Cl4+", "Na8Cl8"), 5,
-        1000, 1000, True,
+        1000, 1000, True, {},
         "reduced CENT protocol: all sizes 8-80 and charges 0, +1, +2 with 8/1/3 "
         "structures per (size, charge) in train/validation/test; CENT up to 100 epochs, "
         "as many updates as the full protocol's 40; 4G 300 epochs"),
     "full": Protocol(
         "full", (), False, None, ("Na4Cl4", "Na4Cl4+", "Na8Cl8", "Na8Cl8+", "Na16Cl16"),
-        10, 5000, 5000, False,
+        10, 5000, 5000, False, {},
         "paper-size CENT protocol: 20/2/6 structures per (size, charge), sizes 8-80, "
         "charges 0, +1, +2 (627 structures)"),
 }
-STAGES = ("data", "train-cent", "train-4g", "evaluate", "export", "minima-hopping", "nve",
-          "lammps", "olcao")
+STAGES = ("data", "train-cent", "train-4g", "evaluate", "active-learning", "export",
+          "minima-hopping", "nve", "lammps", "olcao")
 
 
 # ----------------------------------------------------------------------------- caching
@@ -262,12 +268,24 @@ def run_pipeline(pipe: Pipeline, out: Path, root: Path, protocol: Protocol) -> d
         return results
     chosen = stages.choose_model(results["evaluation"]["models"])
     results["chosen_model"] = chosen
+    settings = stages.AL.Round(clusters=protocol.mh_clusters, **protocol.active_learning)
+    al_dir = work / "active_learning"
+    results["active_learning"] = pipe.run(
+        "active-learning", f"active learning: one round on the {chosen.upper()} model", {
+            "model": file_digest(trained[chosen]), "data": digests,
+            "settings": dataclasses.asdict(settings),
+            "script": file_digest(Path(stages.AL.__file__))},
+        lambda: stages.active_learning(trained[chosen].parent, al_dir, settings,
+                                       out / "cache", data_dir, root, chosen),
+        outputs=(al_dir / "retrained" / "model.pt",))
+    final = (Path(results["active_learning"]["model"]).parent
+             if results["active_learning"] else trained[chosen].parent)
     model = root / "nacl_model.pt"
     check = comparison_structure(data_dir)
     results["export"] = pipe.run(
         "export", f"export of the {chosen.upper()} model (TorchScript)",
-        {"model": file_digest(trained[chosen])},
-        lambda: stages.export_model_file(trained[chosen].parent, model, check),
+        {"model": file_digest(final / "model.pt")},
+        lambda: stages.export_model_file(final, model, check),
         outputs=(model,))
     if results["export"] is None:
         return results

@@ -23,7 +23,8 @@ def write(root: Path, results: dict) -> Path:
     """Write ``results.json`` and ``report.md`` into ``root``; returns the report's path."""
     (root / "results.json").write_text(json.dumps(results, indent=1, default=float))
     sections = [header(results), timings(results), data_section(results),
-                models_section(results), export_section(results), ase_section(results),
+                models_section(results), active_learning_section(results),
+                export_section(results), ase_section(results),
                 lammps_section(results), olcao_section(results), reproduce_section(results)]
     path = root / "report.md"
     path.write_text("\n\n".join(s.strip("\n") for s in sections) + "\n")
@@ -134,7 +135,8 @@ def models_section(results: dict) -> str:
         "plus a short-range energy network.", "",
         *NACL.metrics_table(models), "", *mev, "",
         compression_line(results["evaluation"]), "",
-        f"Used downstream: **{chosen.upper()}** (lower validation energy RMSE).", "",
+        f"Used downstream: **{chosen.upper()}** (lower validation energy RMSE), after the "
+        "active-learning round of section 2b.", "",
         *[f"![parity {n.upper()}](parity_{n}.png)" for n in models],
         "![energy versus compression](compression.png)"])
 
@@ -147,6 +149,43 @@ def compression_line(evaluation: dict) -> str:
         parts.append(f"{name.upper()} {ratios[int(np.argmin(m['compression']))]:.2f}")
     return ("Minimum of the energy along the compression series of the 64-atom cube "
             "(ratio 1 = GFN2-xTB equilibrium): " + ", ".join(parts) + ".")
+
+
+def active_learning_section(results: dict) -> str:
+    text = "## 2b. Active learning: one round\n\n"
+    if (note := missing(results, "active_learning", "active-learning")) is not None:
+        return text + note
+    al = results["active_learning"]
+    st = al["settings"]
+    chosen = results.get("chosen_model", "")
+    before = results["evaluation"]["models"].get(chosen, {})
+    after = al["metrics"]
+    rows = ["| | before | after |", "|---|---|---|"]
+    for key in (*NACL.PAPER, "test force RMSE (meV/Å)", "test charge RMSE (e)"):
+        rows.append(f"| {key}{' (mHa/atom)' if key in NACL.PAPER else ''} | "
+                    f"{fmt(before.get(key))} | {fmt(after.get(key))} |")
+    sources = ", ".join(f"{k} {v}" for k, v in al["selected_by_source"].items())
+    return text + "\n".join([
+        f"`examples/nacl_clusters/active_learning.py` on the {chosen.upper()} model: "
+        f"a committee of {st['members']} (the model and {st['members'] - 1} more seeds, "
+        f"{st['member_epochs']} epochs each) judged {al['candidates']} candidates that the "
+        f"model's own runs visit: minima hopping of {', '.join(st['clusters'])} "
+        f"({st['hops']} hops, seed {st['seed']}; the check below uses seed 0), Langevin MD "
+        f"of the 64-atom cube at {', '.join(f'{t:g}' for t in st['md_temperatures'])} K "
+        f"(every {st['stride']}th frame). {al['outside_envelope']} of them lay outside the "
+        f"training envelope. Selected: every minimum and the frames of largest committee "
+        f"force spread (at most {st['budget']} per source, no two within "
+        f"{st['min_distance']} Å): {al['selected']} structures ({sources}); median largest "
+        f"per-atom force std {fmt(al['force_std_selected_median_eV_A'], '.2f')} eV/Å "
+        f"selected against {fmt(al['force_std_candidates_median_eV_A'], '.2f')} over all "
+        f"candidates. {al['labelled']} were labelled with GFN2-xTB and added to the "
+        f"{al['train_structures_before']} training structures; the model was fine-tuned on "
+        f"them for {st['epochs']} epochs (cosine from lr {st['lr']:g}).", "",
+        f"Time: committee {al['committee_s']:.0f} s, exploration {al['exploration_s']:.0f} s, "
+        f"selection {al['selection_s']:.0f} s, labelling {al['labelling_s']:.0f} s, "
+        f"retraining {al['retraining_s']:.0f} s.", "",
+        "Test metrics through the ASE calculator, before and after the round:", "", *rows,
+        "", f"![parity after active learning](parity_{chosen}_al.png)"])
 
 
 def export_section(results: dict) -> str:
@@ -179,13 +218,14 @@ def ase_section(results: dict) -> str:
                         f"{c['lowest']:.4f} | {'-' if same is None else 'yes' if same else 'no'}"
                         f" | {fmt(c.get('max_relative_error_meV_per_atom'), '.1f')} | "
                         f"{c['wall_time']:.1f} |")
-        text += ("`examples/minima_hopping/run.py` with the exported model (ASE "
+        text += ("`examples/minima_hopping/run.py` with the exported (retrained) model (ASE "
                  "`MinimaHopping`). Every minimum found is recomputed with GFN2-xTB, the "
                  "check the CENT paper makes of its minima-hopping runs: the error column "
                  "compares the energies above the lowest minimum, model against GFN2-xTB. "
                  "Large errors, or a different lowest minimum, mean the search reached "
-                 "structures unlike the training data; the remedy is to add those minima "
-                 "to the training set and retrain.\n\n"
+                 "structures unlike the training data; the active-learning round "
+                 "(section 2b) adds such structures once, more rounds would add more. "
+                 "This search uses seed 0, the round's exploration seed 1.\n\n"
                  + "\n".join(rows) + "\n\n![minima hopping](minima_hopping.png)")
     text += "\n\n### NVE molecular dynamics (ASE VelocityVerlet)\n\n"
     if (note := missing(results, "nve", "nve")) is not None:

@@ -66,6 +66,7 @@ def load_example(relative: str, name: str) -> ModuleType:
 
 
 NACL = load_example("nacl_clusters/run.py", "nacl_example")
+AL = load_example("nacl_clusters/active_learning.py", "nacl_active_learning")
 
 
 def run_command(cmd: list[str], what: str, cwd: Path | None = None) -> None:
@@ -142,6 +143,19 @@ def choose_model(metrics: dict[str, dict]) -> str:
         return value if value is not None else m["train/validation"]
 
     return min(metrics, key=score)
+
+
+def active_learning(training_dir: Path, out: Path, settings, cache: Path, data_dir: Path,
+                    root: Path, name: str) -> dict:
+    """One active-learning round (examples/nacl_clusters/active_learning.py) on the run in
+    ``training_dir``, in a fresh ``out``; the retrained model's paper metrics (parity plot
+    ``parity_<name>_al.png`` in ``root``) beside the round's summary."""
+    shutil.rmtree(out, ignore_errors=True)
+    summary = AL.run_round(training_dir, out, settings, cache)
+    sets, compression = data_sets(data_dir)
+    summary["metrics"] = NACL.evaluate_model(Path(summary["model"]), sets, compression,
+                                             root / f"parity_{name}_al.png", progress=True)
+    return summary
 
 
 # ---------------------------------------------------------------------------- 3. export

@@ -369,3 +369,25 @@ def test_readme_snippet_runs_as_written(tmp_path):
     energy_std, force_std = map(float, proc.stdout.split()[-2:])
     assert energy_std > 0 and force_std > 0
     assert load_model(tmp_path / "committee_output" / "model.pt").committee == 2
+
+
+def test_committee_of_finished_runs_and_fine_tuning_start(committee, tmp_path):
+    """``export_committee_of_runs`` of the members' runs gives the committee file's
+    predictions, and ``init_from`` starts a run from a member's weights, feature scaling and
+    reference energies (zero epochs: that member's model)."""
+    from snapqeq.training import TrainConfig, export_committee_of_runs, train
+
+    members = [committee / f"member_{k}" for k in range(N_MEMBERS)]
+    rebuilt = export_committee_of_runs(members, tmp_path / "committee.pt")
+    atoms = nacl_cluster()
+    a, b = (_evaluate(_calc(p), atoms) for p in (committee / "model.pt", rebuilt))
+    for key in ("energy", "forces", "charges", "energy_std", "forces_std"):
+        assert_close(b[key], a[key], rtol=1e-12, what=key)
+
+    config = TrainConfig.from_yaml(members[1] / "config.yaml")
+    config = TrainConfig(**{**config.__dict__, "output": str(tmp_path / "tuned"),
+                            "init_from": str(members[1]), "epochs": 0})
+    tuned = train(config).model_path
+    a, b = (_evaluate(_calc(p), atoms) for p in (members[1] / "model.pt", tuned))
+    for key in ("energy", "forces", "charges"):
+        assert_close(b[key], a[key], rtol=1e-12, what=key)

@@ -52,6 +52,14 @@ def test_small_demo_runs_every_stage_and_reports(tmp_path):
         assert finite(m["test force RMSE (meV/Å)"], m["test charge RMSE (e)"])
     assert results["export"]["energy_difference_eV"] < 1e-9
 
+    # active learning: committee-selected structures labelled and trained on
+    al = results["active_learning"]
+    assert al["labelled"] == al["selected"] > 0
+    assert al["train_structures_after"] == al["train_structures_before"] + al["labelled"]
+    assert sum(al["selected_by_source"].values()) == al["selected"]
+    assert finite(al["metrics"]["test neutral"], al["metrics"]["test force RMSE (meV/Å)"])
+    assert (root / f"parity_{results['chosen_model']}_al.png").stat().st_size > 0
+
     # ASE: minima found and checked against GFN2-xTB; NVE numbers
     cluster = results["minima_hopping"]["clusters"]["Na4Cl4"]
     assert cluster["minima"] and finite(cluster["lowest"], *cluster["minima"])
@@ -79,7 +87,7 @@ def test_small_demo_runs_every_stage_and_reports(tmp_path):
 
     report = (root / "report.md").read_text()
     for text in ("paper (LDA)", "mHa/atom", "meV/atom", "real OLCAO", "mpirun -np 2",
-                 "meV/atom/ps", "## Stages and timings", *PLOTS):
+                 "meV/atom/ps", "## Stages and timings", "Active learning", *PLOTS):
         assert text in report, text
     assert "Not available" not in report and not re.search(r"\bnan\b", report.lower())
 

@@ -78,6 +78,9 @@ class TrainConfig:
     progress: bool = True
     olcao: dict | None = None  # OLCAO head, see train_olcao_head()
     committee: int = 1  # > 1: train that many members (seeds seed, seed+1, ...), one file
+    #: a checkpoint file or training directory (its best checkpoint) whose weights, feature
+    #: scaling and reference energies start this run: fine-tuning on new data
+    init_from: str | None = None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
@@ -227,8 +230,12 @@ def new_model(config: TrainConfig, descriptor: Bispectrum) -> CENT:
 
 
 def build_model(config: TrainConfig, descriptor: Bispectrum, train: list[Sample]) -> CENT:
-    """:func:`new_model` with feature scaling and reference energies from ``train``."""
+    """:func:`new_model` with feature scaling and reference energies from ``train``, or,
+    with ``config.init_from``, with everything from that checkpoint."""
     model = new_model(config, descriptor)
+    if config.init_from is not None:
+        model.load_state_dict(_checkpoint_state(config.init_from))
+        return model
     b = torch.cat([s.b for s in train])
     sp = torch.cat([s.species for s in train])
     model.set_feature_scaling(b, sp)
@@ -236,18 +243,46 @@ def build_model(config: TrainConfig, descriptor: Bispectrum, train: list[Sample]
     return model
 
 
+def _checkpoint_state(path: str | Path, which: str = "best") -> dict:
+    """The model weights of a checkpoint file or of a training directory's checkpoint."""
+    path = Path(path)
+    ckpt = path / f"checkpoint_{which}.pt" if path.is_dir() else path
+    if not ckpt.is_file():
+        raise ValueError(f"no checkpoint {ckpt}; train first")
+    return torch.load(ckpt, weights_only=False)["model"]
+
+
+def checkpoint_model(training_dir: str | Path, which: str = "best"
+                     ) -> tuple[CENT, Bispectrum, TrainConfig]:
+    """The model of a training run's checkpoint (``best`` or ``last``), its descriptor and
+    the run's configuration."""
+    training_dir = Path(training_dir)
+    config = TrainConfig.from_yaml(training_dir / "config.yaml")
+    descriptor = Bispectrum(**config.descriptor)
+    model = new_model(config, descriptor)
+    model.load_state_dict(_checkpoint_state(training_dir, which))
+    return model, descriptor, config
+
+
+def export_committee_of_runs(training_dirs: list[str | Path], out: str | Path,
+                             overwrite: bool = False) -> Path:
+    """One committee model file of the best checkpoints of finished training runs (same
+    descriptor and networks, e.g. other seeds), with the union of their training
+    envelopes (each run's ``model.pt``)."""
+    loaded = [checkpoint_model(d) for d in training_dirs]
+    descriptor = loaded[0][1]
+    min_distances, envelope = merge_envelopes(
+        [load_model(Path(d) / "model.pt").metadata for d in training_dirs])
+    return export_committee([m for m, _, _ in loaded], list(descriptor.elements),
+                            descriptor.to_dict(), out, overwrite=overwrite,
+                            min_distances=min_distances, envelope=envelope)
+
+
 def export_checkpoint(training_dir: str | Path, out: str | Path, overwrite: bool = False,
                       which: str = "best") -> Path:
     """Write the model file of a training run's checkpoint (``best`` or ``last``)."""
-    training_dir = Path(training_dir)
-    config = TrainConfig.from_yaml(training_dir / "config.yaml")
-    ckpt = training_dir / f"checkpoint_{which}.pt"
-    if not ckpt.is_file():
-        raise ValueError(f"no checkpoint {ckpt}; train first")
-    descriptor = Bispectrum(**config.descriptor)
+    model, descriptor, config = checkpoint_model(training_dir, which)
     elements = list(descriptor.elements)
-    model = new_model(config, descriptor)
-    model.load_state_dict(torch.load(ckpt, weights_only=False)["model"])
     train_file = config.data.get("train") if isinstance(config.data, dict) else config.data
     shortest = (training_distances(read_structures(train_file, config.format), descriptor)
                 if train_file and Path(train_file).is_file() else None)
