@@ -110,35 +110,58 @@ std::string join(const std::vector<std::string> &v)
   return s;
 }
 
-// one bispectrum entry of the metadata (snapqeq.Bispectrum.to_dict) for the model's elements;
-// absent keys take the defaults of snapqeq.Bispectrum.  Throws std::runtime_error.
-PairSNAPQEq::Descriptor parse_descriptor(const OrderedJson &d,
-                                         const std::vector<std::string> &elements)
+// every key of the metadata record (python/snapqeq/model_file.schema.json, which defines
+// the record; tests/test_export.py checks that this list equals the schema's): the plugin
+// applies no defaults, a missing key is an error naming it
+const std::vector<std::string> kRequiredKeys = {
+    "format", "format_version", "snapqeq_version", "elements", "descriptor", "hardness",
+    "widths", "e0", "units", "has_short_range", "min_distances", "descriptor_range",
+    "total_charge_range", "guard", "olcao", "committee", "members"};
+
+// a key the metadata must have: its absence throws, naming the key by its path
+struct MissingKey : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+const OrderedJson &need(const OrderedJson &obj, const std::string &key, const std::string &where)
 {
-  auto flag = [&](const char *key, bool def) {
-    if (!d.contains(key) || d[key].is_null()) return def;
-    if (d[key].is_boolean()) return d[key].get<bool>();
-    return d[key].get<double>() != 0.0;
+  if (!obj.is_object()) throw std::runtime_error(where + " is not a JSON object");
+  if (!obj.contains(key)) throw MissingKey(where.empty() ? key : where + "." + key);
+  return obj[key];
+}
+
+// one bispectrum entry of the metadata (snapqeq.Bispectrum.to_dict) for the model's elements;
+// every key is required (no defaults: the writer emits them all).  ``where`` names the entry
+// in messages.  Throws MissingKey or std::runtime_error.
+PairSNAPQEq::Descriptor parse_descriptor(const OrderedJson &d,
+                                         const std::vector<std::string> &elements,
+                                         const std::string &where)
+{
+  auto flag = [&](const char *key) {
+    const auto &v = need(d, key, where);
+    if (!v.is_boolean()) throw std::runtime_error(where + "." + key + " must be true or false");
+    return v.get<bool>();
   };
-  auto number = [&](const char *key, double def) {
-    return (!d.contains(key) || d[key].is_null()) ? def : d[key].get<double>();
-  };
+  auto number = [&](const char *key) { return need(d, key, where).get<double>(); };
   PairSNAPQEq::Descriptor out;
   snapqeq::SNAOptions &opt = out.opt;
-  opt.twojmax = d.at("twojmax").get<int>();
-  out.rcutfac = d.at("rcutfac").get<double>();
-  opt.rfac0 = number("rfac0", 0.99363);
-  opt.rmin0 = number("rmin0", 0.0);
-  opt.switchflag = flag("switchflag", true);
-  opt.bzeroflag = flag("bzeroflag", true);
-  out.quadraticflag = flag("quadraticflag", false);
-  opt.chemflag = flag("chemflag", false);
-  opt.bnormflag = flag("bnormflag", false);
-  opt.wselfallflag = flag("wselfallflag", false);
-  opt.switchinnerflag = flag("switchinnerflag", false);
+  opt.twojmax = need(d, "twojmax", where).get<int>();
+  out.rcutfac = number("rcutfac");
+  opt.rfac0 = number("rfac0");
+  opt.rmin0 = number("rmin0");
+  opt.switchflag = flag("switchflag");
+  opt.bzeroflag = flag("bzeroflag");
+  out.quadraticflag = flag("quadraticflag");
+  opt.chemflag = flag("chemflag");
+  opt.bnormflag = flag("bnormflag");
+  opt.wselfallflag = flag("wselfallflag");
+  opt.switchinnerflag = flag("switchinnerflag");
+  const auto &weights = need(d, "weights", where);
+  const auto &sinner = need(d, "sinner", where);
+  const auto &dinner = need(d, "dinner", where);
 
   // per-element values; the order of the radii is the element-block order of chem
-  const auto &radii = d.at("radii");
+  const auto &radii = need(d, "radii", where);
   std::vector<std::string> desc_elems;
   for (auto it = radii.begin(); it != radii.end(); ++it) desc_elems.push_back(it.key());
   opt.nelements = opt.chemflag ? (int) desc_elems.size() : 1;
@@ -151,17 +174,17 @@ PairSNAPQEq::Descriptor parse_descriptor(const OrderedJson &d,
   for (int e = 0; e < ne; ++e) {
     const std::string &el = elements[e];
     auto pos = std::find(desc_elems.begin(), desc_elems.end(), el);
-    if (pos == desc_elems.end() || !d.at("weights").contains(el))
-      throw std::runtime_error("descriptor has no radius/weight for " + el);
+    if (pos == desc_elems.end() || !weights.contains(el))
+      throw std::runtime_error(where + " has no radius/weight for " + el);
     out.chem_block[e] = opt.chemflag ? int(pos - desc_elems.begin()) : 0;
     out.radius[e] = radii[el].get<double>();
-    out.weight[e] = d["weights"][el].get<double>();
+    out.weight[e] = weights[el].get<double>();
     if (opt.switchinnerflag) {
-      if (!d.contains("sinner") || !d["sinner"].is_object() || !d["sinner"].contains(el) ||
-          !d.contains("dinner") || !d["dinner"].is_object() || !d["dinner"].contains(el))
+      if (!sinner.is_object() || !sinner.contains(el) || !dinner.is_object() ||
+          !dinner.contains(el))
         throw std::runtime_error("switchinnerflag needs sinner and dinner for " + el);
-      out.sinner[e] = d["sinner"][el].get<double>();
-      out.dinner[e] = d["dinner"][el].get<double>();
+      out.sinner[e] = sinner[el].get<double>();
+      out.dinner[e] = dinner[el].get<double>();
     }
   }
   return out;
@@ -544,8 +567,9 @@ void PairSNAPQEq::load_model(const std::string &file)
     error->all(FLERR, "snapqeq model file {}: unreadable metadata: {}", file, e.what());
   }
   std::vector<std::string> missing;
-  for (const char *key : {"format", "format_version", "elements", "descriptor", "hardness",
-                          "widths", "e0", "units", "has_short_range"})
+  if (!meta.is_object())
+    error->all(FLERR, "snapqeq model file {}: the metadata is not a JSON object", file);
+  for (const auto &key : kRequiredKeys)
     if (!meta.contains(key)) missing.emplace_back(key);
   if (!missing.empty())
     error->all(FLERR, "snapqeq model file {}: metadata lacks {}; re-export the model", file,
@@ -562,7 +586,9 @@ void PairSNAPQEq::load_model(const std::string &file)
                  "re-export the model with a matching snapqeq",
                  file, version, kFormatVersion);
     const auto &units = meta["units"];
-    if (units.value("energy", "eV") != "eV" || units.value("length", "Angstrom") != "Angstrom")
+    if (need(units, "energy", "units").get<std::string>() != "eV" ||
+        need(units, "length", "units").get<std::string>() != "Angstrom" ||
+        need(units, "charge", "units").get<std::string>() != "e")
       error->all(FLERR, "snapqeq model file {}: units {} are not eV/Angstrom", file,
                  units.dump());
 
@@ -582,8 +608,7 @@ void PairSNAPQEq::load_model(const std::string &file)
 
     // committee (snapqeq.export.export_committee): per member hardness and E0; the
     // widths, the descriptor and the short-range flag are shared
-    n_members = meta.contains("committee") && !meta["committee"].is_null()
-        ? meta["committee"].get<int>() : 1;
+    n_members = meta["committee"].get<int>();
     if (n_members < 1)
       error->all(FLERR, "snapqeq model file {}: committee must be a positive count", file);
     member_hardness.assign(1, hardness);
@@ -592,16 +617,16 @@ void PairSNAPQEq::load_model(const std::string &file)
       if (!m->module.find_method("member_chi"))
         error->all(FLERR, "snapqeq model file {}: metadata announces a committee the archive "
                    "lacks (no method member_chi)", file);
-      const auto &members = meta.at("members");
+      const auto &members = meta["members"];
       if (!members.is_array() || (int) members.size() != n_members)
         error->all(FLERR, "snapqeq model file {}: the members list does not have {} entries",
                    file, n_members);
       member_hardness.clear();
       member_e0.clear();
       for (const auto &mem : members) {
-        const auto h = mem.at("hardness").get<std::vector<double>>();
-        const auto e0 = mem.at("e0").get<std::vector<double>>();
-        const auto w = mem.at("widths").get<std::vector<double>>();
+        const auto h = need(mem, "hardness", "members[]").get<std::vector<double>>();
+        const auto e0 = need(mem, "e0", "members[]").get<std::vector<double>>();
+        const auto w = need(mem, "widths", "members[]").get<std::vector<double>>();
         if ((int) h.size() != ne || (int) e0.size() != ne || w != width)
           error->all(FLERR, "snapqeq model file {}: every committee member needs hardness and "
                      "e0 per element and the shared widths", file);
@@ -614,13 +639,13 @@ void PairSNAPQEq::load_model(const std::string &file)
     }
 
     const auto &d = meta["descriptor"];
-    desc = parse_descriptor(d, elem_names);
+    desc = parse_descriptor(d, elem_names, "descriptor");
     sna = std::make_unique<snapqeq::SNA>(desc.opt);
     sna_cache.clear();    // workspaces of the previous descriptor
 
     // OLCAO head (snapqeq.export_model(..., olcao=head)): metadata "olcao" with the
     // feature recipe and the exponent series, method potential_coefficients
-    has_olcao = meta.contains("olcao") && !meta["olcao"].is_null();
+    has_olcao = !meta["olcao"].is_null();
     if (has_olcao && n_members > 1)
       error->all(FLERR, "snapqeq model file {}: a committee with an OLCAO head is not supported",
                  file);
@@ -629,27 +654,24 @@ void PairSNAPQEq::load_model(const std::string &file)
     olcao_ncol = olcao_ncoeff_linear = 0;
     if (has_olcao) {
       const auto &head = meta["olcao"];
-      const auto &recipe = head.at("features");
+      const auto &recipe = need(head, "features", "olcao");
       // the local block is fed from the model's own bispectrum, as snapqeq train and
       // snapqeq.site_features.recipe_from_energy_model make it (compared key-sorted)
-      if (SortedJson::parse(recipe.at("local").dump()) != SortedJson::parse(d.dump()))
+      if (SortedJson::parse(need(recipe, "local", "olcao.features").dump()) !=
+          SortedJson::parse(d.dump()))
         error->all(FLERR, "snapqeq model file {}: the local descriptor of the OLCAO head differs "
                    "from the model's descriptor, which pair_style snapqeq does not support", file);
       if (!m->module.find_method("potential_coefficients"))
         error->all(FLERR, "snapqeq model file {}: metadata announces an OLCAO head the archive "
                    "lacks (no method potential_coefficients)", file);
-      olcao_long_range = !recipe.contains("long_range") || recipe["long_range"].get<bool>();
-      olcao_has_medium = recipe.contains("medium") && !recipe["medium"].is_null();
+      olcao_long_range = need(recipe, "long_range", "olcao.features").get<bool>();
+      olcao_has_medium = !need(recipe, "medium", "olcao.features").is_null();
       if (olcao_has_medium) {
-        try {
-          olcao_desc = parse_descriptor(recipe["medium"], elem_names);
-        } catch (const std::exception &e) {
-          throw std::runtime_error(std::string("OLCAO medium-range descriptor: ") + e.what());
-        }
+        olcao_desc = parse_descriptor(recipe["medium"], elem_names, "olcao.features.medium");
         olcao_sna = std::make_unique<snapqeq::SNA>(olcao_desc.opt);
         olcao_ncoeff_linear = olcao_sna->ncoeff();
       }
-      const auto &exponents = head.at("exponents");
+      const auto &exponents = need(head, "exponents", "olcao");
       for (const auto &el : elem_names)
         olcao_ncol = std::max(olcao_ncol, (int) exponents.at(el).size());
       if (olcao_ncol < 1)
@@ -657,6 +679,9 @@ void PairSNAPQEq::load_model(const std::string &file)
     }
   } catch (LAMMPSException &) {
     throw;
+  } catch (const MissingKey &e) {
+    error->all(FLERR, "snapqeq model file {}: metadata lacks {}; re-export the model", file,
+               e.what());
   } catch (const std::exception &e) {
     error->all(FLERR, "snapqeq model file {}: invalid metadata: {}", file, e.what());
   }
@@ -732,31 +757,26 @@ void PairSNAPQEq::load_model(const std::string &file)
 
 /* ----------------------------------------------------------------------
    the guard's thresholds and the training envelope from the metadata (snapqeq.guard);
-   every key is optional: a file without one gets the other checks and a log line
+   every key is required (load_model checked their presence); an envelope key that is null
+   (unknown) leaves its check out, which a log line says
 ------------------------------------------------------------------------- */
 
 void PairSNAPQEq::read_guard(const std::string &metadata_json)
 {
   const OrderedJson meta = OrderedJson::parse(metadata_json);
   const int ne = elem_names.size();
-  // defaults of snapqeq.guard.GUARD_DEFAULTS for files written before the key existed
-  guard_factor = 0.5;
-  guard_descriptor_margin = 1.0;
-  guard_charge_margin = 0.5;
   guard_trained.assign((size_t) ne * ne, 0.0);
   guard_lo.clear();
   guard_hi.clear();
   guard_has_range.assign(ne, 0);
   guard_has_charge = false;
   std::vector<std::string> missing;
-  auto present = [&](const char *key) { return meta.contains(key) && !meta[key].is_null(); };
+  auto present = [&](const char *key) { return !need(meta, key, "").is_null(); };
   try {
-    if (present("guard")) {
-      const auto &g = meta["guard"];
-      guard_factor = g.value("min_distance_factor", guard_factor);
-      guard_descriptor_margin = g.value("descriptor_margin", guard_descriptor_margin);
-      guard_charge_margin = g.value("charge_margin", guard_charge_margin);
-    }
+    const auto &g = need(meta, "guard", "");
+    guard_factor = need(g, "min_distance_factor", "guard").get<double>();
+    guard_descriptor_margin = need(g, "descriptor_margin", "guard").get<double>();
+    guard_charge_margin = need(g, "charge_margin", "guard").get<double>();
     if (present("min_distances") && !meta["min_distances"].empty()) {
       for (const auto &item : meta["min_distances"].items()) {
         const std::string key = item.key();
@@ -799,6 +819,9 @@ void PairSNAPQEq::read_guard(const std::string &metadata_json)
     } else {
       missing.emplace_back("total_charge_range");
     }
+  } catch (const MissingKey &e) {
+    error->all(FLERR, "snapqeq model file {}: metadata lacks {}; re-export the model",
+               model_file, e.what());
   } catch (const std::exception &e) {
     error->all(FLERR, "snapqeq model file {}: invalid guard data: {}", model_file, e.what());
   }

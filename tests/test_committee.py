@@ -95,7 +95,8 @@ def test_training_writes_one_committee_file(committee):
     assert loaded.module.members() == N_MEMBERS
     singles = [load_model(committee / f"member_{k}" / "model.pt") for k in range(N_MEMBERS)]
     for k, single in enumerate(singles):
-        assert single.committee == 1 and "committee" not in single.metadata
+        assert single.committee == single.metadata["committee"] == 1
+        assert single.metadata["members"] is None
         m = meta["members"][k]
         for key in ("hardness", "widths", "e0"):
             assert m[key] == single.metadata[key]

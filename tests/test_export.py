@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,6 +86,79 @@ def test_wrong_version_and_missing_fields_fail_clearly(tmp_path):
     junk.write_text("not a model")
     with pytest.raises(ValueError, match="not a TorchScript"):
         load_model(junk)
+
+
+# ------------------------------------------------------------------ the metadata schema
+PAIR_STYLE = Path(__file__).resolve().parents[1] / "pair_style" / "pair_snapqeq.cpp"
+
+
+def test_writer_emits_and_validates_every_key_of_the_schema(tmp_path):
+    """The schema lists every key as required; the writer emits them all (the descriptor
+    with every bispectrum parameter, though DESCRIPTOR gives four) and the record is valid."""
+    from snapqeq.bispectrum import DICT_KEYS
+    from snapqeq.model_file import REQUIRED, SCHEMA, validate_metadata
+
+    assert set(SCHEMA["required"]) == set(SCHEMA["properties"])
+    assert set(SCHEMA["$defs"]["descriptor"]["required"]) == set(DICT_KEYS)
+    for short in (False, True):
+        path = export_model(small_model(short), ["Na", "Cl"], DESCRIPTOR, tmp_path / f"{short}.pt")
+        meta = load_model(path).metadata
+        assert list(meta) == list(REQUIRED)
+        assert set(meta["descriptor"]) == set(DICT_KEYS)
+        assert meta["descriptor"]["rfac0"] == 0.99363  # snapqeq.snap_files.SNA_DEFAULTS
+        validate_metadata(meta)
+    with pytest.raises(ValueError, match=r"invalid model metadata at descriptor/twojmax"):
+        validate_metadata(dict(meta, descriptor=dict(meta["descriptor"], twojmax="six")))
+
+
+def test_plugin_requires_the_keys_of_the_schema():
+    """pair_style snapqeq's list of required keys is the schema's (one definition)."""
+    from snapqeq.model_file import REQUIRED
+
+    source = PAIR_STYLE.read_text()
+    block = re.search(r"kRequiredKeys = \{(.*?)\};", source, flags=re.S).group(1)
+    assert re.findall(r'"(\w+)"', block) == list(REQUIRED)
+    assert "0.99363" not in source  # no descriptor defaults in C++
+
+
+@pytest.mark.parametrize("change, key", [
+    (lambda m: m.pop("committee"), "committee"),
+    (lambda m: m.pop("guard"), "guard"),
+    (lambda m: m.pop("min_distances"), "min_distances"),
+    (lambda m: m["descriptor"].pop("rfac0"), "rfac0"),
+    (lambda m: m["units"].pop("charge"), "charge"),
+])
+def test_loader_refuses_a_file_with_a_key_removed(tmp_path, change, key):
+    path = export_model(small_model(), ["Na", "Cl"], DESCRIPTOR, tmp_path / "m.pt")
+    broken = rewrite_model_metadata(path, tmp_path / "broken.pt", change)
+    with pytest.raises(ValueError, match=rf"broken.pt: .*'{key}'"):
+        load_model(broken)
+
+
+def test_writer_validates_before_writing(tmp_path, monkeypatch):
+    """What the writer would write is validated first: a record the schema refuses (here a
+    build_metadata that forgets a key) never reaches a file."""
+    import snapqeq.export as export
+
+    real = export.build_metadata
+
+    def forgetful(*args, **kwargs):
+        meta = real(*args, **kwargs)
+        del meta["guard"]
+        return meta
+
+    monkeypatch.setattr(export, "build_metadata", forgetful)
+    with pytest.raises(ValueError,
+                       match=r"metadata to be written: model metadata lacks \['guard'\]"):
+        export_model(small_model(), ["Na", "Cl"], DESCRIPTOR, tmp_path / "m.pt")
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_schema_is_package_data():
+    """The schema is declared as package data (a wheel carries it next to model_file.py)."""
+    root = Path(__file__).resolve().parents[1]
+    assert "model_file.schema.json" in (root / "pyproject.toml").read_text()
+    assert (root / "python" / "snapqeq" / "model_file.schema.json").is_file()
 
 
 def test_training_envelope_is_recorded(tmp_path):

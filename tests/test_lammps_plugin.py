@@ -530,6 +530,15 @@ def _bad_input_cases(models: dict, tmp_path: Path) -> dict:
     plain = models["plain"]
     v99 = rewrite_model_metadata(plain, tmp_path / "v99.pt", lambda m: m.update(format_version=99))
     nofield = rewrite_model_metadata(plain, tmp_path / "nofield.pt", lambda m: m.pop("widths"))
+    # no defaults: every key of python/snapqeq/model_file.schema.json is required, nested too
+    no_rfac0 = rewrite_model_metadata(plain, tmp_path / "no_rfac0.pt",
+                                      lambda m: m["descriptor"].pop("rfac0"))
+    no_committee = rewrite_model_metadata(plain, tmp_path / "no_committee.pt",
+                                          lambda m: m.pop("committee"))
+    no_margin = rewrite_model_metadata(plain, tmp_path / "no_margin.pt",
+                                       lambda m: m["guard"].pop("charge_margin"))
+    no_charge_unit = rewrite_model_metadata(plain, tmp_path / "no_charge_unit.pt",
+                                            lambda m: m["units"].pop("charge"))
     garbage = tmp_path / "garbage.pt"
     garbage.write_text("not a model\n")
     checkpoint = tmp_path / "checkpoint_best.pt"
@@ -542,6 +551,14 @@ def _bad_input_cases(models: dict, tmp_path: Path) -> dict:
         "version": (setup_commands(data_f, v99, "f f f"),
                     r"model format version 99, this plugin reads version 1"),
         "missing-field": (setup_commands(data_f, nofield, "f f f"), r"metadata lacks widths"),
+        "missing-rfac0": (setup_commands(data_f, no_rfac0, "f f f"),
+                          r"no_rfac0.pt: metadata lacks descriptor\.rfac0; re-export the model"),
+        "missing-committee": (setup_commands(data_f, no_committee, "f f f"),
+                              r"metadata lacks committee; re-export"),
+        "missing-guard-margin": (setup_commands(data_f, no_margin, "f f f"),
+                                 r"metadata lacks guard\.charge_margin; re-export"),
+        "missing-charge-unit": (setup_commands(data_f, no_charge_unit, "f f f"),
+                                r"metadata lacks units\.charge; re-export"),
         "not-a-model": (setup_commands(data_f, garbage, "f f f"), r"not a TorchScript model"),
         "checkpoint": (setup_commands(data_f, checkpoint, "f f f"),
                        r"is a training checkpoint, not a model file: run `snapqeq export"),
@@ -554,8 +571,9 @@ def _bad_input_cases(models: dict, tmp_path: Path) -> dict:
 
 
 @pytest.mark.parametrize("case", ["element", "missing-file", "version", "missing-field",
-                                  "not-a-model", "checkpoint", "newton-off", "mixed-boundary",
-                                  "units", "coeff-count"])
+                                  "missing-rfac0", "missing-committee", "missing-guard-margin",
+                                  "missing-charge-unit", "not-a-model", "checkpoint",
+                                  "newton-off", "mixed-boundary", "units", "coeff-count"])
 def test_bad_input_is_a_clear_error(plugin, models, tmp_path, case):
     commands, pattern = _bad_input_cases(models, tmp_path)[case]
     _expect_error(commands, pattern, plugin)
@@ -692,12 +710,12 @@ def test_guard_messages_match_the_calculator(plugin, guarded_model, tmp_path):
     assert np.isfinite(energy) and "snapqeq guard" not in out, out
 
 
-def test_guard_of_an_old_model_file_is_limited_and_says_so(plugin, models, tmp_path):
-    """A model file without the envelope keys (as written before them) still runs."""
+def test_guard_of_an_unknown_envelope_is_limited_and_says_so(plugin, models, tmp_path):
+    """A model file whose training envelope is unknown (the keys null, as export_model
+    writes them without training data) still runs, with the other checks."""
     old = rewrite_model_metadata(
         models["plain"], tmp_path / "old.pt",
-        lambda m: [m.pop(k, None) for k in ("guard", "descriptor_range", "total_charge_range",
-                                             "min_distances")])
+        lambda m: m.update(descriptor_range=None, total_charge_range=None, min_distances=None))
     energy, out = _guard_run(plugin, old, nacl_cluster(), tmp_path)
     assert np.isfinite(energy)
     assert ("snapqeq guard: the model file has no min_distances, descriptor_range, "

@@ -15,7 +15,7 @@ from ase import Atoms
 
 from snapqeq._sna import SNAKernel, accumulate_pair_forces
 from snapqeq.neighbors import PairList, build_pairs, check_geometry, csr_offsets
-from snapqeq.snap_files import read_snapcoeff, read_snapparam
+from snapqeq.snap_files import SNA_DEFAULTS, read_snapcoeff, read_snapparam
 
 VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))  # xx yy zz yz xz xy
 #: Keys of :meth:`Bispectrum.to_dict` (LAMMPS ``compute sna/atom`` keyword names).
@@ -89,15 +89,15 @@ class Bispectrum:
         radii: dict[str, float],
         weights: dict[str, float],
         *,
-        rfac0: float = 0.99363,
-        rmin0: float = 0.0,
-        switchflag: bool = True,
-        bzeroflag: bool = True,
-        quadraticflag: bool = False,
-        chemflag: bool = False,
-        bnormflag: bool = False,
-        wselfallflag: bool = False,
-        switchinnerflag: bool = False,
+        rfac0: float = SNA_DEFAULTS["rfac0"],
+        rmin0: float = SNA_DEFAULTS["rmin0"],
+        switchflag: bool = SNA_DEFAULTS["switchflag"],
+        bzeroflag: bool = SNA_DEFAULTS["bzeroflag"],
+        quadraticflag: bool = SNA_DEFAULTS["quadraticflag"],
+        chemflag: bool = SNA_DEFAULTS["chemflag"],
+        bnormflag: bool = SNA_DEFAULTS["bnormflag"],
+        wselfallflag: bool = SNA_DEFAULTS["wselfallflag"],
+        switchinnerflag: bool = SNA_DEFAULTS["switchinnerflag"],
         sinner: dict[str, float] | None = None,
         dinner: dict[str, float] | None = None,
     ):

@@ -16,8 +16,11 @@ this model's charges), also
 and the same JSON as the extra file ``snapqeq.json``: format name and version, elements,
 descriptor parameters, hardness, widths, reference energies, unit convention, whether a
 short-range network is present, and ``olcao`` (the head's own metadata: feature recipe,
-exponent series, mixture size) or null.  It loads with ``torch.jit.load`` (and libtorch)
-without snapqeq installed; :func:`load_model` adds validation.
+exponent series, mixture size) or null.  The JSON Schema
+``model_file.schema.json`` (:data:`snapqeq.model_file.SCHEMA`) defines the record: every
+key is required, and every writer here validates the record before it writes it.  It loads
+with ``torch.jit.load`` (and libtorch) without snapqeq installed; :func:`load_model` adds
+validation.
 
 A committee file (:func:`export_committee`, written by ``snapqeq train`` with
 ``committee: n``) holds n complete models of the same descriptor and elements
@@ -29,12 +32,12 @@ A committee file (:func:`export_committee`, written by ``snapqeq train`` with
 - ``member_hardness(k) / member_widths(k) / member_e0(k)`` member k's J, alpha, E0
   (together: ``member_parameters(k)``)
 
-and the metadata keys ``committee`` (n; absent or 1 for a single model) and ``members``
-(per member: ``hardness``, ``widths``, ``e0``).  The single-model methods and the
-top-level ``hardness`` / ``widths`` / ``e0`` are those of member 0, so that a reader that
-does not know committees sees member 0, a complete model of its own.  The members share
-the widths (the electrostatics matrix) and whether they have a short-range network; the
-format version stays 1.
+and the metadata keys ``committee`` (n; 1 for a single model) and ``members``
+(per member: ``hardness``, ``widths``, ``e0``; null for a single model).  The single-model
+methods and the top-level ``hardness`` / ``widths`` / ``e0`` are those of member 0, so
+that a reader that does not know committees sees member 0, a complete model of its own.
+The members share the widths (the electrostatics matrix) and whether they have a
+short-range network; the format version stays 1.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from snapqeq.model_file import (
     LoadedModel,
     is_training_checkpoint,
     load_model,
+    validate_metadata,
 )
 from snapqeq.olcao_model import OLCAOModel
 from snapqeq.site_features import energy_model_fingerprint
@@ -218,7 +222,8 @@ def build_metadata(model: CENT, elements: list[str], descriptor: dict,
         "format_version": FORMAT_VERSION,
         "snapqeq_version": __version__,
         "elements": list(elements),
-        "descriptor": descriptor,
+        # every parameter, the defaults of snapqeq.Bispectrum filled in: readers apply none
+        "descriptor": Bispectrum.from_dict(descriptor).to_dict(),
         "hardness": model.hardness().detach().tolist(),
         "widths": model.widths.tolist(),
         "e0": model.e0.tolist(),
@@ -229,7 +234,16 @@ def build_metadata(model: CENT, elements: list[str], descriptor: dict,
         "total_charge_range": envelope.get("total_charge_range"),
         "guard": dict(GUARD_DEFAULTS),
         "olcao": None,
+        "committee": 1,
+        "members": None,
     }
+
+
+def _metadata_json(meta: dict) -> str:
+    """The record as written: validated against the schema first (a ValueError names the
+    offending key: a bug of the writer, not of the user's input)."""
+    validate_metadata(meta, "metadata to be written")
+    return json.dumps(meta)
 
 
 def export_model(model: CENT, elements: list[str], descriptor: dict, path: str | Path,
@@ -252,7 +266,7 @@ def export_model(model: CENT, elements: list[str], descriptor: dict, path: str |
         envelope = training_envelope(training_samples, n_linear, list(elements))
     meta = build_metadata(model, elements, descriptor, min_distances, envelope)
     if olcao is None:
-        text = json.dumps(meta)
+        text = _metadata_json(meta)
         return write_archive(ScriptableCENT(model, text), text, path, overwrite)
     recipe = olcao.recipe
     if recipe.elements != list(elements):
@@ -267,7 +281,7 @@ def export_model(model: CENT, elements: list[str], descriptor: dict, path: str |
         raise ValueError("the OLCAO head was trained with a different energy model "
                          "(metadata fingerprint mismatch); retrain it on this model")
     meta["olcao"] = head_meta
-    text = json.dumps(meta)
+    text = _metadata_json(meta)
     return write_archive(ScriptableCENTWithOLCAO(model, text, olcao), text, path, overwrite)
 
 
@@ -330,7 +344,7 @@ def export_committee(models: list[CENT], elements: list[str], descriptor: dict,
     meta["committee"] = len(models)
     meta["members"] = [{"hardness": m.hardness().detach().tolist(), "widths": m.widths.tolist(),
                         "e0": m.e0.tolist()} for m in models]
-    text = json.dumps(meta)
+    text = _metadata_json(meta)
     return write_archive(ScriptableCommittee(models, text), text, path, overwrite)
 
 
@@ -351,7 +365,7 @@ def copy_training_envelope(source: str | Path, target: str | Path) -> bool:
     if not missing:
         return False
     meta = dict(dst.metadata, **{k: src[k] for k in missing})
-    text = json.dumps(meta)
+    text = _metadata_json(meta)
     module = dst.module
     module.meta = text  # what metadata() returns, as written by ScriptableCENT
     tmp = Path(target).with_suffix(Path(target).suffix + ".tmp")

@@ -3,23 +3,55 @@
 The writer is :mod:`snapqeq.export`; this module only reads (:func:`load_model`), so that
 every layer that needs a trained model (site features, calculators, the CLI) can load one
 without importing the exporter. It depends on nothing but :mod:`snapqeq.archive`.
+
+The metadata record is defined once, by the JSON Schema ``model_file.schema.json`` shipped
+beside this module (:data:`SCHEMA`): every key is required (null is a value, never an
+omission), the writer validates what it writes and :func:`load_model` what it reads
+(:func:`validate_metadata`), and ``pair_style snapqeq`` requires the same keys.
 """
 
 from __future__ import annotations
 
+import json
 import zipfile
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from pathlib import Path
 
 from snapqeq.archive import LoadedArchive, read_archive
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "REQUIRED", "LoadedModel", "is_training_checkpoint",
-           "load_model"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "REQUIRED", "SCHEMA", "LoadedModel",
+           "is_training_checkpoint", "load_model", "validate_metadata"]
 
-FORMAT = "snapqeq-model"
-FORMAT_VERSION = 1
-REQUIRED = ("format", "format_version", "elements", "descriptor", "hardness", "widths", "e0",
-            "units", "has_short_range")
+#: the JSON Schema of the metadata record (python/snapqeq/model_file.schema.json)
+SCHEMA: dict = json.loads(
+    resources.files("snapqeq").joinpath("model_file.schema.json").read_text())
+FORMAT: str = SCHEMA["properties"]["format"]["const"]
+FORMAT_VERSION: int = SCHEMA["properties"]["format_version"]["const"]
+#: every key of the record (all are required)
+REQUIRED: tuple[str, ...] = tuple(SCHEMA["required"])
+
+
+@cache
+def _validator():
+    import jsonschema
+
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    return jsonschema.Draft202012Validator(SCHEMA)
+
+
+def validate_metadata(meta: dict, where: str = "model") -> None:
+    """Raise ValueError unless ``meta`` is a valid metadata record (:data:`SCHEMA`); the
+    message names ``where`` (a file), the offending key and what was wrong with it."""
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise ValueError(f"{where}: model metadata lacks {missing}; re-export the model")
+    errors = sorted(_validator().iter_errors(meta), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        at = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise ValueError(f"{where}: invalid model metadata at {at}: {err.message}")
 
 
 @dataclass
@@ -29,12 +61,12 @@ class LoadedModel(LoadedArchive):
     @property
     def committee(self) -> int:
         """Number of committee members (1 for a single model)."""
-        return int(self.metadata.get("committee") or 1)
+        return int(self.metadata["committee"])
 
     @property
     def olcao(self) -> dict | None:
         """Metadata of the OLCAO head (recipe, exponents, ...), None without one."""
-        return self.metadata.get("olcao")
+        return self.metadata["olcao"]
 
 
 def is_training_checkpoint(path: str | Path) -> bool:
@@ -59,11 +91,12 @@ def load_model(path: str | Path) -> LoadedModel:
         raise ValueError(f"{path} is a training checkpoint, not a model file: run `snapqeq "
                          f"export TRAINING_DIR --out model.pt` on its training folder")
     module, meta = read_archive(path, FORMAT, FORMAT_VERSION, REQUIRED)
+    validate_metadata(meta, str(path))
     if meta.get("olcao") and not hasattr(module, "potential_coefficients"):
         raise ValueError(f"{path}: metadata announces an OLCAO head the archive lacks")
-    n = meta.get("committee") or 1
+    n = meta["committee"]
     if n > 1:
-        if not hasattr(module, "member_chi") or len(meta.get("members") or []) != n:
+        if not hasattr(module, "member_chi") or len(meta["members"] or []) != n:
             raise ValueError(f"{path}: metadata announces a committee of {n} models the "
                              "archive (or its 'members' list) lacks")
         if meta.get("olcao"):

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SNAPCoefficients", "read_snapcoeff", "read_snapparam"]
+__all__ = ["SNA_DEFAULTS", "SNAPCoefficients", "read_snapcoeff", "read_snapparam"]
+
+#: LAMMPS' defaults of the optional SNAP / ``compute sna/atom`` keywords (bnormflag as in
+#: ``compute sna/atom``): the one place of these numbers in snapqeq (snapqeq.Bispectrum's
+#: keyword defaults, ``.snapparam`` parsing); model files always carry every value.
+SNA_DEFAULTS: dict = {"rfac0": 0.99363, "rmin0": 0.0, "switchflag": True, "bzeroflag": True,
+                      "quadraticflag": False, "chemflag": False, "bnormflag": False,
+                      "wselfallflag": False, "switchinnerflag": False}
 
 _INT_KEYS = ("twojmax", "switchflag", "bzeroflag", "quadraticflag", "chemflag", "bnormflag",
              "wselfallflag", "switchinnerflag", "chunksize", "parallelthresh")
@@ -48,9 +55,7 @@ def _lines(path) -> list[tuple[int, list[str]]]:
 
 def read_snapparam(path) -> dict:
     """Parse a ``.snapparam`` file into a dict (LAMMPS defaults for missing flags)."""
-    params: dict = {"rfac0": 0.99363, "rmin0": 0.0, "switchflag": True, "bzeroflag": True,
-                    "quadraticflag": False, "chemflag": False, "bnormflag": False,
-                    "wselfallflag": False, "switchinnerflag": False}
+    params: dict = dict(SNA_DEFAULTS)
     for number, words in _lines(path):
         key = words[0]
         try:
