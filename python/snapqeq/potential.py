@@ -21,16 +21,19 @@ from snapqeq.model import CENT
 from snapqeq.qeq import qeq_energy
 
 
-def predict(model: CENT, s: Sample, forces: bool = True,
-            create_graph: bool = False) -> dict[str, torch.Tensor]:
-    """Energy (eV), charges (e), electronegativities (eV/e) and optionally forces (eV/Å)."""
+def predict(model: CENT, s: Sample, forces: bool = True, create_graph: bool = False,
+            accuracy: float | None = None) -> dict[str, torch.Tensor]:
+    """Energy (eV), charges (e), electronegativities (eV/e) and optionally forces (eV/Å);
+    ``accuracy``: the relative accuracy of the Ewald sums of a periodic cell (default
+    :data:`snapqeq.ewald.DEFAULT_ACCURACY`)."""
     pos = s.positions.detach().clone().requires_grad_(forces)
     b = bispectrum_of_positions(pos, s.b, s.pair_i, s.pair_j, s.db) if forces else s.b
     species = s.species
     chi = model.electronegativity(b, species)
     periodic = bool(s.pbc.all())
     u, q = qeq_energy(chi, pos, s.cell if periodic else None, s.pbc.tolist(),
-                      model.hardness()[species], model.widths[species], s.total_charge)
+                      model.hardness()[species], model.widths[species], s.total_charge,
+                      accuracy=accuracy)
     energy = model.e0[species].sum() + u + model.short_energy(b, q, species).sum()
     out = {"energy": energy, "charges": q, "chi": chi}
     if forces:
