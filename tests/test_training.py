@@ -211,3 +211,27 @@ def test_olcao_head_trained_and_stored_in_the_model_file(dataset, tmp_path):
         SnapQEqCalculator(plain).get_property("potential_coefficients", atoms)
     with pytest.raises(ValueError, match="no OLCAO head"):
         predict_command(plain, structure, tmp_path / "nope")
+
+
+def test_weight_decay_shrinks_only_network_weights(dataset, tmp_path):
+    """AdamW decays the networks' weight matrices; biases, chi0 and hardness follow the
+    gradient alone, and weight_decay 0 is plain Adam (the default)."""
+    from snapqeq.training import _optimizer
+
+    plain = train(config(dataset, tmp_path / "plain", learn_hardness=True))
+    decayed = train(config(dataset, tmp_path / "wd", learn_hardness=True, weight_decay=20.0))
+    norm = {name: float(sum(p.norm() ** 2 for n, p in r.model.named_parameters()
+                            if n.endswith(".weight")))
+            for name, r in (("plain", plain), ("wd", decayed))}
+    assert norm["wd"] < 0.9 * norm["plain"]
+    model = decayed.model
+    opt = _optimizer(model, config(dataset, tmp_path, learn_hardness=True, weight_decay=1.0))
+    groups = {g["weight_decay"]: {id(p) for p in g["params"]} for g in opt.param_groups}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[i] for i in groups[1.0]} == {
+        n for n in names.values() if n.startswith(("chi_net.", "short_net."))
+        and n.endswith(".weight")}
+    assert {"chi0", "log_hardness"} <= {names[i] for i in groups[0.0]}
+    assert type(_optimizer(model, config(dataset, tmp_path))) is torch.optim.Adam
+    with pytest.raises(ValueError, match="weight_decay"):
+        _optimizer(model, config(dataset, tmp_path, weight_decay=-1.0))

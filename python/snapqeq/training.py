@@ -67,6 +67,9 @@ class TrainConfig:
     batch_size: int = 8
     lr: float = 1e-2
     lbfgs_steps: int = 0
+    #: decoupled weight decay (AdamW) of the networks' weight matrices, per unit learning
+    #: rate; biases, chi0 and the hardness are not decayed; 0: plain Adam
+    weight_decay: float = 0.0
     patience: int = 30
     loss_weights: dict = field(default_factory=lambda: {"energy": 1.0, "forces": 0.0,
                                                          "charges": 0.0})
@@ -328,6 +331,22 @@ def train_olcao_head(config: TrainConfig, model_path: Path, out: Path):
     return train_olcao_run(raw, out, energy_model=model_path)
 
 
+def _optimizer(model: CENT, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam over the trainable parameters; with ``weight_decay`` > 0, AdamW that decays
+    only the weight matrices of the chi and short-range networks."""
+    if config.weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {config.weight_decay!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.weight_decay == 0:
+        return torch.optim.Adam(params, lr=config.lr)
+    decayed = [p for name, p in model.named_parameters() if p.requires_grad
+               and name.startswith(("chi_net.", "short_net.")) and name.endswith(".weight")]
+    chosen = {id(p) for p in decayed}
+    rest = [p for p in params if id(p) not in chosen]
+    return torch.optim.AdamW([{"params": decayed, "weight_decay": config.weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=config.lr)
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Train, checkpoint, plot, evaluate and export; returns the trained model.
 
@@ -346,7 +365,7 @@ def train(config: TrainConfig) -> TrainResult:
     model = build_model(config, descriptor, sets["train"])
     w = dict(config.loss_weights)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=config.lr)
+    opt = _optimizer(model, config)
     schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, max(config.epochs, 1), eta_min=config.lr * config.min_lr_factor)
         if config.lr_schedule == "cosine" else None)
