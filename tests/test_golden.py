@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_lammps_plugin import write_data
 
 from snapqeq.bispectrum import Bispectrum
 from snapqeq.data import make_sample
@@ -110,31 +111,6 @@ def test_training_path(name):
 
 
 # ----------------------------------------------------------------------------- LAMMPS
-def write_data(path: Path, entry: dict, margin: float = 8.0) -> Path:
-    """LAMMPS data file with the configuration's positions and velocities (Angstrom/ps)."""
-    pos = np.array(entry["positions"])
-    types = [golden.ELEMENTS.index(s) + 1 for s in entry["symbols"]]
-    lines = ["snapqeq golden configuration", "", f"{len(pos)} atoms",
-             f"{len(golden.ELEMENTS)} atom types", ""]
-    if entry["cell"] is not None:
-        c = entry["cell"]
-        assert c[0][1] == c[0][2] == c[1][2] == c[1][0] == c[2][0] == c[2][1] == 0.0
-        lines += [f"0 {c[0][0]!r} xlo xhi", f"0 {c[1][1]!r} ylo yhi", f"0 {c[2][2]!r} zlo zhi"]
-    else:
-        lo, hi = pos.min(0) - margin, pos.max(0) + margin
-        lines += [f"{float(lo[k])!r} {float(hi[k])!r} {ax}lo {ax}hi" for k, ax in enumerate("xyz")]
-    lines += ["", "Masses", ""]
-    lines += [f"{t + 1} {golden.MASSES[e]!r}" for t, e in enumerate(golden.ELEMENTS)]
-    lines += ["", "Atoms # charge", ""]
-    lines += [f"{i + 1} {t} 0.0 {float(p[0])!r} {float(p[1])!r} {float(p[2])!r}"
-              for i, (t, p) in enumerate(zip(types, pos, strict=True))]
-    lines += ["", "Velocities", ""]
-    lines += [f"{i + 1} {float(v[0])!r} {float(v[1])!r} {float(v[2])!r}"
-              for i, v in enumerate(entry["velocities"])]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 DECK = """\
 plugin load {plugin}
 units metal
@@ -180,7 +156,8 @@ def _lammps_snapshots(run_dir: Path, stdout: str, periodic: bool) -> dict[str, d
 def test_lammps_plugin(plugin, tmp_path, name, nprocs):
     entry = REFERENCE["configurations"][name]
     periodic = entry["cell"] is not None
-    write_data(tmp_path / "golden.data", entry)
+    write_data(tmp_path / "golden.data", golden.structure(entry), golden.ELEMENTS,
+               masses=golden.MASSES, velocities=entry["velocities"])
     (tmp_path / "in.lmp").write_text(DECK.format(
         plugin=plugin, boundary=entry["boundary"], model=golden.MODEL,
         charge=entry["total_charge"], options=REFERENCE["pair_style_options"],

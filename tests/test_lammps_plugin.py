@@ -115,8 +115,10 @@ STRUCTURES = {"cluster": nacl_cluster, "periodic": nacl_cell, "triclinic": nacl_
 
 
 # ----------------------------------------------------------------------------- LAMMPS
-def write_data(path: Path, atoms: Atoms, elements=ELEMENTS, margin: float = 6.0) -> Path:
-    """LAMMPS data file (atom_style charge, types in the order of ``elements``)."""
+def write_data(path: Path, atoms: Atoms, elements=ELEMENTS, margin: float = 6.0,
+               masses: dict | None = None, velocities=None) -> Path:
+    """LAMMPS data file (atom_style charge, types in the order of ``elements``); masses
+    (amu per element, default 1) and velocities (Angstrom/ps) when given."""
     types = [elements.index(s) + 1 for s in atoms.get_chemical_symbols()]
     pos = atoms.positions
     lines = ["snapqeq test structure", "", f"{len(atoms)} atoms", f"{len(elements)} atom types",
@@ -130,10 +132,15 @@ def write_data(path: Path, atoms: Atoms, elements=ELEMENTS, margin: float = 6.0)
     else:
         lo, hi = pos.min(0) - margin, pos.max(0) + margin
         lines += [f"{float(lo[k])!r} {float(hi[k])!r} {ax}lo {ax}hi" for k, ax in enumerate("xyz")]
-    lines += ["", "Masses", ""] + [f"{t + 1} 1.0" for t in range(len(elements))]
+    lines += ["", "Masses", ""] + [f"{t + 1} {float((masses or {}).get(e, 1.0))!r}"
+                                   for t, e in enumerate(elements)]
     lines += ["", "Atoms # charge", ""]
     lines += [f"{i + 1} {t} 0.0 {float(p[0])!r} {float(p[1])!r} {float(p[2])!r}"
               for i, (t, p) in enumerate(zip(types, pos, strict=True))]
+    if velocities is not None:
+        lines += ["", "Velocities", ""]
+        lines += [f"{i + 1} {float(v[0])!r} {float(v[1])!r} {float(v[2])!r}"
+                  for i, v in enumerate(velocities)]
     path.write_text("\n".join(lines) + "\n")
     return path
 
