@@ -2,7 +2,7 @@
 
 A built package (wheel, non-editable install) also carries the sources of the LAMMPS
 plugin, ``plugin/``, ``pair_style/`` and ``kernel/``, as ``snapqeq/plugin_src/...``, so that
-``snapqeq build-lammps-plugin`` works outside a checkout (snapqeq.lammps_plugin.source_dir).
+``snapqeq build-lammps-plugin`` works outside a checkout (snapqeq.lammps.plugin.source_dir).
 """
 
 from pathlib import Path

@@ -22,8 +22,8 @@ from ase.io import write
 
 from snapqeq import Bispectrum
 from snapqeq._sna import set_num_threads
-from snapqeq.lammps_runtime import open_lammps
-from snapqeq.snap import SNAPCalculator
+from snapqeq.calculators.snap import SNAPCalculator
+from snapqeq.lammps.runtime import open_lammps
 
 RCUTFAC, RFAC0, RADIUS = 4.67637, 0.99363, 0.5
 

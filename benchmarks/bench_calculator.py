@@ -28,8 +28,8 @@ from bench_bispectrum import lammps_time  # noqa: E402
 
 from snapqeq import Bispectrum, SnapQEqCalculator  # noqa: E402
 from snapqeq._sna import set_num_threads  # noqa: E402
-from snapqeq.clusters import nacl_cube  # noqa: E402
-from snapqeq.qeq import DENSE_MAX_ATOMS, KERNEL_MAX_PERIODIC  # noqa: E402
+from snapqeq.datasets.clusters import nacl_cube  # noqa: E402
+from snapqeq.electrostatics.qeq import DENSE_MAX_ATOMS, KERNEL_MAX_PERIODIC  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MASSES = {"Na": 22.99, "Cl": 35.45}

@@ -35,11 +35,11 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 
-from snapqeq.bispectrum import Bispectrum
-from snapqeq.export import export_model
-from snapqeq.lammps_plugin import build_plugin
-from snapqeq.lammps_runtime import lammps_environment
-from snapqeq.model import CENT
+from snapqeq.descriptors.bispectrum import Bispectrum
+from snapqeq.lammps.plugin import build_plugin
+from snapqeq.lammps.runtime import lammps_environment
+from snapqeq.models.cent import CENT
+from snapqeq.training.export import export_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## LAMMPS pair style snapqeq (benchmarks/bench_lammps_plugin.py)"

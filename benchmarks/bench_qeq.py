@@ -4,8 +4,8 @@ Periodic NaCl cells of n x n x n conventional cubes (a = 5.64 Angstrom, 8n^3 ato
 rattled by 0.05 Angstrom), chi = -/+5 eV/e for Na/Cl plus N(0, 0.2) noise per atom, J and
 alpha of the CENT NaCl protocol (0.2 / 0.1 Ha/e^2, 1 / 2 bohr). Each measurement runs in
 a fresh single-threaded process (OMP/MKL threads 1, torch threads 1), so the peak resident
-memory is that of one equilibration. Times are for ``snapqeq.qeq.equilibrate`` including
-set-up (neighbour list, PME, preconditioner), solve, and forces and stress:
+memory is that of one equilibration. Times are for ``snapqeq.electrostatics.qeq.equilibrate``
+including set-up (neighbour list, PME, preconditioner), solve, and forces and stress:
 
 - CG cold: uniform start; CG warm: the geometry moved by a 0.01 Angstrom rattle and
   started from the previous charges (an MD step);
@@ -64,8 +64,8 @@ def worker(task: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from snapqeq.ewald import Electrostatics
-    from snapqeq.qeq import CG_PME_MIN_ATOMS, equilibrate
+    from snapqeq.electrostatics.ewald import Electrostatics
+    from snapqeq.electrostatics.qeq import CG_PME_MIN_ATOMS, equilibrate
 
     n, kind, accuracy = task["n"], task["kind"], task["accuracy"]
     atoms, chi = structure(n)

@@ -1,4 +1,4 @@
-"""Training throughput: the batched path (snapqeq.batch) against the one-structure path.
+"""Training throughput: the batched path (snapqeq.training.batch) against the one-structure path.
 
 Both paths compute the same loss and gradients (tests/test_batch.py checks 1e-10); this
 times one Adam epoch (loss with forces, create_graph, backward, step) over the training
@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 
-from snapqeq.batch import batch_loss, structure_loss
-from snapqeq.bispectrum import Bispectrum
-from snapqeq.data import DataKeys, load_samples, read_structures
-from snapqeq.training import TrainConfig, build_model
+from snapqeq.descriptors.bispectrum import Bispectrum
+from snapqeq.io.structures import DataKeys, read_structures
+from snapqeq.training.batch import batch_loss, structure_loss
+from snapqeq.training.data import load_samples
+from snapqeq.training.trainer import TrainConfig, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))

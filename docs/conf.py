@@ -36,9 +36,9 @@ suppress_warnings = ["ref.python"]
 # Docstrings whose reST markup is known to be broken, to be fixed in those modules; listed
 # by "module docstring of object" so that any other warning still fails the build.
 KNOWN_MARKUP_ISSUES = (
-    "bispectrum.py:docstring of snapqeq.bispectrum.Bispectrum:",
-    "olcao.py:docstring of snapqeq.olcao.safe_skl_title:",
-    "olcao_model.py:docstring of snapqeq.olcao_model.OLCAOModel:",
+    "bispectrum.py:docstring of snapqeq.descriptors.bispectrum.Bispectrum:",
+    "olcao.py:docstring of snapqeq.io.olcao.safe_skl_title:",
+    "olcao_model.py:docstring of snapqeq.models.olcao_head.OLCAOModel:",
 )
 
 

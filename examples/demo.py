@@ -9,7 +9,7 @@ Stages:
 1. GFN2-xTB reference data for neutral and ionized NaCl clusters by the CENT paper's
    protocol (examples/nacl_clusters/make_data.py; tblite);
 2. training of a CENT model and of its 4G variant with a short-range network
-   (examples/nacl_clusters/run.py, snapqeq.training) and their test against the paper's
+   (examples/nacl_clusters/run.py, snapqeq.training.trainer) and their test against the paper's
    RMSEs; parity plots, energy versus compression of the 64-atom cube; one round of
    active learning on the better model (validation RMSE): minima hopping and MD, the
    structures a committee disagrees on labelled with GFN2-xTB, retraining
@@ -49,7 +49,7 @@ sys.path.insert(0, str(HERE))  # the demo's sibling modules, also when imported 
 import demo_report  # noqa: E402
 import demo_stages as stages  # noqa: E402
 
-from snapqeq.clusters import GENERATOR_VERSION  # noqa: E402
+from snapqeq.datasets.clusters import GENERATOR_VERSION  # noqa: E402
 
 DEFAULT_OUT = HERE.parent / "demo_output"
 MARKER = ".snapqeq-demo"

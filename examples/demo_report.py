@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from demo_stages import NACL
 
-from snapqeq.metrics import HARTREE
+from snapqeq.analysis.metrics import HARTREE
 
 
 def write(root: Path, results: dict) -> Path:

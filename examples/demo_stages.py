@@ -30,15 +30,15 @@ from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_mom
 from ase.md.verlet import VelocityVerlet
 from tqdm.auto import tqdm
 
-from snapqeq import cli
-from snapqeq.calculator import SnapQEqCalculator
-from snapqeq.clusters import nacl_cube
-from snapqeq.data import read_structures
-from snapqeq.export import load_model
-from snapqeq.lammps_plugin import load_plugin, plugin_path
-from snapqeq.lammps_runtime import lammps_environment, open_lammps
-from snapqeq.olcao import read_scfv
-from snapqeq.xtb import xtb_singlepoint
+from snapqeq.calculators.cent import SnapQEqCalculator
+from snapqeq.cli import main as cli
+from snapqeq.datasets.clusters import nacl_cube
+from snapqeq.datasets.xtb import xtb_singlepoint
+from snapqeq.io.olcao import read_scfv
+from snapqeq.io.structures import read_structures
+from snapqeq.lammps.plugin import load_plugin, plugin_path
+from snapqeq.lammps.runtime import lammps_environment, open_lammps
+from snapqeq.training.export import load_model
 
 EXAMPLES = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.prefix) / "bin"
@@ -115,7 +115,7 @@ def data_sets(data_dir: Path) -> tuple[dict[str, list[Atoms]], list[Atoms]]:
 
 # ---------------------------------------------------------------------------- 2. models
 def train_model(config) -> dict:
-    """Train one model of the NaCl example (a ``snapqeq.training.TrainConfig``)."""
+    """Train one model of the NaCl example (a ``snapqeq.training.trainer.TrainConfig``)."""
     model, throughput = NACL.trained(config, retrain=True)
     history = json.loads((Path(config.output) / "history.json").read_text())
     return {"model": str(model), "throughput": throughput, "epochs": len(history),

@@ -3,11 +3,11 @@
 ``examples/ko2021_carbon_chain/run.py`` and ``examples/ko2021_au2_mgo/run.py`` call
 :func:`main` with their system's recipe. The driver
 
-1. reads RuNNer/n2p2 ``input.data`` files (:func:`snapqeq.data.read_structures`);
+1. reads RuNNer/n2p2 ``input.data`` files (:func:`snapqeq.io.structures.read_structures`);
 2. without ``--test``, holds out a fixed, stated part of ``--train`` as the test set
    (numpy seed 0 permutation); a further part of the training structures is the
    validation set for early stopping and checkpoint selection;
-3. trains the recipe with :func:`snapqeq.training.train` (energies, forces and Hirshfeld
+3. trains the recipe with :func:`snapqeq.training.trainer.train` (energies, forces and Hirshfeld
    charges in the loss);
 4. evaluates the exported model file on the test set through the ASE calculator (the code
    users run, not the training path), prints the metrics beside the published 4G-HDNNP,
@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 from ase.io import write
 
-from snapqeq.calculator import SnapQEqCalculator
-from snapqeq.data import read_structures
-from snapqeq.evaluation import evaluate_structures
-from snapqeq.metrics import Record, compute_metrics, grouped_metrics
-from snapqeq.plots import parity_plot
-from snapqeq.training import TrainConfig, train
+from snapqeq.analysis.metrics import Record, compute_metrics, grouped_metrics
+from snapqeq.analysis.plots import parity_plot
+from snapqeq.calculators.cent import SnapQEqCalculator
+from snapqeq.cli.evaluation import evaluate_structures
+from snapqeq.io.structures import read_structures
+from snapqeq.training.trainer import TrainConfig, train
 from snapqeq.units import BOHR, HARTREE
 
 #: training settings both benchmark recipes share (TrainConfig keys): trainable hardness,

@@ -15,7 +15,7 @@ namespace snapqeq {
 
 struct SNAOptions {
   int twojmax = 6;
-  // no default here: every caller sets it (the one default is snapqeq.snap_files.SNA_DEFAULTS);
+  // no default here: every caller sets it (the one default is snapqeq.io.snap_files.SNA_DEFAULTS);
   // an unset 0 fails the check of the SNA constructor
   double rfac0 = 0.0;
   double rmin0 = 0.0;

@@ -28,12 +28,12 @@
         not variational for E, which costs one more (adjoint) solve with the same matrix
         (SPEC section 5): A mu = -dE_short/dq on sum mu = 0, beta_i gets mu_i dchi_i/dB_i +
         dE_short_i/dB_i, the electrostatic force gets the bilinear term -mu^T (dA/dr) q.
-   A committee model file (snapqeq.export.export_committee): steps 2-6 for every member
+   A committee model file (snapqeq.training.export.export_committee): steps 2-6 for every member
    (its own chi, hardness, E0, charges, adjoint), step 1 and the electrostatics set-up
    once; energies, forces, virials and per-atom outputs are tallied with weight 1/n, each
    member's forces also into an array of its own (ghost parts summed by a reverse
    communication of this style) for the per-atom force std; energy std from the reduced
-   member energies (snapqeq.committee.committee_statistics).
+   member energies (snapqeq.models.committee.committee_statistics).
 ------------------------------------------------------------------------- */
 
 #include "pair_snapqeq.h"
@@ -45,12 +45,14 @@
 #include "exceptions.h"
 #include "force.h"
 #include "memory.h"
+#include "modify.h"
 #include "neigh_list.h"
 #include "neighbor.h"
 #include "update.h"
 
 #include "nlohmann/json.hpp"    // bundled with LAMMPS (namespace nlohmann_lmp)
 
+#include "compute_snapqeq_atom.h"
 #include "electrostatics.h"
 #include "sna.h"
 #include "snapqeq_elements.h"
@@ -76,7 +78,7 @@ constexpr int kFormatVersion = 1;    // model file format this plugin reads (SPE
 constexpr const char *kFormat = "snapqeq-model";
 constexpr const char *kMetadataFile = "snapqeq.json";
 constexpr int kMaxWarnings = 5;
-// the end of every message with which the guard stops a run (snapqeq.guard.STOP_HINT)
+// the end of every message with which the guard stops a run (snapqeq.models.guard.STOP_HINT)
 const std::string kGuardStopHint = "; check the structure, or set guard to warn to go on "
                                    "with a warning, or retrain with such data";
 // Bispectrum workspaces kept between the descriptor and the force pass, per rank; atoms
@@ -110,7 +112,7 @@ std::string join(const std::vector<std::string> &v)
   return s;
 }
 
-// every key of the metadata record (python/snapqeq/model_file.schema.json, which defines
+// every key of the metadata record (python/snapqeq/io/model_file.schema.json, which defines
 // the record; tests/test_export.py checks that this list equals the schema's): the plugin
 // applies no defaults, a missing key is an error naming it
 const std::vector<std::string> kRequiredKeys = {
@@ -368,8 +370,7 @@ PairSNAPQEq::PairSNAPQEq(LAMMPS *lmp) : Pair(lmp), ncached(0), mpi(world)
   has_olcao = olcao_long_range = olcao_has_medium = false;
   olcao_ncol = olcao_ncoeff_linear = 0;
   olcao_cutmax = 0.0;
-  olcao_every = olcao_requested = olcao_cutoff = false;
-  olcao_trigger = 0;
+  olcao_every = olcao_cutoff = false;
   olcao_step = -1;
   chemical_potential = 0.0;
   last_iterations = warned_unconverged = 0;
@@ -408,6 +409,7 @@ PairSNAPQEq::~PairSNAPQEq()
   if (allocated) {
     memory->destroy(setflag);
     memory->destroy(cutsq);
+    memory->destroy(map);
   }
 }
 
@@ -419,6 +421,7 @@ void PairSNAPQEq::allocate()
   const int n = atom->ntypes;
   memory->create(setflag, n + 1, n + 1, "pair:setflag");
   memory->create(cutsq, n + 1, n + 1, "pair:cutsq");
+  memory->create(map, n + 1, "pair:map");
   for (int i = 0; i <= n; ++i)
     for (int j = 0; j <= n; ++j) setflag[i][j] = 0;
   type_elem.assign(n + 1, -1);
@@ -506,7 +509,6 @@ void PairSNAPQEq::settings(int narg, char **arg)
   load_model(arg[0]);
   if (olcao_every && !has_olcao)
     error->all(FLERR, "pair_style snapqeq olcao yes: model file {} has no OLCAO head", model_file);
-  if (olcao_every) olcao_requested = true;
   if ((committee_ethr > 0.0 || committee_fthr > 0.0) && n_members == 1)
     error->all(FLERR, "pair_style snapqeq committee_threshold: model file {} holds a single "
                "model, not a committee", model_file);
@@ -606,7 +608,7 @@ void PairSNAPQEq::load_model(const std::string &file)
         error->all(FLERR, "snapqeq model file {}: hardness and widths must be positive", file);
     has_short_range = meta["has_short_range"].get<bool>();
 
-    // committee (snapqeq.export.export_committee): per member hardness and E0; the
+    // committee (snapqeq.training.export.export_committee): per member hardness and E0; the
     // widths, the descriptor and the short-range flag are shared
     n_members = meta["committee"].get<int>();
     if (n_members < 1)
@@ -656,7 +658,7 @@ void PairSNAPQEq::load_model(const std::string &file)
       const auto &head = meta["olcao"];
       const auto &recipe = need(head, "features", "olcao");
       // the local block is fed from the model's own bispectrum, as snapqeq train and
-      // snapqeq.site_features.recipe_from_energy_model make it (compared key-sorted)
+      // snapqeq.models.site_features.recipe_from_energy_model make it (compared key-sorted)
       if (SortedJson::parse(need(recipe, "local", "olcao.features").dump()) !=
           SortedJson::parse(d.dump()))
         error->all(FLERR, "snapqeq model file {}: the local descriptor of the OLCAO head differs "
@@ -756,7 +758,7 @@ void PairSNAPQEq::load_model(const std::string &file)
 }
 
 /* ----------------------------------------------------------------------
-   the guard's thresholds and the training envelope from the metadata (snapqeq.guard);
+   the guard's thresholds and the training envelope from the metadata (snapqeq.models.guard);
    every key is required (load_model checked their presence); an envelope key that is null
    (unknown) leaves its check out, which a log line says
 ------------------------------------------------------------------------- */
@@ -891,7 +893,7 @@ void PairSNAPQEq::check_guard()
                guard_mode != GUARD_WARN);
   }
   if (guard_lo.empty()) return;
-  // the component furthest outside its widened range, per element (as snapqeq.guard)
+  // the component furthest outside its widened range, per element (as snapqeq.models.guard)
   for (int e = 0; e < ne; ++e) {
     if (!guard_has_range[e]) continue;
     const double *lo = &guard_lo[(size_t) e * ncoeff_linear];
@@ -958,25 +960,18 @@ void PairSNAPQEq::coeff(int narg, char **arg)
   if (strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
     error->all(FLERR, "Incorrect args for pair coefficients: pair style snapqeq needs pair_coeff * *");
 
-  for (int t = 1; t <= ntypes; ++t) {
-    const std::string el = arg[1 + t];
-    if (el == "NULL") {
-      type_elem[t] = -1;
-      continue;
-    }
-    auto pos = std::find(elem_names.begin(), elem_names.end(), el);
+  // type -> element of the deck (map, elements; setflag of the mapped type pairs), then
+  // element of the deck -> element of the model file
+  map_element2type(ntypes, arg + 2);
+  std::vector<int> model_index(nelements, -1);
+  for (int k = 0; k < nelements; ++k) {
+    auto pos = std::find(elem_names.begin(), elem_names.end(), std::string(elements[k]));
     if (pos == elem_names.end())
-      error->all(FLERR, "Element {} (atom type {}) is not in snapqeq model file {}; its elements are {}",
-                 el, t, model_file, join(elem_names));
-    type_elem[t] = int(pos - elem_names.begin());
+      error->all(FLERR, "Element {} is not in snapqeq model file {}; its elements are {}",
+                 elements[k], model_file, join(elem_names));
+    model_index[k] = int(pos - elem_names.begin());
   }
-  int count = 0;
-  for (int i = 1; i <= ntypes; ++i)
-    for (int j = i; j <= ntypes; ++j) {
-      setflag[i][j] = (type_elem[i] >= 0 && type_elem[j] >= 0) ? 1 : 0;
-      count += setflag[i][j];
-    }
-  if (count == 0) error->all(FLERR, "Incorrect args for pair coefficients: all types are NULL");
+  for (int t = 1; t <= ntypes; ++t) type_elem[t] = map[t] >= 0 ? model_index[map[t]] : -1;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -997,7 +992,7 @@ void PairSNAPQEq::init_style()
   // descriptor enters the neighbour (and so the ghost) cutoff only once it was asked for,
   // as it can reach much further than the model's own
   snap_cutmax = descriptor_cutmax(desc);
-  olcao_cutoff = has_olcao && olcao_requested;
+  olcao_cutoff = has_olcao && olcao_wanted();
   olcao_cutmax = olcao_cutoff && olcao_has_medium ? descriptor_cutmax(olcao_desc) : 0.0;
   double amax = 0.0;
   for (int t = 1; t <= atom->ntypes; ++t)
@@ -1040,7 +1035,7 @@ void PairSNAPQEq::init_style()
   cand_dirty = true;
   logged_setup = false;
 
-  // the guard: total charge against the trained range (snapqeq.guard), masses against
+  // the guard: total charge against the trained range (snapqeq.models.guard), masses against
   // the element names; warnings are counted per run
   guard_warnings[0] = guard_warnings[1] = guard_warnings[2] = 0;
   committee_warnings[0] = committee_warnings[1] = 0;
@@ -1100,53 +1095,90 @@ void PairSNAPQEq::grow_peratom()
 }
 
 /* ----------------------------------------------------------------------
-   per-atom outputs for fix pair: q, chi, phi (vectors) and olcao, olcao_std (N x D).
-   fix pair asks for every name once when it is created (for the column count) and on
-   each of its output steps during runs (update->whichflag set)
+   per-atom outputs of the last evaluation: q, chi, phi, force_std (vectors) and olcao,
+   olcao_std (N x D); read by compute snapqeq/atom and fix pair, no side effects
 ------------------------------------------------------------------------- */
 
-void *PairSNAPQEq::extract_peratom(const char *name, int &ncol)
+PairSNAPQEq::PerAtom PairSNAPQEq::peratom(const std::string &name) const
 {
-  ncol = 0;
-  if (strcmp(name, "q") == 0) return (void *) q_atom;
-  if (strcmp(name, "chi") == 0) return (void *) chi_atom;
-  if (strcmp(name, "phi") == 0) return (void *) phi_atom;
-  if (strcmp(name, "force_std") == 0) {
+  PerAtom out;
+  if (name == "q") out.vector = q_atom;
+  else if (name == "chi") out.vector = chi_atom;
+  else if (name == "phi") out.vector = phi_atom;
+  else if (name == "force_std") {
     if (n_members == 1)
       error->all(FLERR, "Pair style snapqeq cannot provide per-atom force_std: model file {} "
                  "holds a single model, not a committee (snapqeq train with committee: n)",
                  model_file);
-    return (void *) fstd_atom;
+    out.vector = fstd_atom;
+  } else if (name == "olcao" || name == "olcao_std") {
+    if (!has_olcao)
+      error->all(FLERR, "Pair style snapqeq cannot provide per-atom {}: model file {} has no "
+                 "OLCAO head (export the model with one, e.g. snapqeq train with an olcao "
+                 "section)", name, model_file);
+    out.array = name == "olcao" ? olcao_mean : olcao_std;
+    out.ncol = olcao_ncol;
+  } else {
+    error->all(FLERR, "Pair style snapqeq has no per-atom output {}", name);
   }
-  const bool mean = strcmp(name, "olcao") == 0;
-  if (!mean && strcmp(name, "olcao_std") != 0) return nullptr;
-
-  if (!has_olcao)
-    error->all(FLERR, "Pair style snapqeq cannot provide per-atom {}: model file {} has no OLCAO "
-               "head (export the model with one, e.g. snapqeq train with an olcao section)",
-               name, model_file);
-  olcao_requested = true;    // from the next run on the neighbour cutoff covers the head
-  if (update->whichflag != 0 && olcao_step != update->ntimestep)
-    error->all(FLERR, "Pair style snapqeq did not compute the per-atom {} of step {}: use the "
-               "trigger flag of fix pair (fix ID all pair N snapqeq olcao 1 olcao_std 1) or "
-               "pair_style snapqeq keyword olcao yes (every step)", name, update->ntimestep);
-  ncol = olcao_ncol;
-  return mean ? (void *) olcao_mean : (void *) olcao_std;
+  return out;
 }
 
 /* ----------------------------------------------------------------------
-   trigger flags of fix pair (a scalar int it sets to 1 for its output steps): olcao_flag
-   and olcao_std_flag, both evaluate the head once
+   fix pair: q, chi, phi, force_std on any step; olcao, olcao_std only with the keyword
+   olcao yes (fix pair cannot tell the pair style on which steps it needs the head: that
+   is what compute snapqeq/atom is for)
 ------------------------------------------------------------------------- */
 
-void *PairSNAPQEq::extract(const char *name, int &dim)
+void *PairSNAPQEq::extract_peratom(const char *name, int &ncol)
 {
-  dim = 0;
-  if (has_olcao && (strcmp(name, "olcao_flag") == 0 || strcmp(name, "olcao_std_flag") == 0)) {
-    olcao_requested = true;
-    return (void *) &olcao_trigger;
+  const std::string key = name;
+  const bool head = key == "olcao" || key == "olcao_std";
+  if (!head && key != "q" && key != "chi" && key != "phi" && key != "force_std") {
+    ncol = 0;
+    return nullptr;
   }
-  return nullptr;
+  const PerAtom out = peratom(key);
+  ncol = out.ncol;
+  if (!head) return (void *) out.vector;
+  if (!olcao_every)
+    error->all(FLERR, "Pair style snapqeq: per-atom {} through fix pair needs pair_style "
+               "keyword olcao yes (the head every step); or use compute ID all snapqeq/atom "
+               "olcao olcao_std, which evaluates it on the compute's steps only", key);
+  if (update->whichflag != 0 && olcao_step != update->ntimestep)
+    error->all(FLERR, "Pair style snapqeq did not compute the per-atom {} of step {}", key,
+               update->ntimestep);
+  return (void *) out.array;
+}
+
+/* ----------------------------------------------------------------------
+   the OLCAO head: wanted for this run (the keyword or a compute snapqeq/atom that asks for
+   its values; decides the neighbour cutoff at init_style) and due this step (the keyword,
+   or such a compute matches the step: LAMMPS schedules the steps of computes with
+   timeflag set, as for the per-atom energies of compute pe/atom)
+------------------------------------------------------------------------- */
+
+static std::vector<ComputeSNAPQEqAtom *> olcao_computes(Modify *modify)
+{
+  std::vector<ComputeSNAPQEqAtom *> out;
+  for (Compute *c : modify->get_compute_by_style("^snapqeq/atom$")) {
+    auto *sc = dynamic_cast<ComputeSNAPQEqAtom *>(c);
+    if (sc && sc->wants_olcao()) out.push_back(sc);
+  }
+  return out;
+}
+
+bool PairSNAPQEq::olcao_wanted() const
+{
+  return olcao_every || !olcao_computes(modify).empty();
+}
+
+bool PairSNAPQEq::olcao_due()
+{
+  if (olcao_every) return true;
+  for (ComputeSNAPQEqAtom *c : olcao_computes(modify))
+    if (c->matchstep(update->ntimestep)) return true;
+  return false;
 }
 
 /* ----------------------------------------------------------------------
@@ -1638,7 +1670,7 @@ void PairSNAPQEq::compute(int eflag, int vflag)
     evaluate_network();       // chi_i; the autograd graph stays for beta_i
     gather_system();          // all atoms of the charge equilibration on every rank
     equilibrate();            // q, phi, chemical potential
-    if (has_olcao && (olcao_every || olcao_trigger)) compute_olcao();
+    if (has_olcao && olcao_due()) compute_olcao();
 
     // beta_i = w_i dchi_i/dB_i (+ dE_short_i/dB_i) and the electrostatic forces of
     // 1/2 q^T A_es b: w = b = q for the variational CENT energy, plus the adjoint mu
@@ -1706,7 +1738,7 @@ void PairSNAPQEq::use_member(int k)
 }
 
 /* ----------------------------------------------------------------------
-   spread of the committee (snapqeq.committee.committee_statistics): energy std of the
+   spread of the committee (snapqeq.models.committee.committee_statistics): energy std of the
    system, per-atom force std from the members' forces (ghost parts summed onto their
    owners by a reverse communication), the largest over all atoms, and the threshold
 ------------------------------------------------------------------------- */
@@ -1806,14 +1838,14 @@ void PairSNAPQEq::unpack_reverse_comm(int n, int *list, double *buf)
 
 /* ----------------------------------------------------------------------
    OLCAO potential coefficients of the owned atoms: the head on the site features
-   [B | medium-range B | q phi] (snapqeq.site_features.SiteFeatures.matrix) with this
+   [B | medium-range B | q phi] (snapqeq.models.site_features.SiteFeatures.matrix) with this
    step's bispectrum, charges and potentials
 ------------------------------------------------------------------------- */
 
 void PairSNAPQEq::compute_olcao()
 {
-  // a request the neighbour cutoff of this run does not cover (cannot happen through
-  // fix pair or the keyword, which ask before the run is set up)
+  // a request the neighbour cutoff of this run does not cover: a compute snapqeq/atom
+  // defined between runs is wanted at the next init_style, not before
   if (!olcao_cutoff)
     error->all(FLERR, "Pair style snapqeq: OLCAO coefficients requested after the run was set "
                "up; start a new run");

@@ -8,9 +8,10 @@
                       [committee_threshold E F] [committee_action warn/stop]
    pair_coeff * * El1 El2 ... (NULL for types handled by other hybrid/overlay styles)
 
-   Per-atom outputs for fix pair: q, chi, phi and, for models with an OLCAO head, olcao and
-   olcao_std (mean and std of the potential coefficients, Hartree, one column per exponent),
-   for committee model files force_std (eV/Angstrom)
+   Per-atom outputs through compute snapqeq/atom (compute_snapqeq_atom.h): q, chi, phi and,
+   for models with an OLCAO head, olcao and olcao_std (mean and std of the potential
+   coefficients, Hartree, one column per exponent), for committee model files force_std
+   (eV/Angstrom); q, chi, phi and force_std also through fix pair
 
    See pair_snapqeq.cpp for the algorithm and SPEC.md sections 4, 5 and 7 of the snapqeq
    project for the definitions.  GPL-2.0-or-later, like LAMMPS.
@@ -47,11 +48,21 @@ class PairSNAPQEq : public Pair {
   void coeff(int, char **) override;
   void init_style() override;
   double init_one(int, int) override;
-  void *extract(const char *, int &) override;
   void *extract_peratom(const char *, int &) override;
   int pack_reverse_comm(int, int, double *) override;
   void unpack_reverse_comm(int, int *, double *) override;
   double memory_usage() override;
+
+  // a per-atom output of the last evaluation, read without side effects (compute
+  // snapqeq/atom, fix pair): q, chi, phi, force_std as a vector (ncol 0), olcao and
+  // olcao_std as an atom x ncol array; an error for what the model does not provide
+  struct PerAtom {
+    double *vector = nullptr;
+    double **array = nullptr;
+    int ncol = 0;
+  };
+  PerAtom peratom(const std::string &name) const;
+  bigint olcao_timestep() const { return olcao_step; }    // of the values in olcao/olcao_std
 
   // parameters of one bispectrum entry of the model metadata (snapqeq.Bispectrum.to_dict),
   // per model element: the model's descriptor, and the medium-range one of an OLCAO head
@@ -100,11 +111,11 @@ class PairSNAPQEq : public Pair {
   std::vector<double> hardness, width, energy0;      // eV/e^2, Angstrom, eV (current member)
   bool has_short_range;
 
-  // committee model file (snapqeq.export.export_committee): n_members complete models
+  // committee model file (snapqeq.training.export.export_committee): n_members complete models
   // sharing the descriptor and the widths; each is evaluated in full (chi, charge
   // equilibration, energy, forces) and the style tallies their mean.  The spread: energy
   // std (eV) of the whole system and per-atom force std sqrt(1/n sum_k |F_k - <F>|^2)
-  // (eV/Angstrom), as snapqeq.committee.committee_statistics
+  // (eV/Angstrom), as snapqeq.models.committee.committee_statistics
   int n_members;                                        // 1 for a single model
   int member_index;                                     // the member being evaluated
   std::vector<std::vector<double>> member_hardness, member_e0;
@@ -119,11 +130,11 @@ class PairSNAPQEq : public Pair {
   int ncoeff_linear, ncoeff;    // bispectrum components without / with quadratic terms
 
   // OLCAO head of the model file (potential_coefficients(x, species) -> mean, std): its
-  // site features are [B | medium-range B | q phi] (snapqeq.site_features.FeatureRecipe)
+  // site features are [B | medium-range B | q phi] (snapqeq.models.site_features.FeatureRecipe)
   // with B the model's own descriptor.  The medium-range bispectrum needs neighbours out
   // to its own, longer cutoff, so the head is evaluated (and the neighbour cutoff
-  // extended) only when asked for: pair_style keyword olcao yes (every step) or the
-  // trigger flag of fix pair (olcao_flag / olcao_std_flag, on the fix's steps)
+  // extended) only when asked for: pair_style keyword olcao yes (every step) or a compute
+  // snapqeq/atom with olcao values (on the steps it is invoked)
   bool has_olcao;             // the model has the head
   int olcao_ncol;             // D: the longest exponent series of the elements
   bool olcao_long_range;      // the features end in (q, phi)
@@ -133,16 +144,14 @@ class PairSNAPQEq : public Pair {
   int olcao_ncoeff_linear;
   double olcao_cutmax;        // its largest pair cutoff (Angstrom)
   bool olcao_every;           // pair_style keyword olcao yes
-  int olcao_trigger;          // set by fix pair for the steps it outputs, reset after
-  bool olcao_requested;       // asked for (keyword, fix pair): cover its cutoff from the next run
-  bool olcao_cutoff;          // the neighbour cutoff of this run covers the medium descriptor
+  bool olcao_cutoff;          // asked for at init_style: this run's neighbour cutoff covers it
   bigint olcao_step;          // timestep of the values in olcao_mean / olcao_std
   std::vector<int> olcao_cand_offset, olcao_cand;    // medium-range candidates (CSR)
   Neighbors olcao_nbr;
 
   std::vector<int> type_elem;    // atom type -> model element, -1 for NULL
 
-  // geometry/extrapolation guard of the model file (snapqeq.guard: same thresholds, same
+  // geometry/extrapolation guard of the model file (snapqeq.models.guard: same thresholds, same
   // message text as the ASE calculator): pairs closer than min_distance_factor x the
   // shortest training distance of their element pair, bispectrum components outside the
   // element's training range widened by descriptor_margin x its width, a total charge
@@ -196,7 +205,7 @@ class PairSNAPQEq : public Pair {
   int last_iterations, warned_unconverged;
   bool logged_setup;
 
-  // per-atom output (extract_peratom): charges, electronegativities, potentials, and the
+  // per-atom output (peratom): charges, electronegativities, potentials, and the
   // OLCAO coefficients (mean, std; NaN beyond an element's series and for NULL types)
   double *q_atom, *chi_atom, *phi_atom;
   double **olcao_mean, **olcao_std;
@@ -215,6 +224,8 @@ class PairSNAPQEq : public Pair {
   void check_guard();
   void guard_fail(int kind, const std::string &message, bool stop);
   void check_masses();
+  bool olcao_wanted() const;    // by the keyword or a compute snapqeq/atom
+  bool olcao_due();             // this step
   void compute_olcao();
   void use_member(int k);
   void evaluate_network();

@@ -31,7 +31,7 @@ preload_mpi()
 def plugin() -> Path:
     """Build (or bring up to date) plugin/build/snapqeqplugin.so of this checkout, once per
     session, for the LAMMPS plugin tests; failures fail the tests."""
-    from snapqeq.lammps_plugin import build_plugin
+    from snapqeq.lammps.plugin import build_plugin
 
     return build_plugin(jobs=2)
 
@@ -190,7 +190,7 @@ def rewrite_model_metadata(src, dst, change):
     import json
     import zipfile
 
-    from snapqeq.archive import METADATA_FILE
+    from snapqeq.io.archive import METADATA_FILE
 
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         for item in zin.infolist():
@@ -211,7 +211,7 @@ GUARD_DESCRIPTOR = {"twojmax": 4, "rcutfac": 1.0, "radii": {"Na": 3.0, "Cl": 3.0
 def guard_training_set() -> list[tuple[Atoms, float]]:
     """Rattled 8-atom NaCl cubes at total charge 0 and +1: the 'training data' whose
     envelope the guard tests record (shortest Na-Cl distance about 2.6 Angstrom)."""
-    from snapqeq.clusters import nacl_cube
+    from snapqeq.datasets.clusters import nacl_cube
 
     out = []
     for seed in range(6):
@@ -229,11 +229,11 @@ def guarded_model(tmp_path_factory) -> Path:
 
     import torch
 
-    from snapqeq.bispectrum import Bispectrum
-    from snapqeq.data import training_distances
-    from snapqeq.export import export_model
-    from snapqeq.guard import training_envelope
-    from snapqeq.model import CENT
+    from snapqeq.descriptors.bispectrum import Bispectrum
+    from snapqeq.models.cent import CENT
+    from snapqeq.models.guard import training_envelope
+    from snapqeq.training.data import training_distances
+    from snapqeq.training.export import export_model
 
     bs = Bispectrum(**GUARD_DESCRIPTOR)
     data = guard_training_set()

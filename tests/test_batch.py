@@ -1,4 +1,4 @@
-"""Batched training path (snapqeq.batch) against the one-structure path and finite
+"""Batched training path (snapqeq.training.batch) against the one-structure path and finite
 differences: energies, forces, charges, losses and their parameter gradients."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import torch
 from ase import Atoms
 
 from snapqeq import Bispectrum
-from snapqeq.batch import batch_loss, collate, predict_batch, structure_loss
-from snapqeq.clusters import generate_clusters
-from snapqeq.data import make_sample
-from snapqeq.model import CENT
-from snapqeq.potential import predict
+from snapqeq.datasets.clusters import generate_clusters
+from snapqeq.models.cent import CENT
+from snapqeq.training.batch import batch_loss, collate, predict_batch, structure_loss
+from snapqeq.training.data import make_sample
+from snapqeq.training.potential import predict
 
 DESCRIPTOR = {"twojmax": 4, "rcutfac": 1.0, "radii": {"Na": 3.0, "Cl": 3.0},
               "weights": {"Na": 1.0, "Cl": 0.5}}

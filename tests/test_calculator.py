@@ -15,12 +15,12 @@ from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_mom
 from ase.md.verlet import VelocityVerlet
 
 from snapqeq import Bispectrum
-from snapqeq.calculator import SnapQEqCalculator
-from snapqeq.clusters import nacl_cube
-from snapqeq.data import make_sample
-from snapqeq.export import export_model
-from snapqeq.model import CENT
-from snapqeq.potential import predict
+from snapqeq.calculators.cent import SnapQEqCalculator
+from snapqeq.datasets.clusters import nacl_cube
+from snapqeq.models.cent import CENT
+from snapqeq.training.data import make_sample
+from snapqeq.training.export import export_model
+from snapqeq.training.potential import predict
 
 DESCRIPTOR = {"twojmax": 4, "rcutfac": 1.0, "radii": {"Na": 3.0, "Cl": 3.0},
               "weights": {"Na": 1.0, "Cl": 0.5}}

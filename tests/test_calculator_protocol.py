@@ -16,16 +16,17 @@ from ase.calculators.calculator import CalculatorSetupError
 from ase.io import write
 from test_calculator import DESCRIPTOR, nacl
 
-import snapqeq.calculator as calculator_module
+import snapqeq.calculators.cent as calculator_module
 from snapqeq import Bispectrum
-from snapqeq.calculator import SnapQEqCalculator
-from snapqeq.cli import main as cli_main
-from snapqeq.clusters import generate_clusters
-from snapqeq.data import DataKeys, make_sample, read_structures, total_charge
-from snapqeq.evaluation import evaluate_structures
-from snapqeq.export import export_committee, export_model, load_model
-from snapqeq.model import CENT
-from snapqeq.qeq import equilibrate
+from snapqeq.calculators.cent import SnapQEqCalculator
+from snapqeq.cli.evaluation import evaluate_structures
+from snapqeq.cli.main import main as cli_main
+from snapqeq.datasets.clusters import generate_clusters
+from snapqeq.electrostatics.qeq import equilibrate
+from snapqeq.io.structures import DataKeys, read_structures, total_charge
+from snapqeq.models.cent import CENT
+from snapqeq.training.data import make_sample
+from snapqeq.training.export import export_committee, export_model, load_model
 
 SETTINGS = {"model", "total_charge", "device", "min_distance_factor", "guard",
             "committee_threshold", "committee_action"}

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from snapqeq import __version__
-from snapqeq.cli import build_parser
+from snapqeq.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
-SNAPQEQ = [sys.executable, "-m", "snapqeq.cli"]
+SNAPQEQ = [sys.executable, "-m", "snapqeq.cli.main"]
 
 
 def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -79,7 +79,7 @@ def test_build_plugin_without_sources_is_a_clear_error(tmp_path):
                     ignore=shutil.ignore_patterns("*.so", "__pycache__", "plugin_src"))
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "pkg"),
            "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-c", "import sys; from snapqeq.cli import main; "
+    proc = subprocess.run([sys.executable, "-c", "import sys; from snapqeq.cli.main import main; "
                            "sys.exit(main(['build-lammps-plugin']))"], capture_output=True,
                           text=True, cwd=tmp_path, env=env, timeout=120)
     assert_clear_error(proc, r"the LAMMPS plugin sources are missing: .*plugin_src/plugin/"
@@ -120,7 +120,7 @@ def test_wheel_carries_the_plugin_sources(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
                     str(target), str(wheel)], check=True, timeout=300)
-    proc = subprocess.run([sys.executable, "-c", "import snapqeq.lammps_plugin as p; "
+    proc = subprocess.run([sys.executable, "-c", "import snapqeq.lammps.plugin as p; "
                            "print(p.source_dir()); print(p.default_build_dir())"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120,
                           env={"PYTHONPATH": str(target), "HOME": str(tmp_path),

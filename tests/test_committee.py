@@ -32,13 +32,13 @@ from test_lammps_plugin import (
     write_data,
 )
 
-from snapqeq.calculator import SnapQEqCalculator
-from snapqeq.cli import main as cli_main
-from snapqeq.committee import CommitteeCheck, committee_statistics
-from snapqeq.export import export_committee, export_model, load_model
-from snapqeq.lammps_plugin import load_plugin
-from snapqeq.lammps_runtime import open_lammps
-from snapqeq.model import CENT
+from snapqeq.calculators.cent import SnapQEqCalculator
+from snapqeq.cli.main import main as cli_main
+from snapqeq.lammps.plugin import load_plugin
+from snapqeq.lammps.runtime import open_lammps
+from snapqeq.models.cent import CENT
+from snapqeq.models.committee import CommitteeCheck, committee_statistics
+from snapqeq.training.export import export_committee, export_model, load_model
 
 N_MEMBERS = 3
 ROOT = Path(__file__).resolve().parents[1]
@@ -376,7 +376,7 @@ def test_committee_of_finished_runs_and_fine_tuning_start(committee, tmp_path):
     """``export_committee_of_runs`` of the members' runs gives the committee file's
     predictions, and ``init_from`` starts a run from a member's weights, feature scaling and
     reference energies (zero epochs: that member's model)."""
-    from snapqeq.training import TrainConfig, export_committee_of_runs, train
+    from snapqeq.training.trainer import TrainConfig, export_committee_of_runs, train
 
     members = [committee / f"member_{k}" for k in range(N_MEMBERS)]
     rebuilt = export_committee_of_runs(members, tmp_path / "committee.pt")

@@ -1,7 +1,8 @@
 """The C++ electrostatics kernel through its Cython binding (snapqeq._electrostatics).
 
 The kernel (kernel/electrostatics.cpp) is what the LAMMPS plugin runs; here it is checked,
-serially, against the torch implementation (snapqeq.ewald, snapqeq.qeq), which its own
+serially, against the torch implementation (snapqeq.electrostatics.ewald,
+snapqeq.electrostatics.qeq), which its own
 tests validate against finite differences and independent formulas: potentials, energies,
 diagonal, forces and virial/stress of 1/2 a^T A b (also the bilinear a != b term), and the
 constrained charge equilibration, for clusters and for orthorhombic and triclinic cells,
@@ -17,11 +18,11 @@ from ase import Atoms
 from ase.build import bulk
 from conftest import assert_close
 
-from snapqeq import ewald
 from snapqeq._electrostatics import GaussianElectrostatics, ewald_parameters, solve_qeq
-from snapqeq.ewald import Electrostatics
+from snapqeq.electrostatics import ewald
+from snapqeq.electrostatics.ewald import Electrostatics
+from snapqeq.electrostatics.qeq import equilibrate
 from snapqeq.neighbors import build_pairs
-from snapqeq.qeq import equilibrate
 
 RTOL = 1e-8
 ACCURACY = 1e-13  # both implementations truncate far below RTOL
@@ -91,7 +92,8 @@ def voigt(w: np.ndarray) -> np.ndarray:
 
 
 def reference_forces(ref: Electrostatics, atoms: Atoms, q: np.ndarray):
-    """Energy, forces and virial W = sum r (x) F (3 x 3) of 1/2 q A q from snapqeq.ewald."""
+    """Energy, forces and virial W = sum r (x) F (3 x 3) of 1/2 q A q from
+    snapqeq.electrostatics.ewald."""
     e, f, stress = ref.forces_stress(torch.tensor(q))
     f = f.numpy()
     if stress is not None:

@@ -22,8 +22,8 @@ from ase.build import bulk
 from test_lammps_plugin import VOIGT_TO_LAMMPS, boundary_of, setup_commands, write_data
 
 from snapqeq import SnapQEqCalculator
-from snapqeq.lammps_plugin import load_plugin
-from snapqeq.lammps_runtime import open_lammps
+from snapqeq.lammps.plugin import load_plugin
+from snapqeq.lammps.runtime import open_lammps
 
 MODEL = Path(__file__).resolve().parents[1] / "examples" / "models" / "nacl_4g.pt"
 RTOL = 1e-9

@@ -1,4 +1,4 @@
-"""Gaussian-charge electrostatics (snapqeq.ewald): consistency of energy, potentials,
+"""Gaussian-charge electrostatics (snapqeq.electrostatics.ewald): consistency of energy, potentials,
 forces and stress; Ewald parameter independence; PME against the direct sum; the periodic
 result for a cluster in a growing box; input checks."""
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from ase.build import bulk
 
-import snapqeq.ewald as ewald
-from snapqeq.ewald import (
+import snapqeq.electrostatics.ewald as ewald
+from snapqeq.electrostatics.ewald import (
     COULOMB,
     Electrostatics,
     electrostatic_energy,

@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import rewrite_model_metadata
 
-from snapqeq.export import FORMAT_VERSION, METADATA_FILE, export_model, load_model
-from snapqeq.model import CENT
+from snapqeq.models.cent import CENT
+from snapqeq.training.export import FORMAT_VERSION, METADATA_FILE, export_model, load_model
 
 DESCRIPTOR = {"twojmax": 2, "rcutfac": 1.0, "radii": {"Na": 3.0, "Cl": 3.0},
               "weights": {"Na": 1.0, "Cl": 0.5}}
@@ -95,8 +95,8 @@ PAIR_STYLE = Path(__file__).resolve().parents[1] / "pair_style" / "pair_snapqeq.
 def test_writer_emits_and_validates_every_key_of_the_schema(tmp_path):
     """The schema lists every key as required; the writer emits them all (the descriptor
     with every bispectrum parameter, though DESCRIPTOR gives four) and the record is valid."""
-    from snapqeq.bispectrum import DICT_KEYS
-    from snapqeq.model_file import REQUIRED, SCHEMA, validate_metadata
+    from snapqeq.descriptors.bispectrum import DICT_KEYS
+    from snapqeq.io.model_file import REQUIRED, SCHEMA, validate_metadata
 
     assert set(SCHEMA["required"]) == set(SCHEMA["properties"])
     assert set(SCHEMA["$defs"]["descriptor"]["required"]) == set(DICT_KEYS)
@@ -105,7 +105,7 @@ def test_writer_emits_and_validates_every_key_of_the_schema(tmp_path):
         meta = load_model(path).metadata
         assert list(meta) == list(REQUIRED)
         assert set(meta["descriptor"]) == set(DICT_KEYS)
-        assert meta["descriptor"]["rfac0"] == 0.99363  # snapqeq.snap_files.SNA_DEFAULTS
+        assert meta["descriptor"]["rfac0"] == 0.99363  # snapqeq.io.snap_files.SNA_DEFAULTS
         validate_metadata(meta)
     with pytest.raises(ValueError, match=r"invalid model metadata at descriptor/twojmax"):
         validate_metadata(dict(meta, descriptor=dict(meta["descriptor"], twojmax="six")))
@@ -113,7 +113,7 @@ def test_writer_emits_and_validates_every_key_of_the_schema(tmp_path):
 
 def test_plugin_requires_the_keys_of_the_schema():
     """pair_style snapqeq's list of required keys is the schema's (one definition)."""
-    from snapqeq.model_file import REQUIRED
+    from snapqeq.io.model_file import REQUIRED
 
     source = PAIR_STYLE.read_text()
     block = re.search(r"kRequiredKeys = \{(.*?)\};", source, flags=re.S).group(1)
@@ -138,7 +138,7 @@ def test_loader_refuses_a_file_with_a_key_removed(tmp_path, change, key):
 def test_writer_validates_before_writing(tmp_path, monkeypatch):
     """What the writer would write is validated first: a record the schema refuses (here a
     build_metadata that forgets a key) never reaches a file."""
-    import snapqeq.export as export
+    import snapqeq.training.export as export
 
     real = export.build_metadata
 
@@ -158,7 +158,7 @@ def test_schema_is_package_data():
     """The schema is declared as package data (a wheel carries it next to model_file.py)."""
     root = Path(__file__).resolve().parents[1]
     assert "model_file.schema.json" in (root / "pyproject.toml").read_text()
-    assert (root / "python" / "snapqeq" / "model_file.schema.json").is_file()
+    assert (root / "python" / "snapqeq" / "io" / "model_file.schema.json").is_file()
 
 
 def test_training_envelope_is_recorded(tmp_path):
@@ -167,9 +167,9 @@ def test_training_envelope_is_recorded(tmp_path):
     import numpy as np
     from ase.build import bulk
 
-    from snapqeq.bispectrum import Bispectrum
-    from snapqeq.data import make_sample
-    from snapqeq.guard import GUARD_DEFAULTS
+    from snapqeq.descriptors.bispectrum import Bispectrum
+    from snapqeq.models.guard import GUARD_DEFAULTS
+    from snapqeq.training.data import make_sample
 
     bs = Bispectrum(**DESCRIPTOR)
     structures = []

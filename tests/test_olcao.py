@@ -1,4 +1,4 @@
-"""Tests of snapqeq.olcao: OLCAO skeleton / potential / run-directory I/O."""
+"""Tests of snapqeq.io.olcao: OLCAO skeleton / potential / run-directory I/O."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 
-from snapqeq import olcao
+from snapqeq.io import olcao
 
 # A small potential file written by hand from the format description (SPEC section 6 and
 # OLCAO's makeinput output): two types with 3 and 2 terms, Fortran-style numbers, tag lines

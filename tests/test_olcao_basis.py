@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from snapqeq.mdn import MixtureDensityHead
-from snapqeq.olcao import exponent_series
-from snapqeq.olcao_model import gaussian_overlap
+from snapqeq.io.olcao import exponent_series
+from snapqeq.models.mdn import MixtureDensityHead
+from snapqeq.models.olcao_head import gaussian_overlap
 
 F64 = torch.float64
 

@@ -1,6 +1,6 @@
 """Pieces of examples/si_olcao/run.py that its numbers rest on: the stratified held-out split,
 the cross-validation folds, and the cached-Gaussian evaluation of V(r) (against
-snapqeq.olcao.gaussian_potential_grid)."""
+snapqeq.io.olcao.gaussian_potential_grid)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from snapqeq import olcao
+from snapqeq.io import olcao
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "si_olcao"
 

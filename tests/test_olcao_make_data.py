@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from ase.io import read
 
-from snapqeq import olcao
+from snapqeq.io import olcao
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "si_olcao"
 DATA = EXAMPLE / "data"

@@ -27,9 +27,9 @@ from ase.build import bulk
 from ase.io import read, write
 from conftest import rewrite_model_metadata
 
-from snapqeq import olcao
-from snapqeq.olcao_cli import add_parser, predict_command, train_command
-from snapqeq.olcao_model import (
+from snapqeq.cli.olcao import add_parser, predict_command, train_command
+from snapqeq.io import olcao
+from snapqeq.models.olcao_head import (
     FORMAT_VERSION,
     OLCAOModel,
     OLCAOTrainConfig,
@@ -40,7 +40,7 @@ from snapqeq.olcao_model import (
     site_targets,
     train_olcao_model,
 )
-from snapqeq.site_features import (
+from snapqeq.models.site_features import (
     FeatureRecipe,
     SiteFeaturizer,
     compute_site_features,
@@ -185,12 +185,12 @@ def test_recipe_roundtrip_and_validation():
 
 def test_chi_from_energy_model(tmp_path):
     """chi_source="energy_model": chi, J and alpha come from a snapqeq model file."""
-    from snapqeq.export import export_model
-    from snapqeq.model import CENT
+    from snapqeq.models.cent import CENT
+    from snapqeq.training.export import export_model
 
     descriptor = {"twojmax": 2, "rcutfac": 1.0, "radii": {"Na": 2.0, "Cl": 2.0},
                   "weights": {"Na": 1.0, "Cl": 0.5}}
-    from snapqeq.calculator import SnapQEqCalculator
+    from snapqeq.calculators.cent import SnapQEqCalculator
 
     descriptor = {"twojmax": 2, "rcutfac": 1.0, "radii": {"Na": 2.0, "Cl": 2.0},
                   "weights": {"Na": 1.0, "Cl": 0.5}}

@@ -1,4 +1,4 @@
-"""snapqeq.olcao against the files of a real OLCAO run (examples/si_olcao/data).
+"""snapqeq.io.olcao against the files of a real OLCAO run (examples/si_olcao/data).
 
 The run directory ``olcao_run_crystal_08_ideal`` holds what OLCAO (commit fb50d73) wrote for
 the ideal 8-atom diamond cell with one species per site: ``inputs/olcao.dat``,
@@ -17,7 +17,7 @@ import pytest
 from ase.build import bulk
 from ase.io import read
 
-from snapqeq import olcao
+from snapqeq.io import olcao
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "si_olcao" / "data"
 RUN = DATA / "olcao_run_crystal_08_ideal"
@@ -169,8 +169,8 @@ def test_shipped_si_model_predicts_olcao_ready_files(tmp_path, capsys):
     predict --olcao-run`: exponent check against the real olcao.dat, +U section from its
     scfV.dat, files that read back in OLCAO's layout, and a clear error for a run whose
     series differs."""
-    from snapqeq.cli import main
-    from snapqeq.olcao_model import load_olcao_model
+    from snapqeq.cli.main import main
+    from snapqeq.models.olcao_head import load_olcao_model
 
     model = DATA.parents[1] / "models" / "si_olcao.pt"
     loaded = load_olcao_model(model)

@@ -7,8 +7,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from snapqeq.metrics import HARTREE, Record
-from snapqeq.plots import learning_curve, learning_curve_figure, parity_figure, parity_plot
+from snapqeq.analysis.metrics import HARTREE, Record
+from snapqeq.analysis.plots import learning_curve, learning_curve_figure, parity_figure, parity_plot
 
 
 def _records(errors_mha: list[float], n_atoms: int = 8) -> list[Record]:

@@ -1,6 +1,6 @@
-"""Charge equilibration (snapqeq.qeq): constraint, optimality, dense vs CG, Hellmann-Feynman
-forces and stress, derivatives of the torch layer (first and second order), warm start,
-the cluster limit of a growing box, and input errors."""
+"""Charge equilibration (snapqeq.electrostatics.qeq): constraint, optimality, dense vs CG,
+Hellmann-Feynman forces and stress, derivatives of the torch layer (first and second
+order), warm start, the cluster limit of a growing box, and input errors."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 
-from snapqeq.ewald import COULOMB, Electrostatics
-from snapqeq.qeq import (
+from snapqeq.electrostatics.ewald import COULOMB, Electrostatics
+from snapqeq.electrostatics.qeq import (
     DENSE_MAX_ATOMS,
     ConstrainedSolver,
     QEqConvergenceError,

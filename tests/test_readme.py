@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from snapqeq import __version__
-from snapqeq.lammps_runtime import lammps_environment
+from snapqeq.lammps.runtime import lammps_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -87,7 +87,7 @@ def test_training_commands_run_as_written(user_dir):
         command = line.split("#")[0].strip().replace(" [--json]", "")
         run(f"{bin_dir}/{command}", user_dir)
     # the exported model carries the training data's envelope (the guard's ranges)
-    from snapqeq.export import load_model
+    from snapqeq.training.export import load_model
 
     meta = load_model(user_dir / "model.pt").metadata
     assert meta["total_charge_range"] == [0.0, 2.0]
@@ -95,7 +95,7 @@ def test_training_commands_run_as_written(user_dir):
 
 
 def test_train_yaml_documents_every_config_key():
-    from snapqeq.training import TrainConfig
+    from snapqeq.training.trainer import TrainConfig
 
     raw = yaml.safe_load((ROOT / "examples" / "train.yaml").read_text())
     fields = [f.name for f in dataclasses.fields(TrainConfig)]

@@ -14,8 +14,8 @@ import pytest
 from ase import Atoms
 from ase.io import read
 
-from snapqeq import clusters
-from snapqeq.clusters import (
+from snapqeq.datasets import clusters
+from snapqeq.datasets.clusters import (
     CLUSTER_SIZES,
     KINDS,
     BornMayerNaCl,
@@ -145,7 +145,7 @@ def na4cl4() -> Atoms:
 @needs_tblite
 @pytest.mark.parametrize("charge", [0, 1])
 def test_xtb_labels(na4cl4, charge):
-    from snapqeq.xtb import label_atoms, unpaired_electrons, xtb_singlepoint
+    from snapqeq.datasets.xtb import label_atoms, unpaired_electrons, xtb_singlepoint
 
     labelled = label_atoms(na4cl4, charge)
     assert labelled is not na4cl4 and "energy" not in na4cl4.info
@@ -174,7 +174,7 @@ def test_xtb_labels(na4cl4, charge):
 
 @needs_tblite
 def test_ionization_raises_energy(na4cl4):
-    from snapqeq.xtb import xtb_singlepoint
+    from snapqeq.datasets.xtb import xtb_singlepoint
 
     energies = [xtb_singlepoint(na4cl4, q).energy for q in (0, 1, 2)]
     assert energies[0] < energies[1] < energies[2]
@@ -183,7 +183,7 @@ def test_ionization_raises_energy(na4cl4):
 
 @needs_tblite
 def test_total_charge_sources(na4cl4):
-    from snapqeq.xtb import total_charge
+    from snapqeq.datasets.xtb import total_charge
 
     atoms = na4cl4.copy()
     assert total_charge(atoms) == 0
@@ -198,7 +198,7 @@ def test_total_charge_sources(na4cl4):
 
 @needs_tblite
 def test_extxyz_round_trip(na4cl4, tmp_path):
-    from snapqeq.xtb import label_atoms, read_extxyz, reference_energy_forces, write_extxyz
+    from snapqeq.datasets.xtb import label_atoms, read_extxyz, reference_energy_forces, write_extxyz
 
     labelled = [label_atoms(na4cl4, 0), label_atoms(na4cl4, 1)]
     labelled[1].info["split"] = "train"
@@ -233,7 +233,7 @@ def test_extxyz_round_trip(na4cl4, tmp_path):
 
 @needs_tblite
 def test_cache_hit_and_parallel_labelling(tmp_path):
-    from snapqeq.xtb import XTBCache, cache_key, label_structures
+    from snapqeq.datasets.xtb import XTBCache, cache_key, label_structures
 
     images = generate_clusters(8, count=2, seed=5) + generate_clusters(12, count=1, seed=5)
     charges = [0, 1, 2]
@@ -261,7 +261,7 @@ def test_cache_hit_and_parallel_labelling(tmp_path):
 
 @needs_tblite
 def test_scf_failure_is_skipped_and_counted(monkeypatch, tmp_path):
-    import snapqeq.xtb as xtb
+    import snapqeq.datasets.xtb as xtb
 
     images = generate_clusters(8, count=2, seed=0)
     monkeypatch.setattr(xtb, "SCF_FALLBACKS", ({"max_iterations": 1},))

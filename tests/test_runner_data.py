@@ -14,8 +14,8 @@ import pytest
 import yaml
 from ase.io import write
 
-from snapqeq.data import DataKeys, check_reference_keys, read_structures
-from snapqeq.training import validate_config
+from snapqeq.io.structures import DataKeys, check_reference_keys, read_structures
+from snapqeq.training.trainer import validate_config
 from snapqeq.units import BOHR, HARTREE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def test_config_validation_names_the_key(raw, match):
 
 def _cli(*args, cwd):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "snapqeq.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "snapqeq.cli.main", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

@@ -1,4 +1,5 @@
-"""snapqeq.snap.SNAPCalculator against LAMMPS ``pair_style snap`` with shipped potentials.
+"""snapqeq.calculators.snap.SNAPCalculator against LAMMPS ``pair_style snap`` with shipped
+potentials.
 
 Energy, per-atom energies, forces and stress must agree with LAMMPS to 1e-10 relative
 (forces per Cartesian column, energies per atom, stress relative to the whole tensor).
@@ -29,7 +30,7 @@ from conftest import (
 )
 
 from snapqeq import Bispectrum
-from snapqeq.snap import SNAPCalculator, read_snapparam
+from snapqeq.calculators.snap import SNAPCalculator, read_snapparam
 
 RTOL = 1e-10
 

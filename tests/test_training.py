@@ -17,16 +17,17 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase.io import write
 
 from snapqeq import Bispectrum
-from snapqeq.calculator import SnapQEqCalculator
-from snapqeq.clusters import generate_clusters
-from snapqeq.data import make_sample, read_structures
-from snapqeq.export import export_model, load_model
-from snapqeq.model import CENT
-from snapqeq.olcao import exponent_series, set_site_targets
-from snapqeq.olcao_cli import predict_command
-from snapqeq.potential import predict
-from snapqeq.site_features import FeatureRecipe, SiteFeaturizer
-from snapqeq.training import TrainConfig, export_checkpoint, train
+from snapqeq.calculators.cent import SnapQEqCalculator
+from snapqeq.cli.olcao import predict_command
+from snapqeq.datasets.clusters import generate_clusters
+from snapqeq.io.olcao import exponent_series, set_site_targets
+from snapqeq.io.structures import read_structures
+from snapqeq.models.cent import CENT
+from snapqeq.models.site_features import FeatureRecipe, SiteFeaturizer
+from snapqeq.training.data import make_sample
+from snapqeq.training.export import export_model, load_model
+from snapqeq.training.potential import predict
+from snapqeq.training.trainer import TrainConfig, export_checkpoint, train
 from snapqeq.units import BOHR, HARTREE
 
 DESCRIPTOR = {"twojmax": 4, "rcutfac": 1.0, "radii": {"Na": 3.0, "Cl": 3.0},
@@ -118,7 +119,7 @@ def test_deterministic_resumable_and_exported(dataset, tmp_path):
 
 def test_cli_test_reports_metrics(dataset, tmp_path):
     result = train(config(dataset, tmp_path / "run", epochs=2))
-    out = subprocess.run([sys.executable, "-m", "snapqeq.cli", "test", str(dataset),
+    out = subprocess.run([sys.executable, "-m", "snapqeq.cli.main", "test", str(dataset),
                           "--model", str(result.model_path), "--json"],
                          capture_output=True, text=True, check=True)
     metrics = json.loads(out.stdout)
@@ -127,7 +128,7 @@ def test_cli_test_reports_metrics(dataset, tmp_path):
     assert metrics["all"]["energy_rmse_mha"] == pytest.approx(
         metrics["all"]["energy_rmse_mev"] / HARTREE, rel=1e-9)
     assert metrics["all"]["force_rmse_mev"] > 0
-    bad = subprocess.run([sys.executable, "-m", "snapqeq.cli", "test", str(dataset),
+    bad = subprocess.run([sys.executable, "-m", "snapqeq.cli.main", "test", str(dataset),
                           "--model", str(tmp_path / "missing.pt")], capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "not found" in bad.stderr
@@ -216,7 +217,7 @@ def test_olcao_head_trained_and_stored_in_the_model_file(dataset, tmp_path):
 def test_weight_decay_shrinks_only_network_weights(dataset, tmp_path):
     """AdamW decays the networks' weight matrices; biases, chi0 and hardness follow the
     gradient alone, and weight_decay 0 is plain Adam (the default)."""
-    from snapqeq.training import _optimizer
+    from snapqeq.training.trainer import _optimizer
 
     plain = train(config(dataset, tmp_path / "plain", learn_hardness=True))
     decayed = train(config(dataset, tmp_path / "wd", learn_hardness=True, weight_decay=20.0))

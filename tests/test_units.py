@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from snapqeq import _electrostatics, units
-from snapqeq.ewald import Electrostatics
+from snapqeq.electrostatics.ewald import Electrostatics
 
 # CODATA 2018: the elementary charge (exact since 2019) and the vacuum permittivity
 ELEMENTARY_CHARGE = 1.602176634e-19  # C

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from snapqeq.bispectrum import Bispectrum
-from snapqeq.export import build_metadata, export_model
-from snapqeq.model import CENT
-from snapqeq.olcao_model import OLCAOModel
-from snapqeq.site_features import FeatureRecipe, energy_model_fingerprint
+from snapqeq.descriptors.bispectrum import Bispectrum
+from snapqeq.models.cent import CENT
+from snapqeq.models.olcao_head import OLCAOModel
+from snapqeq.models.site_features import FeatureRecipe, energy_model_fingerprint
+from snapqeq.training.export import build_metadata, export_model
 from snapqeq.units import BOHR, HARTREE
 
 

@@ -48,9 +48,9 @@ from ase.io import Trajectory, write  # noqa: E402
 from ase.optimize.minimahopping import MHPlot, MinimaHopping  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from snapqeq.calculator import SnapQEqCalculator  # noqa: E402
-from snapqeq.clusters import random_nacl_cluster  # noqa: E402
-from snapqeq.xtb import label_structures, write_extxyz, xtb_singlepoint  # noqa: E402
+from snapqeq.calculators.cent import SnapQEqCalculator  # noqa: E402
+from snapqeq.datasets.clusters import random_nacl_cluster  # noqa: E402
+from snapqeq.datasets.xtb import label_structures, write_extxyz, xtb_singlepoint  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = HERE.parent / "models" / "nacl_4g.pt"

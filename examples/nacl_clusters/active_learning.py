@@ -45,11 +45,11 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from tqdm.auto import tqdm
 
-from snapqeq.calculator import SnapQEqCalculator
-from snapqeq.clusters import nacl_cube
-from snapqeq.data import read_structures
-from snapqeq.training import TrainConfig, export_committee_of_runs, train
-from snapqeq.xtb import label_structures, write_extxyz
+from snapqeq.calculators.cent import SnapQEqCalculator
+from snapqeq.datasets.clusters import nacl_cube
+from snapqeq.datasets.xtb import label_structures, write_extxyz
+from snapqeq.io.structures import read_structures
+from snapqeq.training.trainer import TrainConfig, export_committee_of_runs, train
 
 HERE = Path(__file__).resolve().parent
 MH_SCRIPT = HERE.parent / "minima_hopping" / "run.py"

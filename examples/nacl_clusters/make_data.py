@@ -14,8 +14,8 @@ Output (``--out``, default ``examples/nacl_clusters/data``)::
 Each structure carries ``info["energy"]`` (eV), ``arrays["forces"]`` (eV/Å),
 ``arrays["ref_charges"]`` (e), ``info["charge"]`` (total charge, e), ``info["split"]``,
 ``info["generator"]`` and ``info["seed"]`` (or ``info["compression_ratio"]``). Read the
-files with :func:`snapqeq.xtb.read_extxyz` (``ase.io.read`` moves energy and forces into a
-SinglePointCalculator; see :mod:`snapqeq.xtb`).
+files with :func:`snapqeq.datasets.xtb.read_extxyz` (``ase.io.read`` moves energy and forces into a
+SinglePointCalculator; see :mod:`snapqeq.datasets.xtb`).
 
 Generated structures and xTB results are cached (``--cache``, default
 ``examples/nacl_clusters/cache``), so a re-run is fast. Existing data files are never
@@ -42,14 +42,14 @@ import numpy as np
 from ase import Atoms
 from ase.io import read, write
 
-from snapqeq.clusters import (
+from snapqeq.datasets.clusters import (
     CLUSTER_SIZES,
     GENERATOR_VERSION,
     compression_series,
     generate_clusters,
     nacl_cube,
 )
-from snapqeq.xtb import XTBCache, label_structures, write_extxyz
+from snapqeq.datasets.xtb import XTBCache, label_structures, write_extxyz
 
 HERE = Path(__file__).resolve().parent
 SPLITS = ("train", "validation", "test")

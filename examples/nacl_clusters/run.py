@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from snapqeq.calculator import SnapQEqCalculator
-from snapqeq.data import read_structures
-from snapqeq.evaluation import evaluate_structures
-from snapqeq.metrics import HARTREE, grouped_metrics
-from snapqeq.plots import energy_curves, parity_plot
-from snapqeq.training import TrainConfig, train
+from snapqeq.analysis.metrics import HARTREE, grouped_metrics
+from snapqeq.analysis.plots import energy_curves, parity_plot
+from snapqeq.calculators.cent import SnapQEqCalculator
+from snapqeq.cli.evaluation import evaluate_structures
+from snapqeq.io.structures import read_structures
+from snapqeq.training.trainer import TrainConfig, train
 from snapqeq.units import BOHR
 
 HERE = Path(__file__).resolve().parent

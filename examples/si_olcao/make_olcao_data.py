@@ -47,7 +47,7 @@ import numpy as np
 from ase import Atoms
 from ase.io import read, write
 
-from snapqeq.olcao import (
+from snapqeq.io.olcao import (
     TARGETS_KEY,
     read_site_coefficients,
     safe_skl_title,

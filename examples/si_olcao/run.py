@@ -50,8 +50,9 @@ import torch
 from ase import Atoms
 from ase.neighborlist import neighbor_list
 
-from snapqeq.mdn import ONE_SIGMA_COVERAGE
-from snapqeq.olcao import (
+from snapqeq.analysis.plots import coefficient_parity_plot
+from snapqeq.cli.olcao import predict_command
+from snapqeq.io.olcao import (
     BOHR,
     exponent_series,
     gaussian_potential_basis,
@@ -60,15 +61,14 @@ from snapqeq.olcao import (
     read_site_targets,
     write_site_targets,
 )
-from snapqeq.olcao_cli import predict_command
-from snapqeq.olcao_model import (
+from snapqeq.models.mdn import ONE_SIGMA_COVERAGE
+from snapqeq.models.olcao_head import (
     OLCAOTrainConfig,
     export_olcao_model,
     site_targets,
     train_olcao_model,
 )
-from snapqeq.plots import coefficient_parity_plot
-from snapqeq.site_features import FeatureRecipe, SiteFeaturizer
+from snapqeq.models.site_features import FeatureRecipe, SiteFeaturizer
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data" / "olcao_si.extxyz"
@@ -177,7 +177,7 @@ def train_config(small: bool, features: FeatureRecipe, seed: int) -> OLCAOTrainC
 @dataclass
 class Grids:
     """The periodic Gaussians of one held-out cell on its real-space grid and on the
-    site-centred radial points (:func:`snapqeq.olcao.gaussian_potential_basis`), so that
+    site-centred radial points (:func:`snapqeq.io.olcao.gaussian_potential_basis`), so that
     V(r) of any coefficients is one contraction."""
 
     grid: np.ndarray    # (N, K, M) float32

@@ -18,7 +18,7 @@ electrostatic energy is E_es = 1/2 q^T A q with
   list inside the real-space cutoff, the reciprocal space over the Ewald k vectors with
   |k| <= kcut.  ``accuracy`` bounds the relative truncation error of both sums: with
   eps' = accuracy / 10, cutoff = erfcinv(eps') / beta and kcut = 2 beta sqrt(-ln eps').
-  This is the project's one Ewald parameter rule: :func:`snapqeq.ewald.ewald_parameters`
+  This is the project's one Ewald parameter rule: :func:`snapqeq.electrostatics.ewald.ewald_parameters`
   and the LAMMPS plugin take beta and both cutoffs from here.
 
 API
@@ -80,8 +80,8 @@ Example (an ASE ``atoms`` with per-atom ``widths``, ``hardness`` and ``chi``)::
     w = -virial / atoms.get_volume()   # ASE stress: [w00, w11, w22, w12, w02, w01]
 
 Notes: the object keeps references to its input arrays (the kernel borrows them); a new
-geometry needs a new object.  ``accuracy`` (default 1e-6, as in snapqeq.ewald and the
-LAMMPS plugin) means the same cutoffs as in snapqeq.ewald for the same beta.  Shifts must
+geometry needs a new object.  ``accuracy`` (default 1e-6, as in snapqeq.electrostatics.ewald and the
+LAMMPS plugin) means the same cutoffs as in snapqeq.electrostatics.ewald for the same beta.  Shifts must
 lie in -127..127 cell vectors.
 """
 

@@ -52,15 +52,15 @@ EPSILON = 1e-9  # relative agreement every engine is held to (tests/test_golden.
 
 # ------------------------------------------------------------------------------- model
 def descriptor() -> dict:
-    from snapqeq.bispectrum import Bispectrum
+    from snapqeq.descriptors.bispectrum import Bispectrum
 
     return Bispectrum(2, 1.0, {"Na": 2.6, "Cl": 3.0}, {"Na": 1.0, "Cl": 0.8}).to_dict()
 
 
 def build_model():
     """The golden 4G model, the same on every machine (seeded, no training data)."""
-    from snapqeq.bispectrum import Bispectrum
-    from snapqeq.model import CENT
+    from snapqeq.descriptors.bispectrum import Bispectrum
+    from snapqeq.models.cent import CENT
     from snapqeq.units import BOHR, HARTREE
 
     torch.manual_seed(15)
@@ -76,7 +76,7 @@ def build_model():
 
 
 def write_model(path: Path, overwrite: bool) -> Path:
-    from snapqeq.export import export_model
+    from snapqeq.training.export import export_model
 
     # a plausible envelope, so that the guard runs its distance and charge checks
     return export_model(build_model(), ELEMENTS, descriptor(), path, overwrite=overwrite,
@@ -141,7 +141,7 @@ def ase_run(model: Path, atoms: Atoms, charge: float, velocities: np.ndarray,
             steps: int = STEPS) -> tuple[dict, dict, np.ndarray]:
     """(initial snapshot, snapshot after ``steps`` NVE steps, final positions) with the
     ASE calculator."""
-    from snapqeq.calculator import SnapQEqCalculator
+    from snapqeq.calculators.cent import SnapQEqCalculator
 
     atoms = atoms.copy()
     atoms.set_masses(ase_masses(atoms))

@@ -1,0 +1,1 @@
+"""The ``snapqeq`` command line: train, test, export, build-lammps-plugin and olcao."""

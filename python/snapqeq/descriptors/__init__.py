@@ -1,0 +1,2 @@
+"""SNAP bispectrum descriptors (the C++ kernel through ``snapqeq._sna``) and their
+differentiable torch wrapper for training."""

@@ -1,0 +1,1 @@
+"""Gaussian-charge electrostatics (direct sums, Ewald, PME) and charge equilibration."""
