@@ -325,7 +325,7 @@ class SnapQEqCalculator(Calculator):
         self.guard.check_distances(species, pairs.i, pairs.j, pairs.rij)
         self.guard.check_descriptors(species, b_lin)
         device = self.device
-        b = torch.tensor(self.descriptor._with_quadratic(b_lin), device=device,
+        b = torch.tensor(self.descriptor.with_quadratic(b_lin), device=device,
                          requires_grad=True)
         state = {"atoms": atoms, "b": b, "b_lin": b_lin, "pairs": pairs, "args": args,
                  "species": species, "sp": torch.as_tensor(species, device=device),
@@ -397,7 +397,7 @@ class SnapQEqCalculator(Calculator):
             stress += s_mu
         (dchi_db,) = torch.autograd.grad(m["chi_t"], b, grad_outputs=weight.detach())
         beta = dchi_db + sum(grads) if grads else dchi_db
-        beta_lin = self.descriptor._effective_beta(beta.detach().cpu().numpy(), b_lin)
+        beta_lin = self.descriptor.effective_beta(beta.detach().cpu().numpy(), b_lin)
         dedr = self.descriptor.pair_forces(state["args"], beta_lin)
         f_desc, dedstrain = accumulate_pair_forces(dedr, pairs.i, pairs.j, pairs.rij, n)
         forces += f_desc

@@ -56,7 +56,7 @@ class SNAPCalculator(Calculator):
         atoms = self.atoms
         d = self.descriptor
         species = d.species(atoms)
-        pairs, args = d._pairs(atoms)
+        pairs, args = d.pair_arguments(atoms)
         energies, dedr = d._kernel.snap(**args, species=species.astype(np.int32),
                                         beta0=self._beta0, beta=self._beta,
                                         quadratic=self._quad)

@@ -173,8 +173,10 @@ class Bispectrum:
         return np.fromiter((index[s] for s in symbols), dtype=np.int64, count=len(symbols))
 
     # ------------------------------------------------------------ neighbours
-    def _pairs(self, atoms: Atoms) -> tuple[PairList, dict]:
-        """Pairs inside their element-pair cutoff and the kernel arguments for them."""
+    def pair_arguments(self, atoms: Atoms) -> tuple[PairList, dict]:
+        """The pairs inside their element-pair cutoff (Angstrom) and the keyword arguments of
+        the C++ kernel's calls for them (for :meth:`pair_forces` and the ``snapqeq._sna``
+        functions)."""
         species = self.species(atoms)
         pairs = build_pairs(atoms.positions, atoms.cell.array, atoms.pbc, self.cutoff)
         si, sj = species[pairs.i], species[pairs.j]
@@ -208,7 +210,9 @@ class Bispectrum:
         )
 
     # ----------------------------------------------------------- descriptors
-    def _with_quadratic(self, b: np.ndarray) -> np.ndarray:
+    def with_quadratic(self, b: np.ndarray) -> np.ndarray:
+        """Linear components (N, n_linear) extended by the quadratic ones B_a B_c (a < c) and
+        B_a^2 / 2 when ``quadraticflag`` is set (LAMMPS' order); unchanged otherwise."""
         if not self.params["quadraticflag"]:
             return b
         a, c = self._triu
@@ -218,8 +222,8 @@ class Bispectrum:
 
     def compute(self, atoms: Atoms) -> np.ndarray:
         """Bispectrum components of every atom, shape (N, n_components)."""
-        _, args = self._pairs(atoms)
-        return self._with_quadratic(self._kernel.bispectrum(**args))
+        _, args = self.pair_arguments(atoms)
+        return self.with_quadratic(self._kernel.bispectrum(**args))
 
     def compute_linear_with_pairs(self, atoms: Atoms) -> tuple[np.ndarray, PairList, dict]:
         """Linear components (N, n_linear) plus the pair list and kernel arguments.
@@ -227,7 +231,7 @@ class Bispectrum:
         For models that evaluate B and then forces for the same structure without
         rebuilding the neighbour list (see :meth:`pair_forces`).
         """
-        pairs, args = self._pairs(atoms)
+        pairs, args = self.pair_arguments(atoms)
         return self._kernel.bispectrum(**args), pairs, args
 
     def compute_grid(self, atoms: Atoms, points: np.ndarray) -> np.ndarray:
@@ -254,11 +258,13 @@ class Bispectrum:
         inside = np.einsum("pk,pk->p", rij, rij) < rcut * rcut
         i, sj, rij, rcut = i[inside], sj[inside], rij[inside], rcut[inside]
         args = self._kernel_args(csr_offsets(i, m), np.zeros(m, np.int64), rij, rcut, sj, sj)
-        return self._with_quadratic(self._kernel.bispectrum(**args))
+        return self.with_quadratic(self._kernel.bispectrum(**args))
 
     # ----------------------------------------------------------- derivatives
-    def _effective_beta(self, beta: np.ndarray, b_linear: np.ndarray | None) -> np.ndarray:
-        """Linear weights with the same first derivative as sum beta . [B, quad(B)]."""
+    def effective_beta(self, beta: np.ndarray, b_linear: np.ndarray | None) -> np.ndarray:
+        """Per-atom weights on the linear components (N, n_linear) with the same first
+        derivative as sum_i beta_i . [B_i, quad(B_i)] at ``b_linear`` (units of beta: eV
+        for an energy); ``beta`` itself without quadratic components."""
         k = self.n_linear
         if not self.params["quadraticflag"]:
             return beta
@@ -297,9 +303,9 @@ class Bispectrum:
             xx yy zz yz xz xy.  The ASE stress is -W / V.
         """
         beta = self._check_beta(beta, len(atoms))
-        pairs, args = self._pairs(atoms)
+        pairs, args = self.pair_arguments(atoms)
         b_lin = self._kernel.bispectrum(**args) if self.params["quadraticflag"] else None
-        dedr = self.pair_forces(args, self._effective_beta(beta, b_lin))
+        dedr = self.pair_forces(args, self.effective_beta(beta, b_lin))
         forces, dedstrain = accumulate_pair_forces(dedr, pairs.i, pairs.j, pairs.rij, len(atoms))
         sym = 0.5 * (dedstrain + dedstrain.T)
         return forces, -np.array([sym[a, b] for a, b in VOIGT])
@@ -311,7 +317,7 @@ class Bispectrum:
         :meth:`forces`).
         """
         n = len(atoms)
-        pairs, args = self._pairs(atoms)
+        pairs, args = self.pair_arguments(atoms)
         db = self._kernel.pair_gradients(**args)                 # (P, k, 3) wrt rij
         if self.params["quadraticflag"]:
             b = self._kernel.bispectrum(**args)
