@@ -32,19 +32,21 @@ from snapqeq.io import olcao
 from snapqeq.models.olcao_head import (
     FORMAT_VERSION,
     OLCAOModel,
-    OLCAOTrainConfig,
-    evaluate_olcao_model,
     export_olcao_model,
     load_olcao_model,
     predict_sites,
-    site_targets,
-    train_olcao_model,
 )
 from snapqeq.models.site_features import (
     FeatureRecipe,
     SiteFeaturizer,
     compute_site_features,
     recipe_from_energy_model,
+)
+from snapqeq.training.olcao import (
+    OLCAOTrainConfig,
+    evaluate_olcao_model,
+    site_targets,
+    train_olcao_model,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -62,13 +62,9 @@ from snapqeq.io.olcao import (
     write_site_targets,
 )
 from snapqeq.models.mdn import ONE_SIGMA_COVERAGE
-from snapqeq.models.olcao_head import (
-    OLCAOTrainConfig,
-    export_olcao_model,
-    site_targets,
-    train_olcao_model,
-)
+from snapqeq.models.olcao_head import export_olcao_model
 from snapqeq.models.site_features import FeatureRecipe, SiteFeaturizer
+from snapqeq.training.olcao import OLCAOTrainConfig, site_targets, train_olcao_model
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data" / "olcao_si.extxyz"

@@ -33,8 +33,8 @@ from run import (
 from tqdm import tqdm
 
 from snapqeq.io.olcao import exponent_series, read_site_targets
-from snapqeq.models.olcao_head import site_targets, train_olcao_model
 from snapqeq.models.site_features import SiteFeaturizer
+from snapqeq.training.olcao import site_targets, train_olcao_model
 
 FOLDS = 4
 GRID = {"hidden": ([32, 32], [64, 64], [128, 128]), "n_components": (1, 2, 3),

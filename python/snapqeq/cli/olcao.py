@@ -107,8 +107,8 @@ def predict_command(model_path: str | Path, structure_path: str | Path, out_dir:
 def train_command(config_path: str | Path, force: bool = False) -> Path:
     """``snapqeq olcao train CONFIG.yaml``: train, evaluate, plot and export.
 
-    The YAML has the keys of :class:`snapqeq.models.olcao_head.OLCAOTrainConfig`, the data keys of
-    :func:`snapqeq.models.olcao_head.train_olcao_run` (``data``, ``validation``, ``test``) and
+    The YAML has the keys of :class:`snapqeq.training.olcao.OLCAOTrainConfig`, the data keys of
+    :func:`snapqeq.training.olcao.train_olcao_run` (``data``, ``validation``, ``test``) and
 
     - ``output``: folder (default ``olcao_training``);
     - ``energy_model`` (optional): snapqeq energy model supplying chi.
@@ -119,7 +119,8 @@ def train_command(config_path: str | Path, force: bool = False) -> Path:
     """
     import yaml
 
-    from snapqeq.models.olcao_head import export_olcao_model, train_olcao_run
+    from snapqeq.models.olcao_head import export_olcao_model
+    from snapqeq.training.olcao import train_olcao_run
 
     raw = yaml.safe_load(Path(config_path).read_text()) or {}
     if "features" not in raw:

@@ -7,7 +7,7 @@ early stopping on the validation loss, checkpoints with resume, learning-curve a
 plots, the metrics table, and the exported TorchScript model.
 
 With an ``olcao`` section the run then trains the per-site OLCAO potential-coefficient head
-on the trained model's charges and potentials (:func:`snapqeq.models.olcao_head.train_olcao_run`)
+on the trained model's charges and potentials (:func:`snapqeq.training.olcao.train_olcao_run`)
 and stores it in the same model file, so that one file gives energies, forces, charges and
 OLCAO coefficients.
 """
@@ -294,7 +294,7 @@ MEDIUM_RANGE = {"rcutfac_scale": 5.0 / 3.0, "twojmax": 4}
 def train_olcao_head(config: TrainConfig, model_path: Path, out: Path):
     """Train the OLCAO head of an energy model from the ``olcao`` section of ``config``.
 
-    The section has the keys of :func:`snapqeq.models.olcao_head.train_olcao_run` (network,
+    The section has the keys of :func:`snapqeq.training.olcao.train_olcao_run` (network,
     mixture and optimiser settings, ``data`` / ``validation`` / ``test`` files with
     ``potential_coefficients`` per site; default: the energy model's data files, where one
     file is split by structure with ``validation_fraction``) and
@@ -303,8 +303,8 @@ def train_olcao_head(config: TrainConfig, model_path: Path, out: Path):
     null for none).  The local block is the model's own descriptor and the long-range block
     its QEq charges q_i (e) and potentials phi_i (eV/e).
     """
-    from snapqeq.models.olcao_head import train_olcao_run
     from snapqeq.models.site_features import FeatureRecipe
+    from snapqeq.training.olcao import train_olcao_run
 
     raw = dict(config.olcao)
     if "features" not in raw:
