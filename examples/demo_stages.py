@@ -34,11 +34,11 @@ from snapqeq.calculators.cent import SnapQEqCalculator
 from snapqeq.cli import main as cli
 from snapqeq.datasets.clusters import nacl_cube
 from snapqeq.datasets.xtb import xtb_singlepoint
+from snapqeq.io.model_file import load_model
 from snapqeq.io.olcao import read_scfv
 from snapqeq.io.structures import read_structures
 from snapqeq.lammps.plugin import load_plugin, plugin_path
 from snapqeq.lammps.runtime import lammps_environment, open_lammps
-from snapqeq.training.export import load_model
 
 EXAMPLES = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.prefix) / "bin"

@@ -23,10 +23,11 @@ from snapqeq.cli.evaluation import evaluate_structures
 from snapqeq.cli.main import main as cli_main
 from snapqeq.datasets.clusters import generate_clusters
 from snapqeq.electrostatics.qeq import equilibrate
+from snapqeq.io.model_file import load_model
 from snapqeq.io.structures import DataKeys, read_structures, total_charge
 from snapqeq.models.cent import CENT
 from snapqeq.training.data import make_sample
-from snapqeq.training.export import export_committee, export_model, load_model
+from snapqeq.training.export import export_committee, export_model
 
 SETTINGS = {"model", "total_charge", "device", "min_distance_factor", "guard",
             "committee_threshold", "committee_action"}

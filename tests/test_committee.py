@@ -34,11 +34,12 @@ from test_lammps_plugin import (
 
 from snapqeq.calculators.cent import SnapQEqCalculator
 from snapqeq.cli.main import main as cli_main
+from snapqeq.io.model_file import load_model
 from snapqeq.lammps.plugin import load_plugin
 from snapqeq.lammps.runtime import open_lammps
 from snapqeq.models.cent import CENT
 from snapqeq.models.committee import CommitteeCheck, committee_statistics
-from snapqeq.training.export import export_committee, export_model, load_model
+from snapqeq.training.export import export_committee, export_model
 
 N_MEMBERS = 3
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,8 +12,10 @@ import pytest
 import torch
 from conftest import rewrite_model_metadata
 
+from snapqeq.io.archive import METADATA_FILE
+from snapqeq.io.model_file import FORMAT_VERSION, load_model
 from snapqeq.models.cent import CENT
-from snapqeq.training.export import FORMAT_VERSION, METADATA_FILE, export_model, load_model
+from snapqeq.training.export import export_model
 
 DESCRIPTOR = {"twojmax": 2, "rcutfac": 1.0, "radii": {"Na": 3.0, "Cl": 3.0},
               "weights": {"Na": 1.0, "Cl": 0.5}}

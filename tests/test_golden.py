@@ -24,9 +24,9 @@ import torch
 from test_lammps_plugin import write_data
 
 from snapqeq.descriptors.bispectrum import Bispectrum
+from snapqeq.io.model_file import load_model
 from snapqeq.lammps.runtime import lammps_environment
 from snapqeq.training.data import make_sample
-from snapqeq.training.export import load_model
 from snapqeq.training.potential import predict
 
 HERE = Path(__file__).resolve().parent

@@ -25,10 +25,11 @@ from conftest import assert_close, rewrite_model_metadata
 
 from snapqeq.descriptors.bispectrum import Bispectrum
 from snapqeq.electrostatics.qeq import equilibrate
+from snapqeq.io.model_file import load_model
 from snapqeq.lammps.plugin import build_plugin, load_plugin, plugin_directory
 from snapqeq.lammps.runtime import lammps_environment, open_lammps
 from snapqeq.models.cent import CENT
-from snapqeq.training.export import export_model, load_model
+from snapqeq.training.export import export_model
 
 ELEMENTS = ["Na", "Cl"]
 RTOL = 1e-8  # plugin vs Python reference (both converged far below this)

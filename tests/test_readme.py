@@ -87,7 +87,7 @@ def test_training_commands_run_as_written(user_dir):
         command = line.split("#")[0].strip().replace(" [--json]", "")
         run(f"{bin_dir}/{command}", user_dir)
     # the exported model carries the training data's envelope (the guard's ranges)
-    from snapqeq.training.export import load_model
+    from snapqeq.io.model_file import load_model
 
     meta = load_model(user_dir / "model.pt").metadata
     assert meta["total_charge_range"] == [0.0, 2.0]

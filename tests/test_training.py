@@ -20,12 +20,13 @@ from snapqeq import Bispectrum
 from snapqeq.calculators.cent import SnapQEqCalculator
 from snapqeq.cli.olcao import predict_command
 from snapqeq.datasets.clusters import generate_clusters
+from snapqeq.io.model_file import load_model
 from snapqeq.io.olcao import exponent_series, set_site_targets
 from snapqeq.io.structures import read_structures
 from snapqeq.models.cent import CENT
 from snapqeq.models.site_features import FeatureRecipe, SiteFeaturizer
 from snapqeq.training.data import make_sample
-from snapqeq.training.export import export_model, load_model
+from snapqeq.training.export import export_model
 from snapqeq.training.potential import predict
 from snapqeq.training.trainer import TrainConfig, export_checkpoint, train
 from snapqeq.units import BOHR, HARTREE

@@ -27,7 +27,7 @@ _LAZY = {
     "SNAPCalculator": "snapqeq.calculators.snap",
     "SnapQEqCalculator": "snapqeq.calculators.cent",
     "TrainConfig": "snapqeq.training.trainer",
-    "load_model": "snapqeq.training.export",
+    "load_model": "snapqeq.io.model_file",
     "read_structures": "snapqeq.io.structures",
     "train": "snapqeq.training.trainer",
 }

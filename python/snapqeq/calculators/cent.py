@@ -47,10 +47,10 @@ from snapqeq.electrostatics.qeq import (
     kernel_electrostatics,
     total_charge_of,
 )
+from snapqeq.io.model_file import LoadedModel, load_model
 from snapqeq.models.committee import CommitteeCheck, committee_statistics
 from snapqeq.models.guard import Guard
 from snapqeq.models.site_features import FeatureRecipe, SiteFeaturizer
-from snapqeq.training.export import LoadedModel, load_model
 
 #: the keyword arguments of :func:`snapqeq.electrostatics.qeq.equilibrate` that are
 #: calculator parameters
@@ -80,7 +80,7 @@ class SnapQEqCalculator(Calculator):
     ----------
     model : str, Path or LoadedModel
         Path of the exported TorchScript model (``snapqeq export`` / training output),
-        or a model file loaded with :func:`snapqeq.training.export.load_model`.
+        or a model file loaded with :func:`snapqeq.io.model_file.load_model`.
     total_charge : float, optional
         Total charge Q (e); default: ``atoms.info["charge"]``, else the sum of
         ``atoms.get_initial_charges()``, else 0.

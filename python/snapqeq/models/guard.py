@@ -104,7 +104,7 @@ class Guard:
     Parameters
     ----------
     metadata : dict
-        Model metadata (:func:`snapqeq.training.export.load_model`).
+        Model metadata (:func:`snapqeq.io.model_file.load_model`).
     mode : {"stop", "strict", "warn"}
         What a failed check does (module docstring).
     min_distance_factor : float, optional

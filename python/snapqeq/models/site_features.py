@@ -270,7 +270,7 @@ class SiteFeaturizer:
     Parameters
     ----------
     recipe : FeatureRecipe
-    energy_model : path or :class:`snapqeq.training.export.LoadedModel`, optional
+    energy_model : path or :class:`snapqeq.io.model_file.LoadedModel`, optional
         Required when ``recipe.chi_source == "energy_model"`` (and only then used): its
         electronegativity network gives chi_i, its hardness and widths enter the QEq.
     """

@@ -19,8 +19,8 @@ short-range network is present, and ``olcao`` (the head's own metadata: feature 
 exponent series, mixture size) or null.  The JSON Schema
 ``model_file.schema.json`` (:data:`snapqeq.io.model_file.SCHEMA`) defines the record: every
 key is required, and every writer here validates the record before it writes it.  It loads
-with ``torch.jit.load`` (and libtorch) without snapqeq installed; :func:`load_model` adds
-validation.
+with ``torch.jit.load`` (and libtorch) without snapqeq installed;
+:func:`snapqeq.io.model_file.load_model` adds validation.
 
 A committee file (:func:`export_committee`, written by ``snapqeq train`` with
 ``committee: n``) holds n complete models of the same descriptor and elements
@@ -55,8 +55,6 @@ from snapqeq.io.archive import METADATA_FILE, quiet_torchscript, write_archive
 from snapqeq.io.model_file import (
     FORMAT,
     FORMAT_VERSION,
-    LoadedModel,
-    is_training_checkpoint,
     load_model,
     validate_metadata,
 )
@@ -66,10 +64,9 @@ from snapqeq.models.olcao_head import OLCAOModel
 from snapqeq.models.site_features import energy_model_fingerprint
 from snapqeq.units import COULOMB
 
-__all__ = ["ENVELOPE_KEYS", "FORMAT", "FORMAT_VERSION", "METADATA_FILE", "LoadedModel",
-           "ScriptableCENT", "ScriptableCENTWithOLCAO", "ScriptableCommittee", "build_metadata",
-           "copy_training_envelope", "export_committee", "export_model",
-           "is_training_checkpoint", "load_model", "merge_envelopes"]
+__all__ = ["ENVELOPE_KEYS", "ScriptableCENT", "ScriptableCENTWithOLCAO", "ScriptableCommittee",
+           "build_metadata", "copy_training_envelope", "export_committee", "export_model",
+           "merge_envelopes"]
 
 UNITS = {"energy": "eV", "length": "Angstrom", "charge": "e", "coulomb_constant": COULOMB}
 

@@ -28,12 +28,13 @@ from tqdm import tqdm
 
 from snapqeq.analysis.metrics import Record, format_table, grouped_metrics
 from snapqeq.descriptors.bispectrum import DICT_KEYS, Bispectrum
+from snapqeq.io.model_file import load_model
 from snapqeq.io.structures import DataKeys, check_reference_keys, read_structures
 from snapqeq.models.cent import CENT
 from snapqeq.models.committee import mean_records, spread_summary
 from snapqeq.training.batch import batch_loss
 from snapqeq.training.data import Sample, load_samples, split_samples, training_distances
-from snapqeq.training.export import export_committee, export_model, load_model, merge_envelopes
+from snapqeq.training.export import export_committee, export_model, merge_envelopes
 from snapqeq.training.potential import predict
 from snapqeq.units import BOHR, HARTREE
 
