@@ -297,7 +297,7 @@ def run_round(training_dir: Path, out: Path, settings: Round = Round(),
     times["labelling_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    minima = [a for a in picked if a.info["source"] == "minimum"]
+    minima = [a for a in labelled if a.info["source"] == "minimum"]
     relaxed = relax_with_xtb(minima, settings, cache, known=labelled)
     write_extxyz(out / "relaxed.extxyz", relaxed)
     files = config.data if isinstance(config.data, dict) else {"train": config.data}
