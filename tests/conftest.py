@@ -40,6 +40,18 @@ def plugin() -> Path:
 # ----------------------------------------------------------------------------------------
 
 
+def load_script(path: Path, name: str):
+    """Import an example or tool script that is not a package module as module ``name``
+    (registered in sys.modules, where dataclasses look their module up)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def assert_close(actual, reference, *, rtol: float = 1e-10, floor: float = 1e-9,
                  what: str = "") -> float:
     """Assert |a - b| <= rtol * scale elementwise and return the worst relative deviation.

@@ -4,22 +4,17 @@ minimum, the end point a GFN2-xTB minimum, duplicates left out, results cached."
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 from ase import Atoms
+from conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "nacl_clusters" / "active_learning.py"
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("nacl_active_learning", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "nacl_active_learning")
 
 
 def rhombus(charge: int, stretch: float) -> Atoms:

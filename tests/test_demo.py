@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import math
@@ -11,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
 PLOTS = ("parity_cent.png", "parity_4g.png", "compression.png", "minima_hopping.png",
@@ -19,11 +19,7 @@ OLCAO_FILES = ("olcao.skl", "gs_scfV-fb.dat", "gs_scfV-fb.std.dat", "site_coeffi
 
 
 def load_demo():
-    spec = importlib.util.spec_from_file_location("snapqeq_demo", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(DEMO, "snapqeq_demo")
 
 
 def finite(*values) -> bool:

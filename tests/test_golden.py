@@ -13,7 +13,6 @@ The YAML is regenerated only by ``python tests/golden/make_golden.py --write --f
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from test_lammps_plugin import write_data
 
 from snapqeq.descriptors.bispectrum import Bispectrum
@@ -35,14 +35,7 @@ LAMMPS_TO_ASE = [0, 1, 2, 5, 4, 3]  # xx yy zz xy xz yz -> xx yy zz yz xz xy
 NKTV2P = 1.6021765e6  # LAMMPS' metal units: eV/Angstrom^3 -> bar (force->nktv2p)
 
 
-def _load_generator():
-    spec = importlib.util.spec_from_file_location("make_golden", HERE / "golden" / "make_golden.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-golden = _load_generator()
+golden = load_script(HERE / "golden" / "make_golden.py", "make_golden")
 REFERENCE = golden.load_reference()
 EPSILON = REFERENCE["epsilon"]
 CONFIGURATIONS = sorted(REFERENCE["configurations"])

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from ase.io import read
+from conftest import load_script
 
 from snapqeq.calculators.cent import SnapQEqCalculator
 
@@ -16,11 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location(
-        "minima_hopping_example", ROOT / "examples" / "minima_hopping" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "examples" / "minima_hopping" / "run.py", "minima_hopping_example")
 
 
 def test_cluster_names_and_fingerprint():

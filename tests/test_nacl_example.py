@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nacl_clusters" / "run.py"
 
 
 @pytest.mark.slow
 def test_small_mode_runs_and_reports(tmp_path):
-    spec = importlib.util.spec_from_file_location("nacl_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(EXAMPLE, "nacl_example")
     results = module.main(["--small", "--out", str(tmp_path)])
     out = tmp_path / "small"
     for name in ("report.md", "parity_cent.png", "parity_4g.png", "compression.png",

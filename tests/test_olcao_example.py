@@ -4,13 +4,13 @@ snapqeq.io.olcao.gaussian_potential_grid)."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 
 from snapqeq.io import olcao
 
@@ -21,9 +21,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "si_olcao"
 def run():
     sys.path.insert(0, str(EXAMPLE))
     try:
-        spec = importlib.util.spec_from_file_location("si_olcao_run", EXAMPLE / "run.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = load_script(EXAMPLE / "run.py", "si_olcao_run")
     finally:
         sys.path.remove(str(EXAMPLE))
     return module

@@ -4,14 +4,13 @@ installable here): skeletons and command lines (--dry-run), and collecting a rea
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from ase.io import read
+from conftest import load_script
 
 from snapqeq.io import olcao
 
@@ -21,12 +20,7 @@ DATA = EXAMPLE / "data"
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("make_olcao_data",
-                                                  EXAMPLE / "make_olcao_data.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_olcao_data"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE / "make_olcao_data.py", "make_olcao_data")
 
 
 def frames(names):

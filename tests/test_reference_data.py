@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.io import read
+from conftest import load_script
 
 from snapqeq.datasets import clusters
 from snapqeq.datasets.clusters import (
@@ -294,10 +295,7 @@ def test_scf_failure_is_skipped_and_counted(monkeypatch, tmp_path):
 
 
 def _load_make_data():
-    spec = importlib.util.spec_from_file_location("make_data", MAKE_DATA)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(MAKE_DATA, "make_data")
 
 
 def test_make_data_splits():
