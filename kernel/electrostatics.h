@@ -57,8 +57,8 @@ class Communicator {
   }
 };
 
-// Ewald parameters of a periodic cell: the one rule of the project (snapqeq.electrostatics.ewald and the
-// LAMMPS plugin both take their parameters from here).  Each sum is truncated where its
+// Ewald parameters of a periodic cell: the one rule of the project
+// (snapqeq.electrostatics.ewald and the LAMMPS plugin both take their parameters from here).  Each sum is truncated where its
 // terms fall below eps' = accuracy/10, i.e. the real-space cutoff
 // real_cutoff = erfcinv(eps')/beta and the reciprocal cutoff kcut = 2 beta sqrt(-ln eps');
 // the relative error of energies and potentials is then below accuracy.

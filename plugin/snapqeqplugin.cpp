@@ -1,5 +1,6 @@
-// Plugin entry point: registers pair style snapqeq and compute snapqeq/atom with LAMMPS (`plugin load`, or
-// automatically from a folder in LAMMPS_PLUGIN_PATH since the file name ends in plugin.so).
+// Plugin entry point: registers pair style snapqeq and compute snapqeq/atom with LAMMPS
+// (`plugin load`, or automatically from a folder in LAMMPS_PLUGIN_PATH since the file name
+// ends in plugin.so).
 #include "lammpsplugin_api.h"
 
 #include "compute_snapqeq_atom.h"
