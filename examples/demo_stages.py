@@ -201,9 +201,7 @@ def minima_hopping(model: Path, out_dir: Path, clusters: tuple[str, ...], minima
 def minima_table(entry: dict) -> dict:
     """One cluster of the minima-hopping summary: the minima energies (eV, lowest first),
     wall time (s), and the check against GFN2-xTB: whether it has the same lowest minimum
-    and the largest error of the energies above the lowest minimum (meV/atom), and how far
-    (meV/atom, GFN2-xTB energies) the model's lowest lies above GFN2-xTB's lowest of the
-    minima found: 0 when they are the same, small for a near-degenerate pair."""
+    and the largest error of the energies above the lowest minimum (meV/atom)."""
     energies = np.array(entry["minima_energies_eV"])
     row = {"atoms": entry["n_atoms"], "charge": entry["total_charge"],
            "minima": energies.tolist(), "lowest": entry["lowest_energy_eV"],
@@ -215,8 +213,6 @@ def minima_table(entry: dict) -> dict:
         row["same_lowest_as_xtb"] = int(entry["reference_lowest_index"]) == 0
         row["max_relative_error_meV_per_atom"] = float(
             1e3 * np.abs(error).max() / entry["n_atoms"])
-        row["xtb_gap_of_model_lowest_meV_per_atom"] = float(
-            1e3 * (ref[0] - ref.min()) / entry["n_atoms"])
     return row
 
 

@@ -19,20 +19,11 @@ with GFN2-xTB, retrain.
    the cube), no two within ``min_distance`` Å of each other in the sorted-distance
    fingerprint;
 4. **labelling** with GFN2-xTB (tblite, cached), appended to the training set;
-   every selected minimum is also relaxed with GFN2-xTB (BFGS to ``relax_fmax``) and
-   ``relax_frames`` labelled frames along each relaxation path, its end point included,
-   are added too: the model's minima are where the model is wrong about the landscape,
-   the relaxation end points are GFN2-xTB's own minima of those basins (for Na4Cl4⁺
-   a Cl-Cl pair at 2.6 Å sharing the hole, which a search with the model alone never
-   reaches) and the path frames connect the two. The minima and the relaxation frames
-   enter the training set ``copies`` times (a sampling weight: the few structures that
-   decide the ranking of the minima count as much as the many hot MD frames);
 5. **retraining**: the trained model fine-tuned on the augmented set (``init_from``),
    exported as ``<out>/model.pt``.
 
 Writes under ``--out``: ``committee/`` (members and ``model.pt``), ``exploration/``,
-``selected.extxyz`` (the labelled new structures), ``relaxed.extxyz`` (the GFN2-xTB
-relaxation frames), ``train.extxyz`` (augmented set),
+``selected.extxyz`` (the labelled new structures), ``train.extxyz`` (augmented set),
 ``retrained/`` (the new training run) and ``round.json`` (counts, disagreement before and
 after, timings). Units: Å, eV, e, K, fs.
 """
@@ -49,16 +40,14 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms, units
-from ase.calculators.calculator import Calculator, all_changes
 from ase.io import read
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
-from ase.optimize import BFGS
 from tqdm.auto import tqdm
 
 from snapqeq.calculators.cent import SnapQEqCalculator
 from snapqeq.datasets.clusters import nacl_cube
-from snapqeq.datasets.xtb import SCFConvergenceError, label_atoms, label_structures, write_extxyz
+from snapqeq.datasets.xtb import label_structures, write_extxyz
 from snapqeq.io.structures import read_structures
 from snapqeq.training.trainer import TrainConfig, export_committee_of_runs, train
 
@@ -81,10 +70,6 @@ class Round:
     budget: int = 60  # most uncertain minima-hopping MD frames per cluster
     md_budget: int = 10  # most uncertain frames per MD temperature (64 atoms: costly labels)
     min_distance: float = 0.1  # Å, fingerprint distance between two selected frames
-    relax_frames: int = 4  # labelled frames per GFN2-xTB relaxation of a minimum (0: none)
-    relax_fmax: float = 0.05  # eV/Å, GFN2-xTB relaxation convergence
-    relax_steps: int = 200  # most BFGS steps per relaxation
-    copies: int = 4  # times every minimum and relaxation frame is in the training set
     epochs: int = 80  # fine-tuning epochs on the augmented set
     lr: float = 3e-3  # fine-tuning learning rate (cosine decay)
 
@@ -207,64 +192,6 @@ def select(frames: list[Atoms], spread: np.ndarray, settings: Round) -> list[int
     return chosen
 
 
-# ------------------------------------------------------------------ GFN2-xTB relaxation
-class XTBCalculator(Calculator):
-    """GFN2-xTB energy and forces of a cluster of total charge ``charge`` through
-    :func:`snapqeq.datasets.xtb.label_atoms` (cached in ``cache``); ``path`` collects the labelled
-    structure of every call."""
-
-    implemented_properties = ["energy", "forces"]
-
-    def __init__(self, charge: int, cache: Path | None = None):
-        super().__init__()
-        self.charge, self.cache, self.path = charge, cache, []
-
-    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        labelled = label_atoms(_candidate(self.atoms, "", self.charge, ""), self.charge,
-                               cache=self.cache)
-        self.path.append(labelled)
-        self.results = {"energy": labelled.info["energy"],
-                        "forces": labelled.arrays["forces"].copy()}
-
-
-def relax_with_xtb(minima: list[Atoms], settings: Round, cache: Path | None = None,
-                   known: list[Atoms] = ()) -> list[Atoms]:
-    """GFN2-xTB relaxations (BFGS, ``relax_fmax``, at most ``relax_steps`` steps) of the
-    ``minima`` (each with ``info`` cluster and charge): per relaxation ``relax_frames``
-    labelled frames evenly spaced along the path after its start, the end point last,
-    none the same structure (:func:`same_structure`, ``min_distance``) as one of
-    ``known`` or one taken before. A relaxation whose SCF fails ends there."""
-    frames: list[Atoms] = []
-    if settings.relax_frames <= 0:
-        return frames
-    for start in tqdm(minima, desc="GFN2-xTB relaxation of the minima", unit="minimum"):
-        atoms = Atoms(start.numbers, start.positions)
-        atoms.calc = calc = XTBCalculator(int(start.info["charge"]), cache)
-        try:
-            converged = BFGS(atoms, logfile=None).run(fmax=settings.relax_fmax,
-                                                      steps=settings.relax_steps)
-        except SCFConvergenceError as err:
-            print(f"{start.info['cluster']}: GFN2-xTB relaxation stopped, {err}")
-            converged = False
-        path = calc.path[1:]  # the start is the minimum itself, labelled with the others
-        picks = np.unique(np.linspace(len(path) - 1, 0, settings.relax_frames,
-                                      endpoint=False).round().astype(int))
-        taken: list[Atoms] = []
-        for i in picks[::-1] if path else ():  # the end point first: it is never dropped
-            frame = path[i]                    # for a frame of its own path
-            if any(same_structure(frame, b, settings.min_distance)
-                   for b in (*known, *frames, *taken)):
-                continue
-            frame.info.update(generator="active-learning", cluster=start.info["cluster"],
-                              source="GFN2-xTB relaxation" + ("" if i < len(path) - 1
-                                                              else " end point"),
-                              split="train", converged=bool(converged))
-            taken.append(frame)
-        frames += taken[::-1]
-    return frames
-
-
 # ------------------------------------------------------------------------------- round
 def run_round(training_dir: Path, out: Path, settings: Round = Round(),
               cache: Path | None = None) -> dict:
@@ -294,17 +221,10 @@ def run_round(training_dir: Path, out: Path, settings: Round = Round(),
     labelled = label_structures(picked, [a.info["charge"] for a in picked], cache=cache,
                                 desc="GFN2-xTB (active learning)").structures
     write_extxyz(out / "selected.extxyz", labelled)
-    times["labelling_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    minima = [a for a in labelled if a.info["source"] == "minimum"]
-    relaxed = relax_with_xtb(minima, settings, cache, known=labelled)
-    write_extxyz(out / "relaxed.extxyz", relaxed)
     files = config.data if isinstance(config.data, dict) else {"train": config.data}
-    extra = (minima + relaxed) * (settings.copies - 1)
-    augmented = read_structures(files["train"], config.format) + labelled + relaxed + extra
+    augmented = read_structures(files["train"], config.format) + labelled
     write_extxyz(out / "train.extxyz", augmented)
-    times["relaxation_s"] = time.perf_counter() - start
+    times["labelling_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
     retrained = dataclasses.replace(
@@ -322,12 +242,10 @@ def run_round(training_dir: Path, out: Path, settings: Round = Round(),
         "outside_envelope": int(np.sum(~np.isfinite(spread))),
         "selected": len(chosen), "labelled": len(labelled),
         "selected_by_source": _count(picked),
-        "relaxation_frames": len(relaxed), "relaxation_frames_by_source": _count(relaxed),
         "force_std_candidates_median_eV_A": float(np.median(finite)) if finite.size else None,
         "force_std_selected_median_eV_A": float(np.median(spread[chosen][np.isfinite(
             spread[chosen])])) if chosen else None,
-        "extra_copies": len(extra),
-        "train_structures_before": len(augmented) - len(labelled) - len(relaxed) - len(extra),
+        "train_structures_before": len(augmented) - len(labelled),
         "train_structures_after": len(augmented),
         "model": str(result.model_path), "committee": str(committee_file), **times}
     (out / "round.json").write_text(json.dumps(summary, indent=1))
