@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -133,6 +134,11 @@ def main(system: dict, argv: list[str] | None = None) -> dict:
                    "(quick checks)")
     p.add_argument("--seed", type=int, default=0, help="network initialisation and "
                    "batch order (default 0)")
+    committee = system["config"].get("committee", 1)
+    p.add_argument("--committee", type=int, default=committee,
+                   help=f"committee members whose mean is the model (default {committee})")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="committee members trained at once (default: the CPU count)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,7 +167,8 @@ def main(system: dict, argv: list[str] | None = None) -> dict:
     split_note += (f"; of the training structures {len(sets['validation'])} (numpy seed 1) "
                    "are the validation set for early stopping")
 
-    recipe = {**COMMON_RECIPE, **system["config"], "epochs": args.epochs, "seed": args.seed}
+    recipe = {**COMMON_RECIPE, **system["config"], "epochs": args.epochs, "seed": args.seed,
+              "committee": args.committee, "jobs": max(1, min(args.jobs, args.committee))}
     config = TrainConfig(data={k: str(data_dir / f"{k}.extxyz") for k in sets},
                          output=str(out / "training"), cache=str(out / "descriptor_cache"),
                          split="info", **recipe)

@@ -47,23 +47,28 @@ SOLVER = {"method": "dense", "tol": 1e-13, "accuracy": 1e-13}
 RTOL = 1e-8  # LAMMPS vs ASE
 
 
-@pytest.fixture(scope="module")
-def committee(tmp_path_factory) -> Path:
-    """``snapqeq train`` of a 3-member committee; returns its output folder."""
-    root = tmp_path_factory.mktemp("committee")
+def _train_committee(root: Path, **changes) -> Path:
+    """``snapqeq train`` of a 3-member committee in ``root``; returns its output folder."""
     data = ROOT / "examples" / "nacl_small"
     config = {
         "data": {k: str(data / f"{k}.extxyz") for k in ("train", "validation", "test")},
-        "output": str(root / "run"),
+        "output": str(root / "run"), "cache": str(root / "cache"),
         "descriptor": {"twojmax": 2, "rcutfac": 1.0, "radii": {"Na": 3.0, "Cl": 3.0},
                        "weights": {"Na": 1.0, "Cl": 0.5}},
         "hidden": [3, 3], "short_hidden": [3], "learn_hardness": True,
         "epochs": 2, "batch_size": 8, "progress": False, "committee": N_MEMBERS,
+        **changes,
     }
     path = root / "committee.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     assert cli_main(["train", str(path)]) == 0
     return root / "run"
+
+
+@pytest.fixture(scope="module")
+def committee(tmp_path_factory) -> Path:
+    """The output folder of a 3-member committee trained one member after the other."""
+    return _train_committee(tmp_path_factory.mktemp("committee"))
 
 
 def _calc(path, **kw) -> SnapQEqCalculator:
@@ -115,6 +120,20 @@ def test_training_writes_one_committee_file(committee):
     # snapqeq export of the committee folder points to the members
     assert cli_main(["export", str(committee), "--out", str(committee / "x.pt")]) == 2
     assert not (committee / "x.pt").exists()
+
+
+def test_members_trained_in_parallel_processes_are_the_same(committee, tmp_path):
+    parallel = _train_committee(tmp_path, jobs=2)
+    for k in range(N_MEMBERS):
+        serial = torch.load(committee / f"member_{k}" / "checkpoint_best.pt")["model"]
+        other = torch.load(parallel / f"member_{k}" / "checkpoint_best.pt")["model"]
+        assert serial.keys() == other.keys()
+        for name, value in serial.items():
+            assert_close(other[name].numpy(), value.numpy(), rtol=1e-9, what=name)
+    meta, other = (load_model(path / "model.pt").metadata for path in (committee, parallel))
+    for k in range(N_MEMBERS):
+        assert_close(np.array(other["members"][k]["e0"]), np.array(meta["members"][k]["e0"]),
+                     rtol=1e-9)
 
 
 @pytest.mark.parametrize("structure", ["cluster", "periodic"])

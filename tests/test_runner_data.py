@@ -160,11 +160,13 @@ def _runner_subset(path: Path, n: int) -> str:
 
 @pytest.mark.slow
 def test_carbon_chain_example_interface(tmp_path):
-    """The benchmark example: a few epochs on a few structures, files and the JSON line."""
+    """The benchmark example: a few epochs on a few structures (a committee of 2 trained in
+    two processes), files and the JSON line."""
     out = tmp_path / "cc"
     r = subprocess.run([sys.executable, str(ROOT / "examples" / "ko2021_carbon_chain" / "run.py"),
                         "--train", str(CARBON), "--out", str(out), "--epochs", "2",
-                        "--limit", "12"], capture_output=True, text=True, timeout=600,
+                        "--limit", "12", "--committee", "2", "--jobs", "2"],
+                       capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr
     last = json.loads(r.stdout.strip().splitlines()[-1])

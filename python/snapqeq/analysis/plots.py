@@ -35,16 +35,24 @@ def loss_label(loss_weights: dict | None = None) -> str:
 def learning_curve_figure(history: list[dict], loss_weights: dict | None = None):
     """The figure of :func:`learning_curve` (not closed; for tests and notebooks)."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = [h["epoch"] for h in history]
-    for key, label in (("train_loss", "train (mean over structures)"),
-                       ("validation_loss", "validation")):
-        values = [h[key] for h in history]
-        if np.all(np.isfinite(values)):
-            ax.semilogy(epochs, values, label=label)
+    members = sorted({h.get("member", 0) for h in history})
+    for member in members:  # a committee's history has the rows of every member
+        rows = [h for h in history if h.get("member", 0) == member]
+        epochs = [h["epoch"] for h in rows]
+        for key, label, color in (("train_loss", "train (mean over structures)", "C0"),
+                                  ("validation_loss", "validation", "C1")):
+            values = [h[key] for h in rows]
+            if np.all(np.isfinite(values)):
+                ax.semilogy(epochs, values, color=color, alpha=0.9 if len(members) == 1
+                            else 0.5, label=label if member == members[0] else None)
+    if len(members) > 1:
+        ax.text(0.98, 0.98, f"{len(members)} committee members", ha="right", va="top",
+                transform=ax.transAxes, fontsize=8)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss per structure")
     ax.set_title(loss_label(loss_weights), fontsize=9)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # no curve: a run of zero epochs
+        ax.legend()
     fig.tight_layout()
     return fig
 

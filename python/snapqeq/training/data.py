@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def _descriptors(descriptor: Bispectrum, atoms: Atoms, cache_dir: Path | None):
     b = descriptor.compute(atoms)
     g = descriptor.gradients(atoms)
     if path is not None:
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # processes may share the cache
         np.savez(tmp, b=b, i=g.i, j=g.j, db=g.dB)
         tmp.replace(path)
     return b, g.i, g.j, g.dB

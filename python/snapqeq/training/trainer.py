@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import random
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -75,6 +77,8 @@ class TrainConfig:
     progress: bool = True
     olcao: dict | None = None  # OLCAO head, see train_olcao_head()
     committee: int = 1  # > 1: train that many members (seeds seed, seed+1, ...), one file
+    #: committee members trained at once, each in its own process with one torch thread
+    jobs: int = 1
     #: a checkpoint file or training directory (its best checkpoint) whose weights, feature
     #: scaling and reference energies start this run: fine-tuning on new data
     init_from: str | None = None
@@ -129,6 +133,10 @@ def validate_config(raw: dict, source: str = "config") -> None:
     if not isinstance(committee, int) or isinstance(committee, bool) or committee < 1:
         raise ValueError(f"{source}: committee must be a whole number >= 1 (members), "
                          f"got {committee!r}")
+    jobs = raw.get("jobs", 1)
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"{source}: jobs must be a whole number >= 1 (processes), "
+                         f"got {jobs!r}")
     if raw.get("lr_schedule", "constant") not in LR_SCHEDULES:
         raise ValueError(f"{source}: lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                          f"got {raw['lr_schedule']!r}")
@@ -441,7 +449,7 @@ def train(config: TrainConfig) -> TrainResult:
     (out / "config.yaml").write_text(yaml.safe_dump(asdict(config), sort_keys=False))
     from snapqeq.analysis.plots import learning_curve, parity_plot
 
-    learning_curve(history, out / "learning_curve.png")
+    learning_curve(history, out / "learning_curve.png", config.loss_weights)
     parity_plot(records, out / "parity.png")
     shortest = training_distances(train_set, descriptor)
     model_path = export_model(model, list(descriptor.elements), descriptor.to_dict(),
@@ -473,7 +481,11 @@ def train_committee(config: TrainConfig) -> TrainResult:
     largest energy std (meV/atom) and the mean of the largest per-atom force std
     (meV/Angstrom) per structure.  With ``split: random`` the test structures of member 0
     may be training structures of other members: use ``snapqeq test`` on held-out data.
-    ``resume`` continues every member from its own ``checkpoint_last.pt``.
+    ``resume`` continues every member from its own ``checkpoint_last.pt``.  With
+    ``jobs > 1`` that many members train at once, each in a process of its own with one
+    torch thread (same results as one after the other; the descriptors are computed
+    once, before the members start); the processes are spawned, so a script that calls
+    this needs the ``if __name__ == "__main__":`` guard.
 
     Returns a :class:`snapqeq.training.trainer.TrainResult` whose ``model`` is member 0, whose
     ``model_path`` is the committee file, whose ``history`` has the rows of every member
@@ -487,13 +499,27 @@ def train_committee(config: TrainConfig) -> TrainResult:
                          "OLCAO head on a single model (committee: 1)")
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for k in range(n):
-        if config.progress:
-            print(f"committee member {k + 1}/{n} (seed {config.seed + k})", flush=True)
-        results.append(train(dataclasses.replace(
-            config, committee=1, seed=config.seed + k, output=str(out / f"member_{k}"))))
+    jobs = min(int(config.jobs), n)
+    members = [dataclasses.replace(config, committee=1, seed=config.seed + k, jobs=1,
+                                   output=str(out / f"member_{k}"),
+                                   progress=config.progress and jobs == 1)
+               for k in range(n)]
     descriptor = Bispectrum(**config.descriptor)
+    if jobs == 1:
+        results = []
+        for k, member in enumerate(members):
+            if config.progress:
+                print(f"committee member {k + 1}/{n} (seed {member.seed})", flush=True)
+            results.append(train(member))
+    else:
+        # descriptors once, here, so that the members read a filled cache instead of
+        # computing (and writing) the same files at the same time
+        _load(dataclasses.replace(config, committee=1), descriptor)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            results = list(tqdm(pool.map(train, members), total=n, unit="member",
+                                desc=f"committee ({jobs} processes)",
+                                disable=not config.progress))
     elements = list(descriptor.elements)
     min_distances, envelope = merge_envelopes(
         [load_model(r.model_path).metadata for r in results])
@@ -503,11 +529,12 @@ def train_committee(config: TrainConfig) -> TrainResult:
                                   envelope=envelope)
 
     sets = _load(dataclasses.replace(config, committee=1, progress=False), descriptor)
-    metrics, tables = {}, []
+    metrics, tables, mean = {}, [], {}
     for name, samples in sets.items():
         if not samples:
             continue
         records, spread = mean_records([evaluate(m, samples) for m in models])
+        mean[name] = records
         groups = grouped_metrics(records)
         metrics[name] = {k: m.as_dict() for k, m in groups.items()}
         metrics[name]["committee_spread"] = spread_summary(spread)
@@ -523,6 +550,10 @@ def train_committee(config: TrainConfig) -> TrainResult:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     history = [{"member": k, **row} for k, r in enumerate(results) for row in r.history]
     (out / "history.json").write_text(json.dumps(history))
+    from snapqeq.analysis.plots import learning_curve, parity_plot
+
+    learning_curve(history, out / "learning_curve.png", config.loss_weights)
+    parity_plot(mean, out / "parity.png")
     (out / "config.yaml").write_text(yaml.safe_dump(asdict(config),
                                                     sort_keys=False))
     seconds = sum(r.seconds for r in results)
