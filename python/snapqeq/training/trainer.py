@@ -483,8 +483,8 @@ def train_committee(config: TrainConfig) -> TrainResult:
     may be training structures of other members: use ``snapqeq test`` on held-out data.
     ``resume`` continues every member from its own ``checkpoint_last.pt``.  With
     ``jobs > 1`` that many members train at once, each in a process of its own with one
-    torch thread (same results as one after the other; the descriptors are computed
-    once, before the members start); the processes are spawned, so a script that calls
+    torch thread (same results as one after the other; with a ``cache`` the descriptors
+    are computed once, before the members start); the processes are spawned, so a script that calls
     this needs the ``if __name__ == "__main__":`` guard.
 
     Returns a :class:`snapqeq.training.trainer.TrainResult` whose ``model`` is member 0, whose
@@ -512,9 +512,10 @@ def train_committee(config: TrainConfig) -> TrainResult:
                 print(f"committee member {k + 1}/{n} (seed {member.seed})", flush=True)
             results.append(train(member))
     else:
-        # descriptors once, here, so that the members read a filled cache instead of
-        # computing (and writing) the same files at the same time
-        _load(dataclasses.replace(config, committee=1), descriptor)
+        if config.cache is not None:
+            # fill the cache once, here, so that the members read it instead of computing
+            # (and writing) the same files at the same time
+            _load(dataclasses.replace(config, committee=1), descriptor)
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=torch.set_num_threads, initargs=(1,)) as pool:
             results = list(tqdm(pool.map(train, members), total=n, unit="member",
