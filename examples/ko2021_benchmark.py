@@ -168,7 +168,7 @@ def main(system: dict, argv: list[str] | None = None) -> dict:
                    "are the validation set for early stopping")
 
     recipe = {**COMMON_RECIPE, **system["config"], "epochs": args.epochs, "seed": args.seed,
-              "committee": args.committee, "jobs": max(1, min(args.jobs, args.committee))}
+              "committee": args.committee, "jobs": args.jobs}
     config = TrainConfig(data={k: str(data_dir / f"{k}.extxyz") for k in sets},
                          output=str(out / "training"), cache=str(out / "descriptor_cache"),
                          split="info", **recipe)

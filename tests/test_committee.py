@@ -47,8 +47,9 @@ SOLVER = {"method": "dense", "tol": 1e-13, "accuracy": 1e-13}
 RTOL = 1e-8  # LAMMPS vs ASE
 
 
-def _train_committee(root: Path, **changes) -> Path:
-    """``snapqeq train`` of a 3-member committee in ``root``; returns its output folder."""
+def _train_committee(root: Path, status: int = 0, **changes) -> Path:
+    """``snapqeq train`` of a 3-member committee in ``root`` (exit ``status``); returns its
+    output folder."""
     data = ROOT / "examples" / "nacl_small"
     config = {
         "data": {k: str(data / f"{k}.extxyz") for k in ("train", "validation", "test")},
@@ -61,7 +62,7 @@ def _train_committee(root: Path, **changes) -> Path:
     }
     path = root / "committee.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    assert cli_main(["train", str(path)]) == 0
+    assert cli_main(["train", str(path)]) == status
     return root / "run"
 
 
@@ -122,7 +123,7 @@ def test_training_writes_one_committee_file(committee):
     assert not (committee / "x.pt").exists()
 
 
-def test_members_trained_in_parallel_processes_are_the_same(committee, tmp_path):
+def test_members_trained_in_parallel_processes_are_the_same(committee, tmp_path, capsys):
     parallel = _train_committee(tmp_path, jobs=2)
     for k in range(N_MEMBERS):
         serial = torch.load(committee / f"member_{k}" / "checkpoint_best.pt")["model"]
@@ -130,6 +131,9 @@ def test_members_trained_in_parallel_processes_are_the_same(committee, tmp_path)
         assert serial.keys() == other.keys()
         for name, value in serial.items():
             assert_close(other[name].numpy(), value.numpy(), rtol=1e-9, what=name)
+    (tmp_path / "none").mkdir()
+    _train_committee(tmp_path / "none", status=2, jobs=0)
+    assert "jobs must be a whole number >= 1 (processes), got 0" in capsys.readouterr().err
     meta, other = (load_model(path / "model.pt").metadata for path in (committee, parallel))
     for k in range(N_MEMBERS):
         assert_close(np.array(other["members"][k]["e0"]), np.array(meta["members"][k]["e0"]),

@@ -499,12 +499,15 @@ def train_committee(config: TrainConfig) -> TrainResult:
                          "OLCAO head on a single model (committee: 1)")
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = min(int(config.jobs), n)
+    if not isinstance(config.jobs, int) or config.jobs < 1:
+        raise ValueError(f"jobs must be a whole number >= 1 (processes), got {config.jobs!r}")
+    jobs = min(config.jobs, n)
     members = [dataclasses.replace(config, committee=1, seed=config.seed + k, jobs=1,
                                    output=str(out / f"member_{k}"),
                                    progress=config.progress and jobs == 1)
                for k in range(n)]
     descriptor = Bispectrum(**config.descriptor)
+    sets = None
     if jobs == 1:
         results = []
         for k, member in enumerate(members):
@@ -515,7 +518,7 @@ def train_committee(config: TrainConfig) -> TrainResult:
         if config.cache is not None:
             # fill the cache once, here, so that the members read it instead of computing
             # (and writing) the same files at the same time
-            _load(dataclasses.replace(config, committee=1), descriptor)
+            sets = _load(dataclasses.replace(config, committee=1), descriptor)
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                  initializer=torch.set_num_threads, initargs=(1,)) as pool:
             results = list(tqdm(pool.map(train, members), total=n, unit="member",
@@ -529,7 +532,8 @@ def train_committee(config: TrainConfig) -> TrainResult:
                                   overwrite=True, min_distances=min_distances,
                                   envelope=envelope)
 
-    sets = _load(dataclasses.replace(config, committee=1, progress=False), descriptor)
+    if sets is None:
+        sets = _load(dataclasses.replace(config, committee=1, progress=False), descriptor)
     metrics, tables, mean = {}, [], {}
     for name, samples in sets.items():
         if not samples:
